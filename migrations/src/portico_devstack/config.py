@@ -1,0 +1,44 @@
+"""Settings of the local stack launcher: prefix ``PORTICO_DEV_``, plus DATABASE_URL, VALKEY_URL."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DevSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PORTICO_DEV_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".data"), description="Embedded backends' data (kept).")
+    host: str = Field(default="127.0.0.1", description="Address every process binds (loopback).")
+    gateway_port: int = Field(default=8000, ge=0, le=65535)
+    users_port: int = Field(default=50051, ge=0, le=65535)
+    valkey_port: int = Field(
+        default=0, ge=0, le=65535, description="Embedded Valkey; 0 = free port"
+    )
+    ready_timeout_s: float = Field(default=60.0, gt=0)
+    stop_timeout_s: float = Field(default=20.0, gt=0, description="Per child, after SIGTERM.")
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "PORTICO_DEV_DATABASE_URL"),
+        description="Use this PostgreSQL instead of the embedded one.",
+    )
+    valkey_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("VALKEY_URL", "PORTICO_DEV_VALKEY_URL"),
+        description="Use this Valkey instead of the embedded one.",
+    )
+
+
+@functools.cache
+def get_settings() -> DevSettings:
+    return DevSettings()
+
+
+def child_environment() -> dict[str, str]:
+    """The environment children inherit (their own USERS_*/GATEWAY_* settings pass through)."""
+    return dict(os.environ)

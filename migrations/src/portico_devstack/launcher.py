@@ -1,0 +1,294 @@
+"""The local stack behind ``make run``: backends, migrations, then supervised service processes.
+
+Order of start: PostgreSQL (embedded unless ``DATABASE_URL``) → Valkey (embedded unless
+``VALKEY_URL``) → migrations → users service (until its gRPC health check says SERVING) → gateway
+(until ``/readyz`` answers 200). Each child's output is shown line by line behind its name.
+
+Order of stop (Ctrl-C / SIGTERM): gateway, then users (SIGTERM, so each drains its in-flight work;
+SIGKILL only after ``stop_timeout_s``), then Valkey and PostgreSQL. The data folder is kept. A
+second Ctrl-C kills the children at once. A child that exits on its own is reported, the rest is
+stopped, and the launcher exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2
+
+from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
+from portico_devstack.config import DevSettings, child_environment
+from portico_migrations.config import default_migrations_dir
+from portico_migrations.runner import migrate
+
+_PR_SET_PDEATHSIG = 1
+_COLORS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m")
+
+
+class StartupError(Exception):
+    """The stack could not start; the message says which part and why."""
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # If the launcher is killed outright, its children get SIGTERM instead of living on.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def say(message: str) -> None:
+    print(f"portico | {message}", flush=True)  # noqa: T201 (the launcher's console output)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str]
+    color: str = ""
+    process: asyncio.subprocess.Process | None = None
+    _pump: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+            preexec_fn=_die_with_parent,
+        )
+        self._pump = asyncio.create_task(self._relay())
+
+    async def _relay(self) -> None:
+        if self.process is None or self.process.stdout is None:
+            return
+        reset = "\033[0m" if self.color else ""
+        prefix = f"{self.color}{self.name:<7} |{reset} "
+        async for raw in self.process.stdout:
+            sys.stdout.write(prefix + raw.decode("utf-8", "replace").rstrip("\n") + "\n")
+            sys.stdout.flush()
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    async def wait(self) -> int:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was never started")
+        code = await self.process.wait()
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._pump, 2)
+        return code
+
+    async def stop(self, *, timeout_s: float, force: asyncio.Event) -> int | None:
+        """SIGTERM, wait up to ``timeout_s`` (or until ``force``), then SIGKILL."""
+        if self.process is None or self.process.returncode is not None:
+            return self.returncode
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        waiter = asyncio.create_task(self.wait())
+        forced = asyncio.create_task(force.wait())
+        await asyncio.wait({waiter, forced}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not waiter.done():
+            say(f"{self.name} did not stop in time; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        return await waiter
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def _grpc_serving(target: str) -> bool:
+    async with grpc.aio.insecure_channel(target) as channel:
+        # A typed multicallable: the published HealthStub stubs do not declare Check.
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            reply = await check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def _http_ready(url: str) -> bool:
+    async with httpx.AsyncClient(timeout=1) as client:
+        try:
+            return (await client.get(url)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+async def _wait_ready(child: Child, probe: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await probe():
+        if child.returncode is not None:
+            raise StartupError(f"{child.name} exited with code {child.returncode} while starting")
+        if time.monotonic() > deadline:
+            raise StartupError(f"{child.name} was not ready after {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+
+
+class Stack:
+    """Everything ``make run`` starts; usable from tests and benchmarks too."""
+
+    def __init__(self, settings: DevSettings) -> None:
+        self.settings = settings
+        self.postgres: EmbeddedPostgres | None = None
+        self.valkey: EmbeddedValkey | None = None
+        self.children: list[Child] = []
+        self.force = asyncio.Event()
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.gateway_port}"
+
+    @property
+    def users_target(self) -> str:
+        return f"{self.settings.host}:{self.settings.users_port}"
+
+    async def start(self) -> None:
+        s = self.settings
+        for name, port in (("gateway", s.gateway_port), ("users", s.users_port)):
+            if not _port_free(s.host, port):
+                raise StartupError(f"{s.host}:{port} ({name}) is already in use: another stack?")
+        if s.database_url is not None:
+            database_url = s.database_url.get_secret_value()
+            say("PostgreSQL: using DATABASE_URL")
+        else:
+            self.postgres = EmbeddedPostgres(s.data_dir / "postgres")
+            await asyncio.to_thread(self.postgres.start)
+            await self.postgres.ensure_database()
+            database_url = self.postgres.dsn
+            say(f"PostgreSQL: embedded, data in {self.postgres.data_dir}")
+        if s.valkey_url is not None:
+            valkey_url = s.valkey_url.get_secret_value()
+            say("Valkey: using VALKEY_URL")
+        else:
+            self.valkey = EmbeddedValkey(s.data_dir / "valkey", port=s.valkey_port)
+            valkey_url = await asyncio.to_thread(self.valkey.start)
+            say(f"Valkey: embedded at {valkey_url}")
+        applied = await migrate(dsn=database_url, root=default_migrations_dir())
+        say(f"migrations: {len(applied)} applied, schema up to date")
+
+        env = child_environment() | {"PYTHONUNBUFFERED": "1"}
+        users = Child(
+            "users",
+            [sys.executable, "-m", "portico_users"],
+            env
+            | {
+                "USERS_POSTGRES__DSN": database_url,
+                "USERS_VALKEY__URL": valkey_url,
+                "USERS_GRPC_HOST": s.host,
+                "USERS_GRPC_PORT": str(s.users_port),
+            },
+            color=_COLORS[0] if sys.stdout.isatty() else "",
+        )
+        gateway = Child(
+            "gateway",
+            [sys.executable, "-m", "portico_gateway"],
+            env
+            | {
+                "GATEWAY_HOST": s.host,
+                "GATEWAY_PORT": str(s.gateway_port),
+                "GATEWAY_USERS_TARGET": self.users_target,
+            },
+            color=_COLORS[1] if sys.stdout.isatty() else "",
+        )
+        self.children = [users, gateway]
+        await users.start()
+        await _wait_ready(users, lambda: _grpc_serving(self.users_target), s.ready_timeout_s)
+        await gateway.start()
+        ready_url = f"{self.gateway_url}/readyz"
+        await _wait_ready(gateway, lambda: _http_ready(ready_url), s.ready_timeout_s)
+
+    async def wait_for_exit(self) -> Child:
+        """Return the first child that exits."""
+        waits = {asyncio.create_task(c.wait()): c for c in self.children}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return waits[done.pop()]
+
+    async def stop(self) -> None:
+        """Stop children in reverse start order, then the embedded backends."""
+        for child in reversed(self.children):
+            code = await child.stop(timeout_s=self.settings.stop_timeout_s, force=self.force)
+            if code is not None:
+                say(f"{child.name} stopped (exit code {code})")
+        if self.valkey is not None:
+            await asyncio.to_thread(self.valkey.stop)
+        if self.postgres is not None:
+            await asyncio.to_thread(self.postgres.stop)
+            say("PostgreSQL stopped; data kept")
+
+
+async def run(settings: DevSettings) -> int:
+    """Run the stack until a signal (exit 0) or a child's own exit (exit 1)."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    stack = Stack(settings)
+
+    def on_signal() -> None:
+        if stop_requested.is_set():
+            stack.force.set()
+        stop_requested.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    started = time.monotonic()
+    code = 0
+    try:
+        starting = asyncio.create_task(stack.start())
+        stopper = asyncio.create_task(stop_requested.wait())
+        await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 0
+        starting.result()
+        say(f"ready in {time.monotonic() - started:.2f} s")
+        say(f"REST      {stack.gateway_url}/v1/users")
+        say(f"API docs  {stack.gateway_url}/docs   (OpenAPI: {stack.gateway_url}/openapi.json)")
+        say(f"gRPC      {stack.users_target}  (portico.users.v1.UserService, reflection on)")
+        say("Ctrl-C stops everything")
+        exited = asyncio.create_task(stack.wait_for_exit())
+        await asyncio.wait({exited, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done():
+            child = exited.result()
+            say(f"{child.name} exited unexpectedly with code {child.returncode}; stopping")
+            code = 1
+        else:
+            exited.cancel()
+            say("stopping")
+        stopper.cancel()
+    except StartupError as exc:
+        say(f"cannot start: {exc}")
+        code = 1
+    finally:
+        await stack.stop()
+    return code
