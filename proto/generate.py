@@ -3,9 +3,9 @@
 Writes into ``proto/gen/`` (emptied first, committed, never edited by hand):
 
 * ``portico/**/*_pb2.py``, ``*_pb2_grpc.py`` and typed ``.pyi`` stubs (mypy-protobuf);
-* ``buf/validate/validate_pb2.py``: the protovalidate rules our protos import. PyPI ``protovalidate``
-  embeds that file's descriptor but ships no ``.proto`` and no importable ``_pb2``, so we rebuild
-  it from the embedded descriptor (:func:`validate_descriptor`);
+* ``buf/validate/validate_pb2.py``: the protovalidate rules our protos import. PyPI
+  ``protovalidate`` embeds that file's descriptor but ships no ``.proto`` and no importable
+  ``_pb2``, so we rebuild it from the embedded descriptor (:func:`validate_descriptor`);
 * ``portico/source_info.binpb``: a ``FileDescriptorSet`` of our own files *with* source info, from
   which the gateway reads the proto comments for its OpenAPI descriptions;
 * ``image.binpb`` (git-ignored): a buf image (all imports, source info) for ``buf lint`` and

@@ -1,0 +1,102 @@
+# Portico's front door. `make run` starts the stack, `make test` proves it; `make help` lists all.
+# Needs only Python 3.11, make, npm and registry access: every tool below installs itself.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --warn-undefined-variables --no-builtin-rules
+
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := 3.11
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
+
+PYTHON     ?= $(shell command -v python3.11 || command -v python3)
+UV_VERSION := 0.13.9
+BUF_VERSION := 1.75.0
+TOOLS      := $(CURDIR)/.tools
+UV         := $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/uv/bin/uv)
+BUF        := $(TOOLS)/node_modules/.bin/buf
+VENV       := $(CURDIR)/.venv
+BIN        := $(VENV)/bin
+PYTEST_ARGS ?=
+
+## ---------------------------------------------------------------- everyday
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2} /^## / {print substr($$0, 4)}' $(MAKEFILE_LIST)
+
+.PHONY: run
+run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless DATABASE_URL/VALKEY_URL)
+	exec $(BIN)/portico-dev
+
+.PHONY: test
+test: lint proto-check test-unit test-integration test-e2e ## Everything CI runs: lint, proto drift, all test tiers
+
+.PHONY: migrate
+migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
+	@test -n "$${DATABASE_URL:-}" || { echo "set DATABASE_URL (make run migrates its embedded database itself)"; exit 2; }
+	$(BIN)/portico-migrate up
+
+## ---------------------------------------------------------------- setup
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(BUF):
+	npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --loglevel=error @bufbuild/buf@$(BUF_VERSION)
+
+.PHONY: sync
+sync: $(UV) ## Install the workspace into .venv from uv.lock
+	$(UV) sync --frozen --all-packages --all-extras --quiet
+
+## ---------------------------------------------------------------- quality
+
+.PHONY: lint
+lint: sync $(BUF) ## ruff, ruff format --check, mypy --strict, buf lint + format, uv lock --check
+	$(UV) lock --check --quiet
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(MAKE) --no-print-directory proto-lint
+
+.PHONY: fmt
+fmt: sync $(BUF) ## Format and auto-fix: ruff, buf format
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	cd proto && $(BUF) format -w .
+
+.PHONY: proto
+proto: sync ## Regenerate proto/gen from proto/portico (committed)
+	$(BIN)/python proto/generate.py
+
+.PHONY: proto-lint
+proto-lint: $(BUF) ## buf lint (STANDARD) and buf format on proto/
+	@test -f proto/image.binpb || $(BIN)/python proto/generate.py --out "$$(mktemp -d)"
+	cd proto && $(BUF) lint image.binpb --path portico --config buf.yaml
+	cd proto && $(BUF) format -d --exit-code .
+
+.PHONY: proto-check
+proto-check: sync ## Fail when proto/gen differs from a fresh regeneration
+	$(BIN)/python proto/generate.py
+	@git diff --exit-code --stat -- proto/gen && test -z "$$(git status --porcelain -- proto/gen)" \
+	  || { echo "proto/gen is stale: run 'make proto' and commit the result"; exit 1; }
+
+## ---------------------------------------------------------------- tests
+
+.PHONY: test-unit
+test-unit: sync ## Unit tier
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-integration
+test-integration: sync ## Integration tier: real embedded PostgreSQL + Valkey, real gRPC servers
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+.PHONY: test-e2e
+test-e2e: sync ## End-to-end tier: the stack `make run` starts (or PORTICO_E2E_BASE_URL)
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+.PHONY: clean
+clean: ## Remove caches and tools (keeps .data/, the local database)
+	rm -rf $(TOOLS) .mypy_cache .ruff_cache .pytest_cache proto/image.binpb
