@@ -1,0 +1,56 @@
+"""Calling the users service with Portico's generated, typed Python stubs (grpc.aio).
+
+    python services/users/examples/stub_client.py 127.0.0.1:50051
+
+Creates a user, reads it back, renames it with its etag, lists the first page and deletes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import uuid
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from portico.users.v1 import users_pb2, users_pb2_grpc
+
+
+async def main(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        users = users_pb2_grpc.UserServiceStub(channel)
+        meta = (("x-request-id", uuid.uuid4().hex),)
+        created = await users.CreateUser(
+            users_pb2.CreateUserRequest(
+                email=f"grace-{uuid.uuid4().hex[:8]}@example.com", display_name="Grace Hopper"
+            ),
+            timeout=5,
+            metadata=meta,
+        )
+        print("created:", created.user.id, created.user.email)
+        got = await users.GetUser(users_pb2.GetUserRequest(id=created.user.id), timeout=5)
+        print("etag:", got.user.etag)
+        updated = await users.UpdateUser(
+            users_pb2.UpdateUserRequest(
+                id=got.user.id,
+                user=users_pb2.UserUpdate(display_name="Rear Admiral Hopper"),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+                etag=got.user.etag,
+            ),
+            timeout=5,
+        )
+        print("renamed:", updated.user.display_name, "etag:", updated.user.etag)
+        page = await users.ListUsers(users_pb2.ListUsersRequest(page_size=5), timeout=5)
+        print("first page:", [u.email for u in page.users])
+        await users.DeleteUser(users_pb2.DeleteUserRequest(id=got.user.id), timeout=5)
+        try:
+            await users.GetUser(users_pb2.GetUserRequest(id=got.user.id), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            print("after delete:", exc.code().name)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target", nargs="?", default="127.0.0.1:50051")
+    asyncio.run(main(parser.parse_args().target))

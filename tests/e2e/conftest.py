@@ -1,0 +1,115 @@
+"""End-to-end tier: the stack ``make run`` starts, as real processes on loopback.
+
+By default each session starts ``portico-dev`` (the launcher behind ``make run``) on free ports
+with a data folder of its own, and stops it with SIGTERM afterwards, checking it exits 0. With
+``PORTICO_E2E_BASE_URL`` (and ``PORTICO_E2E_GRPC_TARGET``) the tests run against a deployed stack
+instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    base_url: str
+    grpc_target: str
+    process: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+
+    def children(self) -> list[psutil.Process]:
+        if self.process is None:
+            return []
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def stop(self, timeout_s: float = 40.0) -> int:
+        """SIGTERM the launcher (like Ctrl-C); return its exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+
+def start_stack(data_dir: Path, *, timeout_s: float = 90.0) -> Stack:
+    """Run ``portico-dev`` on free ports; return once the gateway is ready."""
+    gateway_port, users_port = free_port(), free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("USERS_", "GATEWAY_", "PORTICO_DEV_"))
+        and k not in ("DATABASE_URL", "VALKEY_URL")
+    }
+    env |= {
+        "PORTICO_DEV_DATA_DIR": str(data_dir),
+        "PORTICO_DEV_GATEWAY_PORT": str(gateway_port),
+        "PORTICO_DEV_USERS_PORT": str(users_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "portico_devstack"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    stack = Stack(f"http://127.0.0.1:{gateway_port}", f"127.0.0.1:{users_port}", process)
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            stack.output.append(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not any("ready in" in line for line in stack.output):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("portico-dev did not start:\n" + "\n".join(stack.output))
+        time.sleep(0.05)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if base_url := os.environ.get("PORTICO_E2E_BASE_URL"):
+        yield Stack(base_url.rstrip("/"), os.environ.get("PORTICO_E2E_GRPC_TARGET", ""))
+        return
+    started = start_stack(tmp_path_factory.mktemp("stack") / ".data")
+    try:
+        yield started
+    finally:
+        if started.process is not None and started.process.poll() is None:
+            code = started.stop()
+            assert code == 0, "\n".join(started.output)
+
+
+@pytest.fixture
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
+        yield client
