@@ -1,0 +1,243 @@
+"""All of the users service's SQL: ``users.users`` through an asyncpg pool.
+
+Every method takes the caller's remaining time (``time_left``, seconds; capped by the configured
+query timeout) and spends it on the pool acquire and on each query, both of which asyncpg
+enforces (a query that runs out of time is cancelled on the server too). Database failures
+leave as domain errors: a unique violation is ``AlreadyExists``, running out of time is
+``DeadlineExceeded``, and a connection that cannot be opened or is lost is ``Unavailable``. The
+original exception is chained (``__cause__``) for the server log, never shown to clients.
+
+Conditional writes compare the row version inside the UPDATE/DELETE itself, so there is no
+window between checking an etag and writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from portico_users.domain import Cursor, Page, User, UserChanges, version_from_etag
+from portico_users.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    EtagMismatch,
+    NotFound,
+    Unavailable,
+)
+
+_log = logging.getLogger(__name__)
+
+_INSERT = """
+    INSERT INTO users.users (email, display_name) VALUES ($1, $2)
+    RETURNING id, email, display_name, created_at, updated_at, version
+"""
+_SELECT = """
+    SELECT id, email, display_name, created_at, updated_at, version
+    FROM users.users WHERE id = $1
+"""
+_EXISTS = "SELECT EXISTS (SELECT 1 FROM users.users WHERE id = $1)"
+_FIRST_PAGE = """
+    SELECT id, email, display_name, created_at, updated_at, version
+    FROM users.users
+    ORDER BY created_at, id
+    LIMIT $1
+"""
+_NEXT_PAGE = """
+    SELECT id, email, display_name, created_at, updated_at, version
+    FROM users.users
+    WHERE (created_at, id) > ($1, $2)
+    ORDER BY created_at, id
+    LIMIT $3
+"""
+_UPDATE = """
+    UPDATE users.users
+    SET email = coalesce($2, email),
+        display_name = coalesce($3, display_name),
+        version = version + 1,
+        updated_at = clock_timestamp()
+    WHERE id = $1 AND ($4::bigint IS NULL OR version = $4)
+    RETURNING id, email, display_name, created_at, updated_at, version
+"""
+_DELETE = """
+    DELETE FROM users.users WHERE id = $1 AND ($2::bigint IS NULL OR version = $2) RETURNING id
+"""
+
+#: Failures that mean "PostgreSQL cannot serve us right now" once a connection was handed out.
+_CONNECTION_LOST = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+class _Deadline:
+    """The time a call may still spend, measured on the monotonic clock."""
+
+    def __init__(self, time_left: float | None, limit: float) -> None:
+        budget = limit if time_left is None else min(time_left, limit)
+        self._end = time.monotonic() + budget
+
+    def left(self) -> float:
+        remaining = self._end - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded()
+        return remaining
+
+
+def _user(row: Any) -> User:
+    return User(
+        id=row["id"],
+        email=row["email"],
+        display_name=row["display_name"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
+    )
+
+
+def _expected_version(etag: str | None) -> int | None:
+    """The version an etag condition requires; 0 (matches no row) for a foreign etag."""
+    if etag is None:
+        return None
+    return version_from_etag(etag) or 0
+
+
+class UserRepository:
+    """``UserStore`` on PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
+        self._pool = pool
+        self._limit = query_timeout_s
+
+    @asynccontextmanager
+    async def _connection(
+        self, deadline: _Deadline
+    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        try:
+            conn = await self._pool.acquire(timeout=deadline.left())
+        except TimeoutError as exc:
+            raise DeadlineExceeded() from exc
+        except Exception as exc:  # any failure to connect (refused, auth, no such db, ...)
+            _log.warning("cannot get a PostgreSQL connection: %s: %s", type(exc).__name__, exc)
+            raise Unavailable() from exc
+        try:
+            yield conn
+        except (TimeoutError, asyncpg.QueryCanceledError) as exc:
+            raise DeadlineExceeded() from exc
+        except asyncpg.UniqueViolationError as exc:
+            raise AlreadyExists("a user with this email already exists") from exc
+        except _CONNECTION_LOST as exc:
+            _log.warning("PostgreSQL connection failed: %s: %s", type(exc).__name__, exc)
+            raise Unavailable() from exc
+        finally:
+            try:
+                await self._pool.release(conn, timeout=1.0)
+            except Exception:  # the pool already dropped the broken connection
+                _log.debug("releasing a connection failed", exc_info=True)
+
+    async def create_user(
+        self, *, email: str, display_name: str, time_left: float | None = None
+    ) -> User:
+        deadline = _Deadline(time_left, self._limit)
+        async with self._connection(deadline) as conn:
+            row = await conn.fetchrow(_INSERT, email, display_name, timeout=deadline.left())
+        return _user(row)
+
+    async def get_user(self, *, user_id: UUID, time_left: float | None = None) -> User:
+        deadline = _Deadline(time_left, self._limit)
+        async with self._connection(deadline) as conn:
+            row = await conn.fetchrow(_SELECT, user_id, timeout=deadline.left())
+        if row is None:
+            raise NotFound(f"user {user_id} not found")
+        return _user(row)
+
+    async def list_users(
+        self, *, page_size: int, after: Cursor | None, time_left: float | None = None
+    ) -> Page:
+        deadline = _Deadline(time_left, self._limit)
+        async with self._connection(deadline) as conn:
+            if after is None:
+                rows = await conn.fetch(_FIRST_PAGE, page_size + 1, timeout=deadline.left())
+            else:
+                rows = await conn.fetch(
+                    _NEXT_PAGE, after.created_at, after.id, page_size + 1, timeout=deadline.left()
+                )
+        users = [_user(row) for row in rows[:page_size]]
+        more = len(rows) > page_size
+        last = users[-1] if users else None
+        next_cursor = Cursor(last.created_at, last.id) if more and last else None
+        return Page(users=users, next_cursor=next_cursor)
+
+    async def update_user(
+        self,
+        *,
+        user_id: UUID,
+        changes: UserChanges,
+        etag: str | None,
+        time_left: float | None = None,
+    ) -> User:
+        deadline = _Deadline(time_left, self._limit)
+        expected = _expected_version(etag)
+        async with self._connection(deadline) as conn:
+            row = await conn.fetchrow(
+                _UPDATE,
+                user_id,
+                changes.email,
+                changes.display_name,
+                expected,
+                timeout=deadline.left(),
+            )
+            if row is None:
+                await self._raise_missing(conn, deadline, user_id=user_id, conditional=etag)
+        return _user(row)
+
+    async def delete_user(
+        self, *, user_id: UUID, etag: str | None, time_left: float | None = None
+    ) -> None:
+        deadline = _Deadline(time_left, self._limit)
+        expected = _expected_version(etag)
+        async with self._connection(deadline) as conn:
+            deleted = await conn.fetchval(_DELETE, user_id, expected, timeout=deadline.left())
+            if deleted is None:
+                await self._raise_missing(conn, deadline, user_id=user_id, conditional=etag)
+
+    async def _raise_missing(
+        self,
+        conn: PoolConnectionProxy[asyncpg.Record],
+        deadline: _Deadline,
+        *,
+        user_id: UUID,
+        conditional: str | None,
+    ) -> NoReturn:
+        """A conditional write matched no row: say whether the user is gone or has moved on."""
+        if conditional is not None and await conn.fetchval(
+            _EXISTS, user_id, timeout=deadline.left()
+        ):
+            raise EtagMismatch()
+        raise NotFound(f"user {user_id} not found")
+
+
+async def ping_database(*, dsn: str, time_limit_s: float) -> None:
+    """Raise ``Unavailable`` unless PostgreSQL answers ``SELECT 1`` within ``time_limit_s``.
+
+    Uses a connection of its own, not the pool: a pool busy with slow queries is not a dead
+    database, and the health probe must not say otherwise.
+    """
+    try:
+        conn = await asyncpg.connect(dsn, timeout=time_limit_s)
+        try:
+            await conn.fetchval("SELECT 1", timeout=time_limit_s)
+        finally:
+            await conn.close(timeout=time_limit_s)
+    except Exception as exc:  # refused, timed out, auth, shutting down, ...
+        raise Unavailable(f"PostgreSQL does not answer: {type(exc).__name__}") from exc

@@ -1,0 +1,188 @@
+"""The composition root: pool → repository → cache → servicer → grpc.aio server → health.
+
+``start(settings)`` builds and starts everything and returns a ``RunningServer`` (tests and the
+dev launcher use it); ``serve(settings)`` is the process: start, wait for SIGTERM/SIGINT, stop.
+
+The server starts even when PostgreSQL is down: the pool opens connections lazily, health says
+NOT_SERVING, RPCs answer UNAVAILABLE at once, and all of it recovers when PostgreSQL returns.
+
+Stopping (``RunningServer.stop``): health NOT_SERVING for every service, stop accepting calls and
+let in-flight ones finish within ``grace``, then close the Valkey client and the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
+
+import asyncpg
+import grpc
+import protovalidate
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from valkey.asyncio import Valkey
+
+from portico.users.v1 import users_pb2, users_pb2_grpc
+from portico_users.cache import CachedUsers
+from portico_users.config import PostgresSettings, UsersSettings
+from portico_users.health import DatabaseHealth
+from portico_users.interceptors import (
+    ErrorInterceptor,
+    RequestIdInterceptor,
+    ValidationInterceptor,
+)
+from portico_users.repository import UserRepository, ping_database
+from portico_users.servicer import UserServicer
+
+_log = logging.getLogger(__name__)
+
+_POOL_CLOSE_TIMEOUT_S = 5.0
+
+
+class RunningServer:
+    """A started users server. ``port`` is the port actually bound."""
+
+    def __init__(
+        self,
+        *,
+        server: grpc.aio.Server,
+        port: int,
+        health: HealthServicer,
+        monitor: asyncio.Task[None],
+        resources: AsyncExitStack,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.health = health
+        self._monitor = monitor
+        self._resources = resources
+        self._stopped = False
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, drain in-flight calls for up to ``grace`` s, close resources."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._monitor
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self._resources.aclose()
+        _log.info("users service stopped")
+
+
+def _bind_address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    return f"{host}:{port}"
+
+
+async def _close_pool(pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        _log.warning("PostgreSQL pool did not close in time; terminating it")
+        pool.terminate()
+
+
+async def _open_pool(pg: PostgresSettings) -> asyncpg.Pool[asyncpg.Record]:
+    """The pool, with ``pool_min`` connections open; empty (lazy) while PostgreSQL is down."""
+    options: dict[str, Any] = {
+        "max_size": pg.pool_max,
+        "timeout": pg.connect_timeout_s,
+        "command_timeout": pg.query_timeout_s,
+        "server_settings": {
+            "application_name": "portico-users",
+            "statement_timeout": str(pg.statement_timeout_ms),
+        },
+    }
+    dsn = pg.dsn.get_secret_value()
+    try:
+        return await asyncpg.create_pool(dsn, min_size=min(pg.pool_min, pg.pool_max), **options)
+    except Exception as exc:  # down, refusing, not ready: start anyway, connect on demand
+        _log.warning("PostgreSQL unavailable at startup (%s); starting anyway", type(exc).__name__)
+    return await asyncpg.create_pool(dsn, min_size=0, **options)
+
+
+async def start(settings: UsersSettings) -> RunningServer:
+    """Build the whole service from ``settings``, bind it and start serving."""
+    pg, vk = settings.postgres, settings.valkey
+    dsn = pg.dsn.get_secret_value()
+    async with AsyncExitStack() as resources:
+        pool = await _open_pool(settings.postgres)
+        resources.push_async_callback(_close_pool, pool)
+        client = Valkey.from_url(
+            vk.url.get_secret_value(),
+            socket_timeout=vk.socket_timeout_s,
+            socket_connect_timeout=vk.socket_connect_timeout_s,
+        )
+        resources.push_async_callback(client.aclose)
+
+        store = CachedUsers(
+            UserRepository(pool, query_timeout_s=pg.query_timeout_s),
+            client,
+            ttl_s=vk.cache_ttl_s,
+            tombstone_ttl_s=vk.tombstone_ttl_s,
+            key_prefix=vk.key_prefix,
+        )
+        server = grpc.aio.server(
+            interceptors=[
+                RequestIdInterceptor(),
+                ErrorInterceptor(),
+                ValidationInterceptor(protovalidate.Validator()),
+            ]
+        )
+        users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(store), server)
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (
+                users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        monitor = DatabaseHealth(
+            health,
+            partial(ping_database, dsn=dsn, time_limit_s=pg.connect_timeout_s),
+            interval_s=settings.health_check_interval_s,
+        )
+        await monitor.probe()  # the first status is known before the first call arrives
+
+        address = _bind_address(settings.grpc_host, settings.grpc_port)
+        port = server.add_insecure_port(address)
+        await server.start()
+        monitor_task = asyncio.create_task(monitor.run(), name="users-health-probe")
+        _log.info("users service listening on %s", _bind_address(settings.grpc_host, port))
+        running = RunningServer(
+            server=server,
+            port=port,
+            health=health,
+            monitor=monitor_task,
+            resources=resources.pop_all(),
+        )
+    return running
+
+
+async def serve(settings: UsersSettings) -> None:
+    """Run the service until SIGTERM or SIGINT, then stop gracefully."""
+    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        _log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace_s)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await running.stop(settings.shutdown_grace_s)

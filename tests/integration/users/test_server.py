@@ -1,0 +1,210 @@
+"""The server as a whole: health, reflection, PostgreSQL outages, deadlines, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from portico.users.v1 import users_pb2, users_pb2_grpc
+from portico_users.server import RunningServer, start
+from tests.integration.users.support import closed_port, relay, tcp_dsn, users_settings
+
+if TYPE_CHECKING:
+    from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub
+
+SERVICE = "portico.users.v1.UserService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def health_of(channel: grpc.aio.Channel, service: str = "") -> int:
+    health: Any = health_pb2_grpc.HealthStub(channel)  # the stubs type sync channels only
+    response = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+    return int(response.status)
+
+
+async def wait_for_health(channel: grpc.aio.Channel, status: int, within_s: float) -> None:
+    end = time.monotonic() + within_s
+    while await health_of(channel, SERVICE) != status:
+        assert time.monotonic() < end, f"health never became {status}"
+        await asyncio.sleep(0.05)
+
+
+async def test_health_is_serving_for_the_server_and_the_service(
+    channel: grpc.aio.Channel,
+) -> None:
+    assert await health_of(channel) == SERVING
+    assert await health_of(channel, SERVICE) == SERVING
+
+
+async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
+    reflection: Any = reflection_pb2_grpc.ServerReflectionStub(channel)  # type: ignore[arg-type]
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+
+    responses = [r async for r in reflection.ServerReflectionInfo(iter([request]), timeout=5)]
+
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+async def test_without_postgresql_it_starts_not_serving_and_recovers(
+    database_url: str, valkey_url: str
+) -> None:
+    port = closed_port()
+    settings = users_settings(database_url=tcp_dsn(database_url, port), valkey_url=valkey_url)
+    running = await start(settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub: UserServiceAsyncStub = users_pb2_grpc.UserServiceStub(channel)
+            assert await health_of(channel) == NOT_SERVING
+            assert await health_of(channel, SERVICE) == NOT_SERVING
+
+            began = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListUsers(users_pb2.ListUsersRequest(), timeout=10)
+            assert time.monotonic() - began < 1.0
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = caught.value.details() or ""
+            for leak in ("127.0.0.1", str(port), "Error", "Traceback", "SELECT"):
+                assert leak not in details
+
+            async with relay(database_url, port):  # PostgreSQL comes back
+                await wait_for_health(channel, SERVING, within_s=5)
+                created = await stub.CreateUser(
+                    users_pb2.CreateUserRequest(email="back@example.com", display_name="B"),
+                    timeout=5,
+                )
+                assert created.user.email == "back@example.com"
+            await wait_for_health(channel, NOT_SERVING, within_s=5)  # and goes again
+    finally:
+        await running.stop(0)
+
+
+async def lock_row(database_url: str, user_id: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("BEGIN")
+    await conn.execute("SELECT 1 FROM users.users WHERE id = $1 FOR UPDATE", user_id)
+    return conn
+
+
+async def blocked_updates(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE query LIKE '%UPDATE users.users%' AND wait_event_type = 'Lock'"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_call_past_its_deadline_ends_promptly_and_its_query_is_cancelled(
+    stub: UserServiceAsyncStub, database_url: str
+) -> None:
+    user = (
+        await stub.CreateUser(
+            users_pb2.CreateUserRequest(email="d@example.com", display_name="D"), timeout=5
+        )
+    ).user
+    locker = await lock_row(database_url, user.id)
+    try:
+        began = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.UpdateUser(
+                users_pb2.UpdateUserRequest(
+                    id=user.id, user=users_pb2.UserUpdate(display_name="E")
+                ),
+                timeout=0.5,
+            )
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - began < 1.5
+        end = time.monotonic() + 2
+        while await blocked_updates(database_url):  # the server-side query was cancelled
+            assert time.monotonic() < end, "the UPDATE outlived the caller's deadline"
+            await asyncio.sleep(0.05)
+    finally:
+        await locker.close()
+
+
+async def test_graceful_stop_turns_health_off_and_finishes_in_flight_calls(
+    server: RunningServer, channel: grpc.aio.Channel, database_url: str
+) -> None:
+    stub: UserServiceAsyncStub = users_pb2_grpc.UserServiceStub(channel)
+    user = (
+        await stub.CreateUser(
+            users_pb2.CreateUserRequest(email="g@example.com", display_name="G"), timeout=5
+        )
+    ).user
+    health: Any = health_pb2_grpc.HealthStub(channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+    assert (await watch.read()).status == SERVING
+    locker = await lock_row(database_url, user.id)
+    update = asyncio.ensure_future(
+        stub.UpdateUser(
+            users_pb2.UpdateUserRequest(id=user.id, user=users_pb2.UserUpdate(display_name="H")),
+            timeout=10,
+        )
+    )
+    for _ in range(100):  # wait until the call is in flight, blocked on the lock
+        if await blocked_updates(database_url):
+            break
+        await asyncio.sleep(0.05)
+
+    began = time.monotonic()
+    stopping = asyncio.create_task(server.stop(5))
+    assert (await watch.read()).status == NOT_SERVING
+    watch.cancel()
+    assert not stopping.done()
+    await locker.close()  # releases the row lock
+
+    response = await update
+    await stopping
+    assert response.user.display_name == "H"
+    assert time.monotonic() - began < 5
+
+
+async def test_the_process_logs_its_address_and_exits_0_on_sigterm(
+    database_url: str, valkey_url: str
+) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "USERS_POSTGRES__DSN": database_url,
+        "USERS_VALKEY__URL": valkey_url,
+        "USERS_GRPC_PORT": "0",
+        "USERS_SHUTDOWN_GRACE_S": "1",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "portico_users", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while "listening on" not in (line := (await process.stderr.readline()).decode()):
+                assert line, f"exited early: {lines}"
+                lines.append(line)
+        port = int(line.rsplit(":", 1)[1])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await health_of(channel, SERVICE) == SERVING
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            rest = (await process.stderr.read()).decode()
+            code = await process.wait()
+    assert code == 0, rest
+    assert "stopped" in rest
+    password = urlsplit(database_url).password
+    assert not password or password not in "".join(lines) + rest

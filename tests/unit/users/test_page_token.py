@@ -1,0 +1,61 @@
+"""Page tokens: round trip, and rejection of anything the service did not issue."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import pytest
+
+from portico_users.domain import Cursor
+from portico_users.errors import InvalidArgument
+from portico_users.page_token import decode_page_token, encode_page_token
+
+CURSOR = Cursor(datetime(2024, 5, 17, 12, 30, 1, 123456, tzinfo=UTC), uuid4())
+
+
+def test_a_token_decodes_to_its_cursor() -> None:
+    token = encode_page_token(CURSOR)
+
+    assert decode_page_token(token) == CURSOR
+    assert token.isascii()
+    assert "=" not in token
+
+
+def test_the_empty_token_means_the_first_page() -> None:
+    assert decode_page_token("") is None
+
+
+def test_cursors_before_the_epoch_round_trip() -> None:
+    cursor = Cursor(datetime(1901, 1, 1, tzinfo=UTC), UUID(int=1))
+
+    assert decode_page_token(encode_page_token(cursor)) == cursor
+
+
+def _flip(token: str, index: int) -> str:
+    raw = bytearray(base64.urlsafe_b64decode(token + "=="))
+    raw[index] ^= 0x01
+    return base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("not a token", id="bad-alphabet"),
+        pytest.param("AAAA", id="too-short"),
+        pytest.param(encode_page_token(CURSOR)[:-2], id="truncated"),
+        pytest.param(encode_page_token(CURSOR) + "AA", id="extended"),
+        pytest.param(_flip(encode_page_token(CURSOR), 3), id="tampered-time"),
+        pytest.param(_flip(encode_page_token(CURSOR), 12), id="tampered-id"),
+        pytest.param(_flip(encode_page_token(CURSOR), 30), id="tampered-checksum"),
+        pytest.param(_flip(encode_page_token(CURSOR), 0), id="unknown-version"),
+        pytest.param(encode_page_token(CURSOR)[:-1] + "B", id="non-canonical-tail"),
+        pytest.param("é" * 10, id="non-ascii"),
+    ],
+)
+def test_foreign_tokens_are_invalid_argument_on_page_token(token: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        decode_page_token(token)
+
+    assert [v.field for v in caught.value.violations] == ["page_token"]
