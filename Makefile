@@ -20,11 +20,11 @@ VENV       := $(CURDIR)/.venv
 BIN        := $(VENV)/bin
 PYTEST_ARGS ?=
 
-## ---------------------------------------------------------------- everyday
+##@ Everyday
 
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2} /^## / {print substr($$0, 4)}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-17s %s\n", $$1, $$2} /^##@ / {printf "\n%s\n", substr($$0, 5)}' $(MAKEFILE_LIST)
 
 .PHONY: run
 run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless DATABASE_URL/VALKEY_URL)
@@ -38,7 +38,7 @@ migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
 	@test -n "$${DATABASE_URL:-}" || { echo "set DATABASE_URL (make run migrates its embedded database itself)"; exit 2; }
 	$(BIN)/portico-migrate up
 
-## ---------------------------------------------------------------- setup
+##@ Setup
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)/uv
@@ -51,7 +51,7 @@ $(BUF):
 sync: $(UV) ## Install the workspace into .venv from uv.lock
 	$(UV) sync --frozen --all-packages --all-extras --quiet
 
-## ---------------------------------------------------------------- quality
+##@ Quality
 
 .PHONY: lint
 lint: sync $(BUF) ## ruff, ruff format --check, mypy --strict, buf lint + format, uv lock --check
@@ -83,7 +83,7 @@ proto-check: sync ## Fail when proto/gen differs from a fresh regeneration
 	@git diff --exit-code --stat -- proto/gen && test -z "$$(git status --porcelain -- proto/gen)" \
 	  || { echo "proto/gen is stale: run 'make proto' and commit the result"; exit 1; }
 
-## ---------------------------------------------------------------- tests
+##@ Tests
 
 .PHONY: test-unit
 test-unit: sync ## Unit tier
