@@ -1,0 +1,56 @@
+"""The README documents every setting and every make target (so docs cannot drift silently)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings
+
+from portico_devstack.config import DevSettings
+from portico_migrations.config import MigrateSettings
+from portico_users.config import UsersSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def env_names(settings: type[BaseSettings]) -> list[str]:
+    """Every environment variable a settings class reads (nested groups joined with ``__``)."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    names: list[str] = []
+
+    def walk(model: type[BaseModel], path: str) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{path}{name.upper()}__")
+            elif info.validation_alias is not None:
+                names.append(str(info.validation_alias.choices[0]))  # type: ignore[union-attr]
+            else:
+                names.append(f"{path}{name.upper()}")
+
+    walk(settings, prefix)
+    return names
+
+
+@pytest.mark.parametrize("settings", [UsersSettings, MigrateSettings, DevSettings])
+def test_readme_documents_every_setting(settings: type[BaseSettings]) -> None:
+    missing = [name for name in env_names(settings) if f"`{name}`" not in README]
+    assert not missing, f"README.md lacks {missing}"
+
+
+def test_readme_lists_every_make_target() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    targets = re.findall(r"^([a-z0-9-]+):.*## ", makefile, re.MULTILINE)
+    assert {"run", "test", "lint", "fmt", "proto", "proto-check", "migrate", "help"} <= set(targets)
+    missing = [t for t in targets if not re.search(rf"^  {re.escape(t)} ", README, re.MULTILINE)]
+    assert not missing, f"README.md's make help lacks {missing}"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make run" in README
+    assert "make test" in README
