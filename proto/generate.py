@@ -87,8 +87,8 @@ def generate(out: Path) -> None:
             [
                 f"--python_out={out}",
                 f"--grpc_python_out={out}",
-                f"--mypy_out={out}",
-                f"--mypy_grpc_out={out}",
+                f"--mypy_out=quiet:{out}",
+                f"--mypy_grpc_out=quiet:{out}",
                 *files,
                 VALIDATE_PROTO,
             ],
