@@ -1,0 +1,85 @@
+"""The composition root: ``create_app(settings)`` builds the whole gateway.
+
+Routes for upstream RPCs are derived from their ``google.api.http`` options
+(:mod:`portico_gateway.transcoding`); the gateway's own routes are ordinary FastAPI routes.
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from google.protobuf.descriptor import ServiceDescriptor
+
+from portico.users.v1 import users_pb2
+from portico_gateway.config import GatewaySettings
+from portico_gateway.errors import install_error_handlers
+from portico_gateway.lifespan import make_lifespan
+from portico_gateway.middleware import BodyLimitMiddleware, BodyTooLarge, RequestIdMiddleware
+from portico_gateway.routers import health
+from portico_gateway.transcoding.routes import add_routes, bindings_of
+
+DESCRIPTION = """\
+Portico's REST API. Every `/v1` route is derived from a gRPC method's `google.api.http`
+option, and documented from the proto comments. Errors are `application/problem+json`
+(RFC 9457). Send `X-Request-ID` to correlate a call with the server logs.
+"""
+
+
+def upstream_services(settings: GatewaySettings) -> dict[str, tuple[str, ServiceDescriptor]]:
+    """Each upstream: name → (gRPC target, the service whose HTTP rules become routes)."""
+    return {
+        "users": (settings.users_target, users_pb2.DESCRIPTOR.services_by_name["UserService"]),
+    }
+
+
+class PorticoAPI(FastAPI):
+    """FastAPI whose OpenAPI document also carries the schemas derived from the protos."""
+
+    proto_components: dict[str, Any]
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            schema = get_openapi(
+                title=self.title,
+                version=self.version,
+                description=self.description,
+                routes=self.routes,
+                tags=self.openapi_tags,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                self.proto_components
+            )
+            self.openapi_schema = schema
+        return self.openapi_schema
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """The gateway application for ``settings``."""
+    upstreams = upstream_services(settings)
+    app = PorticoAPI(
+        title="Portico API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=make_lifespan(settings, {n: target for n, (target, _) in upstreams.items()}),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.proto_components = {}
+    install_error_handlers(app, retry_after_s=settings.retry_after_s)
+
+    async def body_too_large(request: Any, exc: Exception) -> Any:
+        from portico_gateway.errors import problem
+
+        return problem(request, status=413, detail=str(exc))
+
+    app.add_exception_handler(BodyTooLarge, body_too_large)
+    app.include_router(health.make_router(readiness_timeout_s=settings.readiness_timeout_s))
+    for name, (_, service) in upstreams.items():
+        add_routes(app, bindings_of(name, service), app.proto_components)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer carries the id
+    return app

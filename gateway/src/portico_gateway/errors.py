@@ -1,0 +1,191 @@
+"""Every error leaves the gateway as ``application/problem+json`` (RFC 9457), mapped here once.
+
+* :class:`grpc.aio.AioRpcError` from an upstream: grpc-gateway's code → HTTP table
+  (``runtime/errors.go``), field errors from the ``google.rpc.BadRequest`` detail, 412 for a
+  FAILED_PRECONDITION whose ``google.rpc.ErrorInfo`` reason is ``ETAG_MISMATCH``, ``Retry-After``
+  with 503. For INTERNAL/UNKNOWN/DATA_LOSS the upstream text is replaced by a generic one.
+* :class:`RequestError`: the gateway's own checks (bad JSON, unknown field, bad header …).
+* Starlette's HTTP errors (unknown route 404, 405), FastAPI validation errors, and finally any
+  other exception: 500 with a generic detail; the traceback goes to the log only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from google.rpc import error_details_pb2, status_pb2
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from portico_gateway.middleware import REQUEST_ID_HEADER, request_id_of
+
+_log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://portico.dev/problems/"
+ETAG_MISMATCH = "ETAG_MISMATCH"
+
+# grpc-gateway's runtime/errors.go HTTPStatusFromCode.
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+# Codes whose upstream message may carry internals: the client gets a generic text instead.
+_OPAQUE = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
+_GENERIC_DETAIL = {
+    499: "the request was cancelled",
+    500: "internal error; quote the request id when reporting it",
+    503: "a service is temporarily unavailable; retry later",
+    504: "a service did not answer in time",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+@dataclass
+class RequestError(Exception):
+    """A request the gateway itself refuses (before or instead of calling upstream)."""
+
+    status: int
+    detail: str
+    errors: Sequence[FieldError] = field(default_factory=tuple)
+    kind: str | None = None  # the problem type's last segment; derived from status if None
+
+
+def _title(status: int) -> str:
+    if status == 499:
+        return "Client Closed Request"
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _kind(status: int) -> str:
+    return _title(status).lower().replace(" ", "-")
+
+
+def problem(
+    request: Request,
+    *,
+    status: int,
+    detail: str,
+    errors: Sequence[FieldError] = (),
+    kind: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An RFC 9457 problem response for ``request``."""
+    rid = request_id_of(request.scope)
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + (kind or _kind(status)),
+        "title": _title(status),
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": rid,
+    }
+    if errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    all_headers = {REQUEST_ID_HEADER: rid} | (headers or {})
+    return JSONResponse(body, status_code=status, headers=all_headers, media_type=PROBLEM_JSON)
+
+
+def _details(error: grpc.aio.AioRpcError) -> list[Any]:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            try:
+                return list(status_pb2.Status.FromString(value).details)
+            except Exception:  # a malformed detail must not turn a 4xx into a 500
+                _log.warning("undecodable grpc-status-details-bin from upstream")
+    return []
+
+
+def upstream_problem(request: Request, error: grpc.aio.AioRpcError, *, retry_after_s: int) -> Any:
+    code = error.code()
+    status = GRPC_TO_HTTP.get(code, 500)
+    errors: list[FieldError] = []
+    kind = code.name.lower().replace("_", "-")
+    for detail in _details(error):
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            errors.extend(FieldError(v.field, v.description) for v in bad.field_violations)
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if code == grpc.StatusCode.FAILED_PRECONDITION and info.reason == ETAG_MISMATCH:
+                status, kind = 412, "etag-mismatch"
+    if code in _OPAQUE or status in (499, 503, 504) or not error.details():
+        text = _GENERIC_DETAIL.get(status, _title(status).lower())
+    else:
+        text = str(error.details())
+    if status >= 500:
+        _log.warning("upstream %s: %s", code.name, error.details())
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
+    return problem(request, status=status, detail=text, errors=errors, kind=kind, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
+    """Register the handlers that turn every failure into problem+json."""
+
+    async def on_rpc_error(request: Request, exc: Exception) -> Any:
+        assert isinstance(exc, grpc.aio.AioRpcError)  # noqa: S101 (registered for that type)
+        return upstream_problem(request, exc, retry_after_s=retry_after_s)
+
+    async def on_request_error(request: Request, exc: Exception) -> Any:
+        assert isinstance(exc, RequestError)  # noqa: S101
+        return problem(
+            request, status=exc.status, detail=exc.detail, errors=exc.errors, kind=exc.kind
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> Any:
+        assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+        headers = dict(exc.headers or {})
+        detail = exc.detail if isinstance(exc.detail, str) else _title(exc.status_code)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route for {request.method} {request.url.path}"
+        return problem(request, status=exc.status_code, detail=detail, headers=headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Any:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101
+        errors = [
+            FieldError(".".join(str(p) for p in e.get("loc", ())[1:]) or "body", str(e["msg"]))
+            for e in exc.errors()
+        ]
+        return problem(request, status=400, detail="invalid request", errors=errors)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Any:
+        _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return problem(request, status=500, detail=_GENERIC_DETAIL[500])
+
+    app.add_exception_handler(grpc.aio.AioRpcError, on_rpc_error)
+    app.add_exception_handler(RequestError, on_request_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

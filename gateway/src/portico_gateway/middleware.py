@@ -1,0 +1,104 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task and a copy per request).
+
+* :class:`RequestIdMiddleware`: keeps a sane ``X-Request-ID`` or makes one, stores it in the
+  scope (``scope["state"]["request_id"]``) for handlers and upstream metadata, echoes it.
+* :class:`BodyLimitMiddleware`: refuses bodies over the limit with 413 — at once when
+  ``Content-Length`` says so, and mid-stream for chunked bodies (:class:`BodyTooLarge`).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, no spaces, at most 128
+
+
+def request_id_of(scope: MutableMapping[str, Any]) -> str:
+    """The request id of this request (set by :class:`RequestIdMiddleware`)."""
+    state = scope.setdefault("state", {})
+    rid = state.get("request_id")
+    if not isinstance(rid, str):
+        rid = state["request_id"] = uuid.uuid4().hex
+    return rid
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get(REQUEST_ID_HEADER)
+        rid = given if given is not None and _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if REQUEST_ID_HEADER not in headers:
+                    headers.append(REQUEST_ID_HEADER, rid)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyTooLarge(Exception):  # noqa: N818 (an HTTP condition, named after 413)
+    """The request body exceeded the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(scope, send, bad_length=not length.isdigit())
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counted, send)
+
+    async def _refuse(self, scope: Scope, send: Send, *, bad_length: bool) -> None:
+        # Imported here: errors.py imports this module for the request id.
+        from starlette.requests import Request
+
+        from portico_gateway.errors import problem
+
+        request = Request(scope)
+        if bad_length:
+            response = problem(request, status=400, detail="malformed Content-Length header")
+        else:
+            detail = f"request body exceeds {self.max_bytes} bytes"
+            response = problem(request, status=413, detail=detail)
+        await response(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}

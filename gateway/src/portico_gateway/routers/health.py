@@ -1,0 +1,53 @@
+"""Gateway-owned probes: ``/healthz`` (the process is alive) and ``/readyz`` (upstreams serve)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from portico_gateway.deps import UpstreamsDep
+from portico_gateway.errors import problem
+from portico_gateway.transcoding.openapi import PROBLEM
+
+
+def make_router(*, readiness_timeout_s: float) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get(
+        "/healthz",
+        summary="Liveness",
+        description="200 while the gateway process runs; says nothing about upstreams.",
+    )
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        summary="Readiness",
+        description="200 when every upstream's grpc.health.v1 check answers SERVING, else 503.",
+        responses={
+            503: {
+                "description": "An upstream is not serving.",
+                "content": {
+                    "application/problem+json": {
+                        "schema": {"$ref": f"#/components/schemas/{PROBLEM}"}
+                    }
+                },
+            }
+        },
+    )
+    async def readyz(request: Request, upstreams: UpstreamsDep) -> Any:
+        names = list(upstreams)
+        states = await asyncio.gather(
+            *(upstreams[n].health(timeout_s=readiness_timeout_s) for n in names)
+        )
+        status = dict(zip(names, states, strict=True))
+        waiting = [n for n, s in status.items() if s != "SERVING"]
+        if waiting:
+            detail = "not ready: " + ", ".join(f"{n} is {status[n]}" for n in waiting)
+            return problem(request, status=503, detail=detail, headers={"Retry-After": "1"})
+        return {"status": "ready", "upstreams": status}
+
+    return router

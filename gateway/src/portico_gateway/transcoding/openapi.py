@@ -1,0 +1,161 @@
+"""The OpenAPI operation of a binding (parameters, body, responses) from descriptors, comments."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from portico_gateway.transcoding.comments import proto_comments
+from portico_gateway.transcoding.request import is_plain_message, resolve_path
+from portico_gateway.transcoding.schema import add_message, component_ref, field_schema
+
+if TYPE_CHECKING:
+    from portico_gateway.transcoding.routes import Binding
+
+PROBLEM = "Problem"
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An RFC 9457 problem: every error answer has this shape.",
+    "properties": {
+        "type": {"type": "string", "format": "uri", "description": "Problem type."},
+        "title": {"type": "string", "description": "Short, human-readable summary."},
+        "status": {"type": "integer", "description": "The HTTP status code."},
+        "detail": {"type": "string", "description": "What went wrong with this request."},
+        "instance": {"type": "string", "description": "The request path."},
+        "request_id": {"type": "string", "description": "Quote it when reporting a problem."},
+        "errors": {
+            "type": "array",
+            "description": "One entry per invalid field.",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["field", "message"],
+            },
+        },
+    },
+    "required": ["type", "title", "status", "detail", "instance", "request_id"],
+}
+_HEADER_REQUEST_ID = {
+    "X-Request-ID": {
+        "description": "The request id (yours if sane, else generated).",
+        "schema": {"type": "string"},
+    }
+}
+_ERRORS = {
+    400: "Invalid request: see `errors` for the fields.",
+    404: "Not found.",
+    409: "Conflicts with the current state (e.g. a taken email).",
+    412: "`If-Match` does not match the current ETag.",
+    413: "Request body too large.",
+    415: "Request body is not JSON.",
+    500: "Internal error.",
+    503: "A service is unavailable; see `Retry-After`.",
+    504: "A service did not answer in time.",
+}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": _HEADER_REQUEST_ID,
+        "content": {"application/problem+json": {"schema": component_ref(PROBLEM)}},
+    }
+
+
+def _owner(field: Any) -> str:
+    return str(field.containing_type.full_name) if field.containing_type is not None else ""
+
+
+def _first_sentence(text: str) -> str:
+    head = text.split("\n\n", 1)[0]
+    return head.split(". ", 1)[0].rstrip(".")
+
+
+def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI operation fields for ``binding`` (schemas are added to ``components``)."""
+    notes = proto_comments()
+    components.setdefault(PROBLEM, PROBLEM_SCHEMA)
+    method, request_type = binding.method, binding.method.input_type
+    doc = notes.get(method.full_name, method.name)
+    path_fields = {v.field_path for v in binding.template.variables}
+    parameters: list[dict[str, Any]] = []
+    for variable in binding.template.variables:
+        leaf = resolve_path(request_type, variable.field_path)[-1]
+        parameters.append(
+            {
+                "name": variable.param,
+                "in": "path",
+                "required": True,
+                "description": notes.get(f"{_owner(leaf)}.{leaf.name}", ""),
+                "schema": field_schema(leaf, components),
+            }
+        )
+    if binding.body != "*":
+        for field in request_type.fields:
+            if field.name in path_fields or field.name == binding.body or is_plain_message(field):
+                continue
+            if binding.derives_mask and field.name == "update_mask":
+                pass  # optional override of the mask derived from the body
+            elif binding.takes_etag and field.name == "etag":
+                continue  # sent as If-Match
+            parameters.append(
+                {
+                    "name": field.name,
+                    "in": "query",
+                    "required": False,
+                    "description": notes.get(f"{request_type.full_name}.{field.name}", ""),
+                    "schema": field_schema(field, components),
+                }
+            )
+    if binding.takes_etag:
+        parameters.append(
+            {
+                "name": "If-Match",
+                "in": "header",
+                "required": False,
+                "description": "Apply only if the resource still has this ETag (else 412).",
+                "schema": {"type": "string"},
+            }
+        )
+    result: dict[str, Any] = {
+        "summary": _first_sentence(doc),
+        "description": doc,
+        "parameters": parameters,
+    }
+    errors = [400, 404, 500, 503, 504]
+    if binding.body:
+        body_type = binding.body_descriptor
+        if body_type is not None:
+            exclude = frozenset(path_fields) if binding.body == "*" else frozenset()
+            name = body_type.full_name if not exclude else f"{body_type.full_name}.Body"
+            add_message(body_type, components, exclude=exclude, name=name)
+            result["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": component_ref(name)}},
+            }
+        errors += [413, 415]
+    if binding.verb == "post":
+        errors.append(409)
+    if binding.verb == "patch":
+        errors.append(409)
+    if binding.takes_etag:
+        errors.append(412)
+    status = binding.success_status
+    success: dict[str, Any] = {"description": "Success.", "headers": dict(_HEADER_REQUEST_ID)}
+    if status != 204:
+        name = add_message(binding.result_descriptor, components)
+        success["content"] = {"application/json": {"schema": component_ref(name)}}
+        if "etag" in binding.result_descriptor.fields_by_name:
+            success["headers"]["ETag"] = {
+                "description": "The resource's version, for If-Match.",
+                "schema": {"type": "string"},
+            }
+    if status == 201:
+        success["headers"]["Location"] = {
+            "description": "Path of the created resource.",
+            "schema": {"type": "string"},
+        }
+    responses: dict[str, Any] = {str(status): success}
+    for code in sorted(set(errors)):
+        responses[str(code)] = _problem(_ERRORS[code])
+    result["responses"] = responses
+    return result

@@ -1,0 +1,218 @@
+"""HTTP request parts → one protobuf request message, with grpc-gateway's semantics.
+
+* ``body: "*"``: the JSON body is the whole message; ``body: "<field>"``: the JSON body is that
+  field; path variables then override body fields, and (unless ``body: "*"``) query parameters
+  set the remaining fields (``?a=1&tags=x&tags=y&filter.kind=b``; proto or JSON field names).
+* JSON follows the proto3 JSON mapping; unknown fields and wrong types are 400s naming the field.
+* PATCH with a body field and an ``update_mask`` field: when the client sent no mask, the mask
+  is the set of fields present in the JSON body (nested objects give dotted paths).
+* ``If-Match`` fills a top-level string field ``etag``; ``*`` means "no condition".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from portico_gateway.errors import FieldError, RequestError
+
+_WELL_KNOWN = "google.protobuf."
+_GRPC_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_JSON_TYPES = re.compile(r"^application/(?:json|[\w.+-]+\+json)$")
+
+
+def find_field(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
+    """The field called ``name`` (proto name or JSON name) of ``descriptor``."""
+    found = descriptor.fields_by_name.get(name)
+    if found is not None:
+        return found
+    return next((f for f in descriptor.fields if f.json_name == name), None)
+
+
+def is_plain_message(field: FieldDescriptor) -> bool:
+    """A singular message field that JSON writes as an object (not a well-known scalar form)."""
+    return (
+        field.message_type is not None
+        and not field.message_type.GetOptions().map_entry
+        and not field.message_type.full_name.startswith(_WELL_KNOWN)
+        and not _is_repeated(field)
+    )
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def resolve_path(descriptor: Descriptor, dotted: str) -> list[FieldDescriptor]:
+    """The fields along ``a.b.c``; raises 400 for unknown names or non-message hops."""
+    fields: list[FieldDescriptor] = []
+    current: Descriptor | None = descriptor
+    for part in dotted.split("."):
+        found = find_field(current, part) if current is not None else None
+        if found is None:
+            raise RequestError(400, "unknown parameter", [FieldError(dotted, "unknown field")])
+        fields.append(found)
+        current = found.message_type if is_plain_message(found) else None
+    return fields
+
+
+def _scalar(field: FieldDescriptor, text: str) -> Any:
+    """A path or query string as the JSON value the proto3 JSON parser expects."""
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        if text in ("true", "false"):
+            return text == "true"
+        raise RequestError(
+            400, "invalid parameter", [FieldError(field.name, "must be true or false")]
+        )
+    return text
+
+
+def _put(data: dict[str, Any], fields: Sequence[FieldDescriptor], value: Any) -> None:
+    for field in fields[:-1]:
+        data = data.setdefault(field.name, {})
+    data[fields[-1].name] = value
+
+
+def query_into(
+    data: dict[str, Any], descriptor: Descriptor, query: Sequence[tuple[str, str]]
+) -> None:
+    """Add query parameters to the JSON-shaped ``data`` of a ``descriptor`` message."""
+    seen: set[str] = set()
+    for key, text in query:
+        fields = resolve_path(descriptor, key)
+        leaf = fields[-1]
+        if is_plain_message(leaf):
+            raise RequestError(
+                400, "invalid parameter", [FieldError(key, "cannot be set from the query")]
+            )
+        names = ".".join(f.name for f in fields)
+        if _is_repeated(leaf):
+            holder: dict[str, Any] = data
+            for field in fields[:-1]:
+                holder = holder.setdefault(field.name, {})
+            holder.setdefault(leaf.name, []).append(_scalar(leaf, text))
+            continue
+        if names in seen:
+            raise RequestError(400, "invalid parameter", [FieldError(key, "given more than once")])
+        seen.add(names)
+        _put(data, fields, _scalar(leaf, text))
+
+
+def parse_error(error: json_format.ParseError) -> RequestError:
+    """A 400 naming the field a proto3 JSON parse failed on, without parser internals."""
+    text = str(error)
+    unknown = re.search(r'has no field named "([^"]+)" at "([^"]+)"', text)
+    if unknown:
+        scope = unknown.group(2).split(".")[1:]
+        field = ".".join([*scope, unknown.group(1)])
+        return RequestError(400, "unknown field in request", [FieldError(field, "unknown field")])
+    path = re.findall(r"Failed to parse (\w+) field", text)
+    if path:
+        reason = text.rsplit("field: ", 1)[-1].split("\n", 1)[0].strip().rstrip(".")
+        reason = re.sub(r"\s+at \"[^\"]*\"$", "", reason)
+        return RequestError(400, "invalid field value", [FieldError(".".join(path), reason)])
+    return RequestError(400, "request does not match the expected message")
+
+
+def read_json_body(raw: bytes, content_type: str | None) -> Any:
+    """The JSON document of a request body; 415 for non-JSON, 400 for malformed JSON."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if not _JSON_TYPES.match(media_type):
+        raise RequestError(415, "the request body must be JSON (Content-Type: application/json)")
+    if not raw.strip():
+        raise RequestError(400, "the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise RequestError(400, "the request body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(
+            400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+def mask_paths(descriptor: Descriptor, body: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The field mask a PATCH body implies: the fields it contains, nested ones dotted."""
+    paths: list[str] = []
+    for key, value in body.items():
+        field = find_field(descriptor, key)
+        if field is None:
+            continue  # the parser reports unknown fields
+        nested = field.message_type
+        if is_plain_message(field) and nested is not None and isinstance(value, dict) and value:
+            paths.extend(mask_paths(nested, value, f"{prefix}{field.name}."))
+        else:
+            paths.append(prefix + field.name)
+    return paths
+
+
+def parse_if_match(value: str | None) -> str | None:
+    """The etag of an ``If-Match`` header (``"x"``, ``W/"x"`` or ``x``); None for none or ``*``."""
+    if value is None or value.strip() in ("", "*"):
+        return None
+    tag = value.split(",", 1)[0].strip()
+    tag = tag.removeprefix("W/")
+    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
+        tag = tag[1:-1]
+    return tag
+
+
+def parse_timeout(grpc_timeout: str | None, request_timeout: str | None) -> float | None:
+    """The client's deadline in seconds, from ``grpc-timeout`` or ``Request-Timeout``."""
+    limits: list[float] = []
+    if grpc_timeout is not None:
+        match = _GRPC_TIMEOUT.fullmatch(grpc_timeout.strip())
+        if match is None:
+            raise RequestError(400, "malformed grpc-timeout header (e.g. 500m, 2S)")
+        limits.append(int(match.group(1)) * _UNITS[match.group(2)])
+    if request_timeout is not None:
+        try:
+            seconds = float(request_timeout)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise RequestError(400, "malformed Request-Timeout header (positive seconds)")
+        limits.append(seconds)
+    return min(limits) if limits else None
+
+
+def build_message(
+    message_class: type[Message],
+    *,
+    body_field: str,
+    body: Any,
+    path_params: Mapping[str, str],
+    query: Sequence[tuple[str, str]],
+) -> Message:
+    """The request message from the body, path variables (dotted paths) and query."""
+    descriptor: Descriptor = message_class.DESCRIPTOR  # type: ignore[assignment]  # upb's type
+    data: dict[str, Any] = {}
+    if body_field == "*":
+        if not isinstance(body, dict):
+            raise RequestError(400, "the request body must be a JSON object")
+        data = dict(body)
+    elif body_field:
+        target = find_field(descriptor, body_field)
+        if target is not None and is_plain_message(target) and not isinstance(body, dict):
+            raise RequestError(400, "the request body must be a JSON object")
+        data[body_field] = body
+        query = [(k, v) for k, v in query if k.split(".", 1)[0] != body_field]
+    if body_field != "*":
+        query_into(data, descriptor, query)
+    for dotted, text in path_params.items():
+        fields = resolve_path(descriptor, dotted)
+        _put(data, fields, _scalar(fields[-1], text))
+    message = message_class()
+    try:
+        json_format.ParseDict(data, message)
+    except json_format.ParseError as exc:
+        raise parse_error(exc) from None
+    return message

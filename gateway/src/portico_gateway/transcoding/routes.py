@@ -1,0 +1,213 @@
+"""REST routes derived from ``google.api.http`` options: one generic endpoint per binding.
+
+For every method of a registered gRPC service that carries an HTTP rule (and each of its
+``additional_bindings``), :func:`add_routes` adds a FastAPI route whose endpoint transcodes the
+HTTP request into the request message (:mod:`.request`), calls the upstream, and renders the
+response, and whose OpenAPI operation is built from the descriptors and proto comments
+(:mod:`.schema`). Adding an annotated RPC to a proto therefore adds a documented route.
+
+Conventions on top of grpc-gateway's (AIP standard methods):
+
+* a POST of an RPC named ``Create…`` answers **201** with ``Location: <path>/<id>`` (the
+  returned resource's ``id``);
+* a response message without fields (``DeleteUserResponse``) answers **204** with no body;
+* a returned resource with an ``etag`` sets the ``ETag`` header (quoted); ``If-Match`` fills the
+  request's ``etag`` (see :mod:`.request`);
+* responses use proto field names (``display_name``) and print fields that have no presence
+  even when empty (``"next_page_token": ""``), so every documented property is present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+
+from portico_gateway.clients.upstream import Upstream
+from portico_gateway.middleware import request_id_of
+from portico_gateway.transcoding import openapi
+from portico_gateway.transcoding.request import (
+    build_message,
+    find_field,
+    mask_paths,
+    parse_if_match,
+    parse_timeout,
+    read_json_body,
+)
+from portico_gateway.transcoding.template import PathTemplate, UnsupportedTemplate, parse_template
+
+_VERBS = ("get", "put", "post", "delete", "patch")
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One HTTP rule of one RPC."""
+
+    upstream: str
+    method: MethodDescriptor
+    verb: str
+    template: PathTemplate
+    body: str
+    response_body: str
+    request_class: type[Message]
+    response_class: type[Message]
+
+    @property
+    def rpc_path(self) -> str:
+        return f"/{self.method.containing_service.full_name}/{self.method.name}"
+
+    @property
+    def body_descriptor(self) -> Descriptor | None:
+        if self.body == "*":
+            return self.method.input_type
+        field = find_field(self.method.input_type, self.body) if self.body else None
+        return field.message_type if field is not None else None
+
+    @property
+    def result_descriptor(self) -> Descriptor:
+        if not self.response_body:
+            return self.method.output_type
+        field = find_field(self.method.output_type, self.response_body)
+        if field is None or field.message_type is None:
+            raise UnsupportedTemplate(f"{self.rpc_path}: response_body must name a message field")
+        return field.message_type
+
+    @property
+    def derives_mask(self) -> bool:
+        mask = self.method.input_type.fields_by_name.get("update_mask")
+        return (
+            self.verb == "patch"
+            and self.body not in ("", "*")
+            and mask is not None
+            and mask.message_type is not None
+            and mask.message_type.full_name == "google.protobuf.FieldMask"
+        )
+
+    @property
+    def takes_etag(self) -> bool:
+        return "etag" in self.method.input_type.fields_by_name
+
+    @property
+    def success_status(self) -> int:
+        if not self.result_descriptor.fields:
+            return 204
+        return 201 if self.verb == "post" and self.method.name.startswith("Create") else 200
+
+
+def _rules(rule: http_pb2.HttpRule) -> list[http_pb2.HttpRule]:
+    return [rule, *rule.additional_bindings]
+
+
+def bindings_of(upstream: str, service: ServiceDescriptor) -> list[Binding]:
+    """Every HTTP binding of ``service``; raises :class:`UnsupportedTemplate` early."""
+    found: list[Binding] = []
+    for method in service.methods:
+        options = method.GetOptions()
+        if not options.HasExtension(annotations_pb2.http):
+            continue
+        for rule in _rules(options.Extensions[annotations_pb2.http]):
+            verb = rule.WhichOneof("pattern")
+            if verb not in _VERBS:
+                raise UnsupportedTemplate(f"{method.full_name}: HTTP pattern {verb!r}")
+            binding = Binding(
+                upstream=upstream,
+                method=method,
+                verb=verb,
+                template=parse_template(getattr(rule, verb)),
+                body=rule.body,
+                response_body=rule.response_body,
+                request_class=message_factory.GetMessageClass(method.input_type),
+                response_class=message_factory.GetMessageClass(method.output_type),
+            )
+            _ = binding.result_descriptor  # validates response_body now, not per request
+            found.append(binding)
+    return found
+
+
+def render(binding: Binding, request: Request, reply: Message) -> Response:
+    """The HTTP response for an upstream ``reply``."""
+    result: Message = getattr(reply, binding.response_body) if binding.response_body else reply
+    status = binding.success_status
+    if status == 204:
+        return Response(status_code=204)
+    content = json_format.MessageToDict(
+        result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    headers: dict[str, str] = {}
+    fields = result.DESCRIPTOR.fields_by_name
+    resource_id = str(getattr(result, "id")) if "id" in fields else ""  # noqa: B009
+    if status == 201 and resource_id:
+        headers["Location"] = f"{request.url.path.rstrip('/')}/{resource_id}"
+    etag = str(getattr(result, "etag")) if "etag" in fields else ""  # noqa: B009
+    if etag:
+        headers["ETag"] = f'"{etag}"'
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
+    """The FastAPI endpoint that serves ``binding``."""
+
+    async def transcode(request: Request) -> Response:
+        body: Any = None
+        if binding.body:
+            body = read_json_body(await request.body(), request.headers.get("content-type"))
+        message = build_message(
+            binding.request_class,
+            body_field=binding.body,
+            body=body,
+            path_params={
+                v.field_path: request.path_params[v.param] for v in binding.template.variables
+            },
+            query=list(request.query_params.multi_items()),
+        )
+        descriptor = binding.body_descriptor
+        if (
+            binding.derives_mask
+            and "update_mask" not in request.query_params
+            and isinstance(body, dict)
+            and descriptor is not None
+        ):
+            message.update_mask.paths.extend(mask_paths(descriptor, body))  # type: ignore[attr-defined]
+        if binding.takes_etag and (tag := parse_if_match(request.headers.get("if-match"))):
+            message.etag = tag  # type: ignore[attr-defined]
+        timeout = parse_timeout(
+            request.headers.get("grpc-timeout"), request.headers.get("request-timeout")
+        )
+        upstream: Upstream = request.state.upstreams[binding.upstream]
+        reply = await upstream.call(
+            binding.rpc_path,
+            message,
+            binding.response_class,
+            request_id=request_id_of(request.scope),
+            timeout_s=timeout,
+        )
+        return render(binding, request, reply)
+
+    return transcode
+
+
+def add_routes(app: FastAPI, bindings: list[Binding], components: dict[str, Any]) -> None:
+    """Register ``bindings`` on ``app``; their schemas go into ``components``."""
+    for binding in bindings:
+        service = binding.method.containing_service
+        operation = openapi.operation(binding, components)
+        app.add_api_route(
+            binding.template.route_path,
+            endpoint(binding),
+            methods=[binding.verb.upper()],
+            name=f"{service.full_name}.{binding.method.name}",
+            operation_id=f"{service.name}_{binding.method.name}",
+            tags=[service.full_name],
+            summary=operation.pop("summary"),
+            description=operation.pop("description"),
+            status_code=binding.success_status,
+            openapi_extra=operation,
+            include_in_schema=True,
+        )
