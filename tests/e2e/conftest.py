@@ -43,6 +43,7 @@ class Stack:
     grpc_target: str
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
+    pump: threading.Thread | None = None
 
     def children(self) -> list[psutil.Process]:
         if self.process is None:
@@ -53,7 +54,17 @@ class Stack:
         """SIGTERM the launcher (like Ctrl-C); return its exit code."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout_s)
+        return self.wait(timeout_s)
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for the launcher to exit on its own; return its exit code."""
+        assert self.process is not None
+        code = self.process.wait(timeout=timeout_s)
+        if self.pump is not None:
+            self.pump.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
 
 
 def start_stack(data_dir: Path, *, timeout_s: float = 90.0) -> Stack:
@@ -85,11 +96,13 @@ def start_stack(data_dir: Path, *, timeout_s: float = 90.0) -> Stack:
         for line in process.stdout:
             stack.output.append(line.rstrip("\n"))
 
-    threading.Thread(target=pump, daemon=True).start()
+    stack.pump = threading.Thread(target=pump, daemon=True)
+    stack.pump.start()
     deadline = time.monotonic() + timeout_s
     while not any("ready in" in line for line in stack.output):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            stack.wait(10)
             raise RuntimeError("portico-dev did not start:\n" + "\n".join(stack.output))
         time.sleep(0.05)
     return stack

@@ -1,0 +1,159 @@
+"""The stack as users meet it: README examples, REST, gRPC reflection and stubs, start and stop."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import httpx
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2
+
+from tests.e2e.conftest import Stack, start_stack
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "services" / "users" / "examples"
+
+
+def readme_block(marker: str) -> str:
+    """The fenced code block after ``<!-- marker -->`` in the README."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\s*```(?:bash|sh)\n(.*?)```", text, re.DOTALL)
+    assert match, f"README.md has no block marked {marker}"
+    return match.group(1)
+
+
+def run_bash(script: str, stack: Stack) -> str:
+    script = script.replace("http://127.0.0.1:8000", stack.base_url)
+    script = script.replace("127.0.0.1:50051", stack.grpc_target)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README examples use curl")
+def test_readme_rest_walkthrough_works_as_printed(stack: Stack) -> None:
+    out = run_bash(readme_block("e2e:rest"), stack)
+    assert re.search(r"^/v1/users/[0-9a-f-]{36}$", out, re.MULTILINE), out
+    assert re.search(r"(?i)^etag: \"", out, re.MULTILINE), out
+    assert '"display_name":"Ada King"' in out
+    for status in (412, 409, 400, 404):
+        assert f'"status":{status}' in out, (status, out)
+    assert re.search(r"^204$", out, re.MULTILINE), out
+    assert '"status":"ok"' in out
+
+
+def test_readme_grpc_examples_work_as_printed(stack: Stack) -> None:
+    out = run_bash(readme_block("e2e:grpc"), stack)
+    assert "portico.users.v1.UserService" in out
+    assert "grpc.health.v1.Health" in out
+    assert "rpc ListUsers(portico.users.v1.ListUsersRequest)" in out
+    assert '"display_name": "Alan Turing"' in out
+    assert "after delete: NOT_FOUND" in out
+
+
+def test_reflection_client_reports_errors_as_status(stack: Stack) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "reflection_client.py"),
+            stack.grpc_target,
+            "call",
+            "portico.users.v1.UserService/GetUser",
+            '{"id": "not-a-uuid"}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("INVALID_ARGUMENT")
+
+
+def test_rest_and_grpc_see_the_same_user(stack: Stack, http: httpx.Client) -> None:
+    email = f"both-{uuid.uuid4().hex[:8]}@example.com"
+    created = http.post("/v1/users", json={"email": email, "display_name": "Both Ways"})
+    assert created.status_code == 201
+    user_id = created.json()["id"]
+    with grpc.insecure_channel(stack.grpc_target) as channel:
+        from portico.users.v1 import users_pb2, users_pb2_grpc
+
+        reply = users_pb2_grpc.UserServiceStub(channel).GetUser(
+            users_pb2.GetUserRequest(id=user_id), timeout=5
+        )
+    assert reply.user.email == email
+    assert created.headers["etag"] == f'"{reply.user.etag}"'
+
+
+def test_request_id_is_echoed_and_errors_are_problem_json(http: httpx.Client) -> None:
+    response = http.get("/v1/users/not-a-uuid", headers={"X-Request-ID": "e2e-check-1"})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["x-request-id"] == "e2e-check-1"
+    body = response.json()
+    assert body["request_id"] == "e2e-check-1"
+    assert {e["field"] for e in body["errors"]} == {"id"}
+
+
+def _health(target: str) -> str:
+    with grpc.insecure_channel(target) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            reply = check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def test_stack_stops_cleanly_on_sigterm_and_keeps_data(tmp_path: Path) -> None:
+    data = tmp_path / ".data"
+    stack = start_stack(data)
+    children = stack.children()
+    assert len(children) >= 2
+    assert _health(stack.grpc_target) == "SERVING"
+    with httpx.Client(base_url=stack.base_url, timeout=5) as http:
+        email = f"kept-{uuid.uuid4().hex[:8]}@example.com"
+        assert http.post("/v1/users", json={"email": email, "display_name": "K"}).status_code == 201
+    assert stack.stop() == 0, "\n".join(stack.output)
+    time.sleep(0.2)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert any("PostgreSQL stopped; data kept" in line for line in stack.output)
+
+    again = start_stack(data)  # warm start: same data folder, no initdb, no migrations left
+    try:
+        assert any("migrations: 0 applied" in line for line in again.output)
+        with httpx.Client(base_url=again.base_url, timeout=5) as http:
+            listed = http.get("/v1/users", params={"page_size": 100}).json()
+        assert email in {u["email"] for u in listed["users"]}
+    finally:
+        assert again.stop() == 0
+
+
+def test_launcher_exits_nonzero_when_a_service_dies(tmp_path: Path) -> None:
+    stack = start_stack(tmp_path / ".data")
+    users = next(c for c in stack.children() if "portico_users" in " ".join(c.cmdline()))
+    gateway = next(c for c in stack.children() if "portico_gateway" in " ".join(c.cmdline()))
+    users.send_signal(signal.SIGKILL)
+    assert stack.wait(60) == 1
+    assert any("users exited unexpectedly" in line for line in stack.output), stack.output
+    gateway.wait(timeout=5)  # stopped by the launcher, not orphaned
