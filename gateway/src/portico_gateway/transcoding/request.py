@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from portico_gateway.errors import FieldError, RequestError
 
+M = TypeVar("M", bound=Message)
 _WELL_KNOWN = "google.protobuf."
 _GRPC_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -106,7 +107,43 @@ def query_into(
         _put(data, fields, _scalar(leaf, text))
 
 
-def parse_error(error: json_format.ParseError) -> RequestError:
+def expected_value(field: FieldDescriptor) -> str:
+    """What a JSON value of ``field`` must be, in words, for error messages."""
+    if field.is_repeated and not (field.message_type and field.message_type.GetOptions().map_entry):
+        return "must be an array"
+    if field.message_type is not None:
+        name = field.message_type.full_name
+        return _WKT_WORDS.get(name, "must be an object")
+    if field.enum_type is not None:
+        return "must be one of " + ", ".join(v.name for v in field.enum_type.values)
+    return _TYPE_WORDS.get(field.type, "has an invalid value")
+
+
+_WKT_WORDS = {
+    "google.protobuf.Timestamp": "must be an RFC 3339 timestamp",
+    "google.protobuf.Duration": "must be a duration such as 1.5s",
+    "google.protobuf.FieldMask": "must be a comma-separated list of field paths",
+}
+_TYPE_WORDS = {
+    FieldDescriptor.TYPE_STRING: "must be a string",
+    FieldDescriptor.TYPE_BOOL: "must be true or false",
+    FieldDescriptor.TYPE_BYTES: "must be base64",
+    FieldDescriptor.TYPE_DOUBLE: "must be a number",
+    FieldDescriptor.TYPE_FLOAT: "must be a number",
+    FieldDescriptor.TYPE_INT32: "must be a 32-bit integer",
+    FieldDescriptor.TYPE_SINT32: "must be a 32-bit integer",
+    FieldDescriptor.TYPE_SFIXED32: "must be a 32-bit integer",
+    FieldDescriptor.TYPE_UINT32: "must be a non-negative 32-bit integer",
+    FieldDescriptor.TYPE_FIXED32: "must be a non-negative 32-bit integer",
+    FieldDescriptor.TYPE_INT64: "must be a 64-bit integer",
+    FieldDescriptor.TYPE_SINT64: "must be a 64-bit integer",
+    FieldDescriptor.TYPE_SFIXED64: "must be a 64-bit integer",
+    FieldDescriptor.TYPE_UINT64: "must be a non-negative 64-bit integer",
+    FieldDescriptor.TYPE_FIXED64: "must be a non-negative 64-bit integer",
+}
+
+
+def parse_error(error: json_format.ParseError, descriptor: Descriptor) -> RequestError:
     """A 400 naming the field a proto3 JSON parse failed on, without parser internals."""
     text = str(error)
     unknown = re.search(r'has no field named "([^"]+)" at "([^"]+)"', text)
@@ -116,10 +153,13 @@ def parse_error(error: json_format.ParseError) -> RequestError:
         return RequestError(400, "unknown field in request", [FieldError(field, "unknown field")])
     path = re.findall(r"Failed to parse (\w+) field", text)
     if path:
-        reason = text.rsplit("field: ", 1)[-1].split("\n", 1)[0].strip().rstrip(".")
-        reason = re.sub(r"\s+at \"[^\"]*\"$", "", reason)
-        return RequestError(400, "invalid field value", [FieldError(".".join(path), reason)])
-    return RequestError(400, "request does not match the expected message")
+        dotted = ".".join(path)
+        try:
+            reason = expected_value(resolve_path(descriptor, dotted)[-1])
+        except RequestError:
+            reason = "has an invalid value"
+        return RequestError(400, "invalid field value", [FieldError(dotted, reason)])
+    return RequestError(400, "the request does not match the expected message")
 
 
 def read_json_body(raw: bytes, content_type: str | None) -> Any:
@@ -185,13 +225,13 @@ def parse_timeout(grpc_timeout: str | None, request_timeout: str | None) -> floa
 
 
 def build_message(
-    message_class: type[Message],
+    message_class: type[M],
     *,
     body_field: str,
     body: Any,
     path_params: Mapping[str, str],
     query: Sequence[tuple[str, str]],
-) -> Message:
+) -> M:
     """The request message from the body, path variables (dotted paths) and query."""
     descriptor: Descriptor = message_class.DESCRIPTOR  # type: ignore[assignment]  # upb's type
     data: dict[str, Any] = {}
@@ -214,5 +254,5 @@ def build_message(
     try:
         json_format.ParseDict(data, message)
     except json_format.ParseError as exc:
-        raise parse_error(exc) from None
+        raise parse_error(exc, descriptor) from None
     return message

@@ -1,0 +1,260 @@
+"""Transcoding pieces as pure functions: templates, request building, masks, headers, schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.protobuf import descriptor_pb2
+
+from portico.users.v1 import users_pb2
+from portico_gateway.errors import RequestError
+from portico_gateway.transcoding.comments import index, proto_comments
+from portico_gateway.transcoding.request import (
+    build_message,
+    mask_paths,
+    parse_if_match,
+    parse_timeout,
+    read_json_body,
+)
+from portico_gateway.transcoding.schema import add_message
+from portico_gateway.transcoding.template import UnsupportedTemplate, parse_template
+
+
+@pytest.mark.parametrize(
+    ("template", "route", "variables"),
+    [
+        ("/v1/users", "/v1/users", []),
+        ("/v1/users/{id}", "/v1/users/{id}", [("id", "id")]),
+        ("/v1/users/{user.id}", "/v1/users/{user__id}", [("user.id", "user__id")]),
+        ("/v1/files/{name=*}", "/v1/files/{name}", [("name", "name")]),
+        ("/v1/files/{path=**}", "/v1/files/{path:path}", [("path", "path")]),
+    ],
+)
+def test_templates_compile_to_starlette_paths(
+    template: str, route: str, variables: list[tuple[str, str]]
+) -> None:
+    compiled = parse_template(template)
+    assert compiled.route_path == route
+    assert [(v.field_path, v.param) for v in compiled.variables] == variables
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["v1/users", "/v1/users:batchGet", "/v1/{name=users/*}", "/v1/{path=**}/tail", "/v1/a b"],
+)
+def test_unsupported_templates_are_refused_at_startup(template: str) -> None:
+    with pytest.raises(UnsupportedTemplate):
+        parse_template(template)
+
+
+def _fields(error: RequestError) -> list[tuple[str, str]]:
+    return [(e.field, e.message) for e in error.errors]
+
+
+def test_body_star_fills_the_whole_message() -> None:
+    message = build_message(
+        users_pb2.CreateUserRequest,
+        body_field="*",
+        body={"email": "a@example.com", "displayName": "Ada"},  # JSON names work too
+        path_params={},
+        query=[],
+    )
+    assert message == users_pb2.CreateUserRequest(email="a@example.com", display_name="Ada")
+
+
+def test_body_field_path_and_query_fill_their_parts() -> None:
+    message = build_message(
+        users_pb2.UpdateUserRequest,
+        body_field="user",
+        body={"display_name": "Ada"},
+        path_params={"id": "42"},
+        query=[("etag", "abc"), ("user.email", "ignored@example.com")],
+    )
+    assert message.id == "42"
+    assert message.etag == "abc"
+    assert message.user.display_name == "Ada"
+    assert not message.user.HasField("email")  # the body owns `user`; the query cannot set it
+
+
+def test_query_sets_optional_fields_with_presence() -> None:
+    message = build_message(
+        users_pb2.ListUsersRequest,
+        body_field="",
+        body=None,
+        path_params={},
+        query=[("page_size", "0")],
+    )
+    assert message.HasField("page_size")
+    assert message.page_size == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ([("nope", "1")], [("nope", "unknown field")]),
+        ([("page_size", "1"), ("page_size", "2")], [("page_size", "given more than once")]),
+        ([("page_size", "abc")], [("page_size", "must be a 32-bit integer")]),
+    ],
+)
+def test_bad_query_parameters_are_named(query: list[tuple[str, str]], expected: Any) -> None:
+    with pytest.raises(RequestError) as caught:
+        build_message(
+            users_pb2.ListUsersRequest, body_field="", body=None, path_params={}, query=query
+        )
+    assert caught.value.status == 400
+    assert _fields(caught.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": "a@example.com", "admin": True}, "admin"),
+        ({"email": 5}, "email"),
+        ({"email": ["a@example.com"]}, "email"),
+    ],
+)
+def test_unknown_or_mistyped_json_fields_are_400s_naming_the_field(
+    body: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(RequestError) as caught:
+        build_message(
+            users_pb2.CreateUserRequest, body_field="*", body=body, path_params={}, query=[]
+        )
+    assert [e.field for e in caught.value.errors] == [field]
+
+
+def test_nested_unknown_field_is_named_with_its_path() -> None:
+    with pytest.raises(RequestError) as caught:
+        build_message(
+            users_pb2.UpdateUserRequest,
+            body_field="user",
+            body={"display_name": "A", "role": "admin"},
+            path_params={"id": "1"},
+            query=[],
+        )
+    assert [e.field for e in caught.value.errors] == ["user.role"]
+
+
+@pytest.mark.parametrize("body", [[], "text", 3, None])
+def test_body_must_be_an_object(body: Any) -> None:
+    with pytest.raises(RequestError, match="JSON object"):
+        build_message(
+            users_pb2.CreateUserRequest, body_field="*", body=body, path_params={}, query=[]
+        )
+
+
+def test_patch_mask_is_the_fields_present_in_the_body() -> None:
+    descriptor = users_pb2.UserUpdate.DESCRIPTOR
+    assert mask_paths(descriptor, {"display_name": "A"}) == ["display_name"]
+    assert mask_paths(descriptor, {"email": "a@b.c", "displayName": "A"}) == [
+        "email",
+        "display_name",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "etag"),
+    [
+        (None, None),
+        ("*", None),
+        ('"abc"', "abc"),
+        ('W/"abc"', "abc"),
+        ("abc", "abc"),
+        ('"a", "b"', "a"),
+    ],
+)
+def test_if_match_forms(header: str | None, etag: str | None) -> None:
+    assert parse_if_match(header) == etag
+
+
+@pytest.mark.parametrize(
+    ("grpc_timeout", "request_timeout", "seconds"),
+    [
+        (None, None, None),
+        ("100m", None, 0.1),
+        ("2S", None, 2.0),
+        (None, "1.5", 1.5),
+        ("1S", "0.5", 0.5),
+    ],
+)
+def test_timeout_headers(
+    grpc_timeout: str | None, request_timeout: str | None, seconds: float | None
+) -> None:
+    assert parse_timeout(grpc_timeout, request_timeout) == seconds
+
+
+@pytest.mark.parametrize(
+    ("grpc_timeout", "request_timeout"),
+    [
+        ("100", None),
+        ("1x", None),
+        ("123456789S", None),
+        (None, "soon"),
+        (None, "-1"),
+        (None, "nan"),
+    ],
+)
+def test_malformed_timeout_headers_are_400(
+    grpc_timeout: str | None, request_timeout: str | None
+) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_timeout(grpc_timeout, request_timeout)
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status"),
+    [
+        (b'{"a": 1}', "text/plain", 415),
+        (b'{"a": 1}', None, 415),
+        (b"", "application/json", 400),
+        (b"{bad", "application/json", 400),
+        (b"\xff\xfe", "application/json", 400),
+    ],
+)
+def test_body_reading_errors(raw: bytes, content_type: str | None, status: int) -> None:
+    with pytest.raises(RequestError) as caught:
+        read_json_body(raw, content_type)
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"],
+)
+def test_json_content_types_are_accepted(content_type: str) -> None:
+    assert read_json_body(b'{"a": 1}', content_type) == {"a": 1}
+
+
+def test_comments_are_indexed_by_full_name() -> None:
+    comments = proto_comments()
+    assert comments["portico.users.v1.UserService.GetUser"].startswith("Get one user by id.")
+    assert "case-insensitive" in comments["portico.users.v1.User.email"]
+
+
+def test_comment_index_joins_wrapped_lines_and_keeps_paragraphs() -> None:
+    file = descriptor_pb2.FileDescriptorProto(name="x.proto", package="p")
+    file.message_type.add(name="M")
+    location = file.source_code_info.location.add(path=[4, 0])
+    location.leading_comments = " First line\n continues.\n\n Second paragraph.\n"
+    assert index([file]) == {"p.M": "First line continues.\n\nSecond paragraph."}
+
+
+def test_schemas_carry_types_rules_and_comments() -> None:
+    components: dict[str, Any] = {}
+    add_message(users_pb2.ListUsersResponse.DESCRIPTOR, components)
+    user = components["portico.users.v1.User"]
+    assert user["additionalProperties"] is False
+    assert user["properties"]["create_time"]["format"] == "date-time"
+    assert user["properties"]["id"]["readOnly"] is True
+    listing = components["portico.users.v1.ListUsersResponse"]["properties"]
+    assert listing["users"]["type"] == "array"
+    add_message(users_pb2.CreateUserRequest.DESCRIPTOR, components)
+    create = components["portico.users.v1.CreateUserRequest"]["properties"]
+    assert create["email"]["format"] == "email"
+    assert create["email"]["maxLength"] == 254
+    assert create["display_name"]["minLength"] == 1
+    add_message(users_pb2.ListUsersRequest.DESCRIPTOR, components)
+    page_size = components["portico.users.v1.ListUsersRequest"]["properties"]["page_size"]
+    assert (page_size["minimum"], page_size["maximum"]) == (1, 100)
