@@ -52,11 +52,13 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500,
 }
-# Codes whose upstream message may carry internals: the client gets a generic text instead.
+# Upstream messages of 4xx answers are written for clients by our services and passed on; for
+# these codes and every 5xx the client gets a generic text instead (internals stay in the log).
 _OPAQUE = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
 _GENERIC_DETAIL = {
     499: "the request was cancelled",
     500: "internal error; quote the request id when reporting it",
+    501: "not implemented",
     503: "a service is temporarily unavailable; retry later",
     504: "a service did not answer in time",
 }
@@ -141,7 +143,7 @@ def upstream_problem(request: Request, error: grpc.aio.AioRpcError, *, retry_aft
             detail.Unpack(info)
             if code == grpc.StatusCode.FAILED_PRECONDITION and info.reason == ETAG_MISMATCH:
                 status, kind = 412, "etag-mismatch"
-    if code in _OPAQUE or status in (499, 503, 504) or not error.details():
+    if code in _OPAQUE or status >= 500 or status == 499 or not error.details():
         text = _GENERIC_DETAIL.get(status, _title(status).lower())
     else:
         text = str(error.details())

@@ -1,0 +1,196 @@
+"""The gateway's HTTP contract, driven through a real gRPC upstream with canned answers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from grpc_health.v1 import health_pb2
+
+from portico_gateway.app import create_app
+from portico_gateway.errors import GRPC_TO_HTTP
+from tests.unit.gateway.conftest import Upstream, settings_for
+
+PROBLEM = "application/problem+json"
+CODES = [c for c in GRPC_TO_HTTP if c.name not in ("OK", "INVALID_ARGUMENT")]
+
+
+def _is_problem(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, object] = response.json()
+    assert body["status"] == status
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert {"type", "title", "detail", "instance"} <= body.keys()
+    return body
+
+
+async def test_create_answers_201_with_location_and_etag(http: httpx.AsyncClient) -> None:
+    response = await http.post("/v1/users", json={"email": "a@example.com", "display_name": "A"})
+    assert response.status_code == 201
+    user = response.json()
+    assert response.headers["location"] == f"/v1/users/{user['id']}"
+    assert response.headers["etag"] == '"e1"'
+    assert user["display_name"] == "A"
+
+
+@pytest.mark.parametrize("code", CODES, ids=lambda c: c.name)
+async def test_grpc_codes_map_to_http_statuses(http: httpx.AsyncClient, code: object) -> None:
+    name = code.name  # type: ignore[attr-defined]
+    response = await http.post(
+        "/v1/users", json={"email": f"code-{name}@example.com", "display_name": "A"}
+    )
+    status = GRPC_TO_HTTP[code]  # type: ignore[index]
+    body = _is_problem(response, status)
+    if status >= 500:  # upstream internals never reach the client
+        assert "SELECT" not in response.text
+    if GRPC_TO_HTTP[code] == 503:  # type: ignore[index]
+        assert response.headers["retry-after"] == "1"
+    assert body["type"] == f"https://portico.dev/problems/{name.lower().replace('_', '-')}"
+
+
+async def test_bad_request_details_become_field_errors(http: httpx.AsyncClient) -> None:
+    response = await http.post(
+        "/v1/users", json={"email": "code-INVALID_ARGUMENT@x.io", "display_name": "A"}
+    )
+    body = _is_problem(response, 400)
+    assert body["errors"] == [{"field": "email", "message": "must be a valid email address"}]
+
+
+async def test_etag_mismatch_is_412(http: httpx.AsyncClient) -> None:
+    response = await http.post("/v1/users", json={"email": "code-ETAG@x.io", "display_name": "A"})
+    _is_problem(response, 412)
+
+
+async def test_patch_derives_the_mask_and_passes_if_match(http: httpx.AsyncClient) -> None:
+    response = await http.patch(
+        "/v1/users/7", json={"email": "b@example.com"}, headers={"If-Match": '"v9"'}
+    )
+    assert response.status_code == 200
+    assert response.json()["display_name"] == "email"
+    assert response.json()["etag"] == "v9"
+    explicit = await http.patch(
+        "/v1/users/7?update_mask=displayName", json={"email": "b@example.com"}
+    )
+    assert explicit.json()["display_name"] == "display_name"
+    assert explicit.json()["etag"] == "none"
+
+
+async def test_delete_answers_204_without_body(http: httpx.AsyncClient) -> None:
+    response = await http.delete("/v1/users/7")
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+async def test_list_reads_query_parameters(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/v1/users")).json() == {"users": [], "next_page_token": "unset|"}
+    page = await http.get("/v1/users", params={"page_size": "5", "page_token": "t"})
+    assert page.json()["next_page_token"] == "5|t"
+    body = _is_problem(await http.get("/v1/users", params={"sort": "x"}), 400)
+    assert body["errors"] == [{"field": "sort", "message": "unknown field"}]
+
+
+async def test_request_id_is_kept_echoed_and_sent_upstream(
+    http: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    response = await http.get("/v1/users/42", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    assert upstream.servicer.seen_metadata[-1]["x-request-id"] == "abc-123"
+    odd = await http.get("/v1/users/42", headers={"X-Request-ID": "has spaces"})
+    assert odd.headers["x-request-id"] != "has spaces"
+    assert len(odd.headers["x-request-id"]) == 32
+
+
+async def test_client_timeout_shortens_the_deadline(http: httpx.AsyncClient) -> None:
+    response = await http.get("/v1/users/slow", headers={"Request-Timeout": "0.2"})
+    _is_problem(response, 504)
+    response = await http.get("/v1/users/slow", headers={"grpc-timeout": "150m"})
+    _is_problem(response, 504)
+    _is_problem(await http.get("/v1/users/1", headers={"grpc-timeout": "soon"}), 400)
+
+
+async def test_oversized_bodies_are_413(http: httpx.AsyncClient) -> None:
+    big = {"email": "a@example.com", "display_name": "x" * 4096}
+    _is_problem(await http.post("/v1/users", json=big), 413)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"email": "a@example.com", "display_name": "'
+        for _ in range(10):
+            yield b"x" * 512
+        yield b'"}'
+
+    response = await http.post(
+        "/v1/users", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    _is_problem(response, 413)
+
+
+async def test_body_problems(http: httpx.AsyncClient) -> None:
+    _is_problem(
+        await http.post("/v1/users", content=b"email=a", headers={"Content-Type": "text/plain"}),
+        415,
+    )
+    _is_problem(
+        await http.post(
+            "/v1/users", content=b'{"email": ', headers={"Content-Type": "application/json"}
+        ),
+        400,
+    )
+    body = _is_problem(
+        await http.post("/v1/users", json={"email": "a@b.io", "display_name": "A", "x": 1}), 400
+    )
+    assert body["errors"] == [{"field": "x", "message": "unknown field"}]
+
+
+async def test_unknown_routes_and_methods_are_problems(http: httpx.AsyncClient) -> None:
+    _is_problem(await http.get("/nope"), 404)
+    _is_problem(await http.put("/v1/users/1", json={}), 405)
+
+
+async def test_health_and_readiness(http: httpx.AsyncClient, upstream: Upstream) -> None:
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    ready = await http.get("/readyz")
+    assert ready.json() == {"status": "ready", "upstreams": {"users": "SERVING"}}
+    await upstream.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    body = _is_problem(await http.get("/readyz"), 503)
+    assert body["detail"] == "not ready: users is NOT_SERVING"
+
+
+async def test_readiness_fails_when_the_upstream_is_down() -> None:
+    app = create_app(settings_for("127.0.0.1:1", readiness_timeout_s=0.3))
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://gateway"
+        ) as client,
+    ):
+        body = _is_problem(await client.get("/readyz"), 503)
+        assert "users is" in str(body["detail"])
+        down = await client.get("/v1/users/1")
+        _is_problem(down, 503)
+        assert down.headers["retry-after"] == "1"
+
+
+async def test_openapi_documents_the_proto_routes(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.1")
+    paths = spec["paths"]
+    assert set(paths["/v1/users"]) == {"get", "post"}
+    assert set(paths["/v1/users/{id}"]) == {"get", "patch", "delete"}
+    create = paths["/v1/users"]["post"]
+    assert create["summary"] == "Create a user"
+    assert "case-insensitively" in create["description"]
+    assert set(create["responses"]) >= {"201", "400", "409", "413", "415", "503"}
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/portico.users.v1.CreateUserRequest"
+    }
+    listing = paths["/v1/users"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {"page_size", "page_token"}
+    assert "412" in paths["/v1/users/{id}"]["patch"]["responses"]
+    assert "204" in paths["/v1/users/{id}"]["delete"]["responses"]
+    schemas = spec["components"]["schemas"]
+    assert "portico.users.v1.User" in schemas
+    assert "Problem" in schemas
+    assert (await http.get("/docs")).status_code == 200
