@@ -2,17 +2,48 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
+
+from pydantic import BaseModel, ValidationError
 
 from portico_users._logging import configure_logging
-from portico_users.config import get_settings
-from portico_users.server import serve
+from portico_users.config import UsersSettings, get_settings
 
 
-def main() -> None:
+def _settings_help(model: type[BaseModel], prefix: str) -> list[str]:
+    lines: list[str] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines += _settings_help(annotation, f"{prefix}{name.upper()}__")
+        else:
+            default = "(required)" if info.is_required() else f"(default: {info.default})"
+            lines.append(f"  {prefix + name.upper():<42} {default}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
     """Read the settings from the environment, set up logging and serve."""
-    settings = get_settings()
+    argparse.ArgumentParser(
+        prog="portico-users",
+        description="Portico's users service: portico.users.v1.UserService over gRPC, with "
+        "grpc.health.v1 health and server reflection. Stops gracefully on SIGTERM.",
+        epilog="Settings (environment variables; README has their meaning):\n"
+        + "\n".join(_settings_help(UsersSettings, "USERS_")),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        names = ", ".join(
+            "USERS_" + "__".join(str(p).upper() for p in e["loc"]) for e in exc.errors()
+        )
+        sys.exit(f"portico-users: invalid or missing settings: {names} (see --help)")
     configure_logging(settings.log_level)
+    from portico_users.server import serve  # after logging is configured
+
     asyncio.run(serve(settings))
 
 
