@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         names = ", ".join(
             "USERS_" + "__".join(str(p).upper() for p in e["loc"]) for e in exc.errors()
         )
+        if names == "USERS_POSTGRES":  # the whole group is missing: name what to set
+            names = "USERS_POSTGRES__DSN"
         sys.exit(f"portico-users: invalid or missing settings: {names} (see --help)")
     configure_logging(settings.log_level)
     from portico_users.server import serve  # after logging is configured
