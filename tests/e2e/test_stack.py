@@ -138,6 +138,8 @@ def test_stack_stops_cleanly_on_sigterm_and_keeps_data(tmp_path: Path) -> None:
     time.sleep(0.2)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert any("PostgreSQL stopped; data kept" in line for line in stack.output)
+    for name in ("gateway", "users"):  # each drained and exited cleanly
+        assert f"portico | {name} stopped (exit code 0)" in stack.output, stack.output
 
     again = start_stack(data)  # warm start: same data folder, no initdb, no migrations left
     try:

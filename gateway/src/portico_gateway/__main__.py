@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -26,6 +29,25 @@ def _parser() -> argparse.ArgumentParser:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, minus re-raising SIGTERM after a graceful shutdown.
+
+    uvicorn re-raises the signal it caught once it has drained, so the process ends "killed by
+    SIGTERM" (-15). A drained gateway has stopped cleanly: it exits 0, as the launcher and
+    Kubernetes expect. A second signal still forces the exit (uvicorn's ``handle_exit``).
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     _parser().parse_args(argv)
     settings = get_settings()
@@ -34,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -42,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         server_header=False,
     )
+    _Server(config).run()
 
 
 if __name__ == "__main__":
