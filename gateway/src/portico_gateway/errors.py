@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.rpc import error_details_pb2, status_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from portico_gateway.middleware import REQUEST_ID_HEADER, request_id_of
 
@@ -153,6 +154,16 @@ def upstream_problem(request: Request, error: grpc.aio.AioRpcError, *, retry_aft
     return problem(request, status=status, detail=text, errors=errors, kind=kind, headers=headers)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
     """Register the handlers that turn every failure into problem+json."""
 
@@ -169,6 +180,8 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
     async def on_http_error(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101
         headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Allow lists every method of the path, not just one route's
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         detail = exc.detail if isinstance(exc.detail, str) else _title(exc.status_code)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route for {request.method} {request.url.path}"

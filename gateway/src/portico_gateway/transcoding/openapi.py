@@ -94,8 +94,8 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
             if field.name in path_fields or field.name == binding.body or is_plain_message(field):
                 continue
             if binding.derives_mask and field.name == "update_mask":
-                pass  # optional override of the mask derived from the body
-            elif binding.takes_etag and field.name == "etag":
+                continue  # derived from the body; the override is described in the text
+            if binding.takes_etag and field.name == "etag":
                 continue  # sent as If-Match
             parameters.append(
                 {
@@ -116,6 +116,11 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
                 "schema": {"type": "string"},
             }
         )
+    if binding.derives_mask:
+        doc += (
+            "\n\nThe fields present in the body form the update mask; an explicit"
+            " `?update_mask=a,b` (field paths) overrides it."
+        )
     result: dict[str, Any] = {
         "summary": _first_sentence(doc),
         "description": doc,
@@ -127,7 +132,15 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
         if body_type is not None:
             exclude = frozenset(path_fields) if binding.body == "*" else frozenset()
             name = body_type.full_name if not exclude else f"{body_type.full_name}.Body"
-            add_message(body_type, components, exclude=exclude, name=name)
+            if binding.derives_mask:  # a PATCH body names what to change: one field at least
+                name = f"{body_type.full_name}.Patch"
+            add_message(
+                body_type,
+                components,
+                exclude=exclude,
+                name=name,
+                min_properties=1 if binding.derives_mask else 0,
+            )
             result["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": component_ref(name)}},

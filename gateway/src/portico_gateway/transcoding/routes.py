@@ -165,12 +165,14 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
             path_params={
                 v.field_path: request.path_params[v.param] for v in binding.template.variables
             },
-            query=list(request.query_params.multi_items()),
+            query=[
+                (k, v) for k, v in request.query_params.multi_items() if k != "update_mask" or v
+            ],
         )
         descriptor = binding.body_descriptor
         if (
             binding.derives_mask
-            and "update_mask" not in request.query_params
+            and not request.query_params.get("update_mask")
             and isinstance(body, dict)
             and descriptor is not None
         ):

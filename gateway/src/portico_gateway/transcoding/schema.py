@@ -8,6 +8,7 @@ will accept. Unknown fields are refused by the gateway, hence ``additionalProper
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from buf.validate import validate_pb2
@@ -57,13 +58,39 @@ def _enum(enum: EnumDescriptor) -> JsonSchema:
     return {"type": "string", "enum": [v.name for v in enum.values]}
 
 
+_MATCHES = re.compile(r"""^this\.matches\('((?:[^'\\]|\\.)*)'\)$""")
+
+
+def _field_rules(field: FieldDescriptor) -> Any:
+    options = field.GetOptions()
+    return (
+        options.Extensions[validate_pb2.field] if options.HasExtension(validate_pb2.field) else None
+    )
+
+
+def is_required(field: FieldDescriptor) -> bool:
+    """Whether protovalidate refuses a request that leaves ``field`` out."""
+    rules = _field_rules(field)
+    if rules is None or (field.has_presence and field.message_type is None):
+        return False  # optional scalars are checked only when set
+    if rules.required:
+        return True
+    if rules.HasField("string"):
+        s = rules.string
+        return bool(s.min_len > 0 or s.email or s.uuid)
+    return False
+
+
 def _rules(field: FieldDescriptor) -> JsonSchema:
     """The protovalidate rules of ``field`` that JSON Schema can express."""
-    options = field.GetOptions()
-    if not options.HasExtension(validate_pb2.field):
+    rules = _field_rules(field)
+    if rules is None:
         return {}
-    rules = options.Extensions[validate_pb2.field]
     out: JsonSchema = {}
+    for rule in rules.cel:  # `this.matches('re')` is a JSON Schema pattern (RE2 ⊂ ECMA here)
+        match = _MATCHES.match(rule.expression)
+        if match:
+            out["pattern"] = match.group(1).encode().decode("unicode_escape")
     if rules.HasField("string"):
         s = rules.string
         if s.HasField("min_len"):
@@ -126,6 +153,7 @@ def add_message(
     comments: dict[str, str] | None = None,
     exclude: frozenset[str] = frozenset(),
     name: str | None = None,
+    min_properties: int = 0,
 ) -> str:
     """Add ``descriptor`` (and what it references) to ``components``; return its name."""
     name = name or descriptor.full_name
@@ -153,6 +181,11 @@ def add_message(
         "properties": properties,
         "additionalProperties": False,
     }
+    required = [f.name for f in descriptor.fields if f.name in properties and is_required(f)]
+    if required:
+        component["required"] = required
+    if min_properties:
+        component["minProperties"] = min_properties
     if text := notes.get(descriptor.full_name):
         component["description"] = text
     components[name] = component
