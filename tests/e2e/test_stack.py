@@ -56,6 +56,8 @@ def test_readme_rest_walkthrough_works_as_printed(stack: Stack) -> None:
         assert f'"status":{status}' in out, (status, out)
     assert re.search(r"^204$", out, re.MULTILINE), out
     assert '"status":"ok"' in out
+    assert "200 application/json" in out
+    assert "200 text/html" in out
 
 
 def test_readme_grpc_examples_work_as_printed(stack: Stack) -> None:
