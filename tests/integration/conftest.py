@@ -30,6 +30,7 @@ import valkey.asyncio as valkey_asyncio
 from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
+from portico_users.server import RunningServer, start
 
 TEMPLATE = f"portico_template_{os.getpid()}"
 
@@ -144,3 +145,15 @@ async def valkey_url(valkey_server_url: str) -> str:
     finally:
         await client.aclose()
     return valkey_server_url
+
+
+@pytest.fixture
+async def users_server(database_url: str, valkey_url: str) -> AsyncIterator[RunningServer]:
+    """A real users service on 127.0.0.1:0 over this test's database and Valkey."""
+    from tests.integration.users.support import users_settings
+
+    running = await start(users_settings(database_url=database_url, valkey_url=valkey_url))
+    try:
+        yield running
+    finally:
+        await running.stop(0)

@@ -9,20 +9,15 @@ import grpc
 import pytest
 
 from portico.users.v1 import users_pb2_grpc
-from portico_users.server import RunningServer, start
-from tests.integration.users.support import users_settings
+from portico_users.server import RunningServer
 
 if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub
 
 
 @pytest.fixture
-async def server(database_url: str, valkey_url: str) -> AsyncIterator[RunningServer]:
-    running = await start(users_settings(database_url=database_url, valkey_url=valkey_url))
-    try:
-        yield running
-    finally:
-        await running.stop(0)
+def server(users_server: RunningServer) -> RunningServer:
+    return users_server
 
 
 @pytest.fixture

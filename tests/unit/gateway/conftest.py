@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -23,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
+from tests.asgi import asgi_client
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -125,11 +125,5 @@ def settings_for(target: str, **overrides: Any) -> GatewaySettings:
 
 @pytest.fixture
 async def http(upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings_for(upstream.target))
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://gateway"
-        ) as client,
-    ):
+    async with asgi_client(create_app(settings_for(upstream.target))) as client:
         yield client

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from grpc_health.v1 import health_pb2
 
 from portico_gateway.app import create_app
 from portico_gateway.errors import GRPC_TO_HTTP
+from tests.asgi import asgi_client
 from tests.unit.gateway.conftest import Upstream, settings_for
 
 PROBLEM = "application/problem+json"
@@ -160,12 +160,7 @@ async def test_health_and_readiness(http: httpx.AsyncClient, upstream: Upstream)
 
 async def test_readiness_fails_when_the_upstream_is_down() -> None:
     app = create_app(settings_for("127.0.0.1:1", readiness_timeout_s=0.3))
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://gateway"
-        ) as client,
-    ):
+    async with asgi_client(app) as client:
         body = _is_problem(await client.get("/readyz"), 503)
         assert "users is" in str(body["detail"])
         down = await client.get("/v1/users/1")
