@@ -17,7 +17,7 @@ import httpx
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_gateway.app import create_app
@@ -101,7 +101,7 @@ class FakeUsers(users_pb2_grpc.UserServiceServicer):
 class Upstream:
     target: str
     servicer: FakeUsers
-    health: HealthServicer
+    health: health_aio.HealthServicer
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ async def upstream() -> AsyncIterator[Upstream]:
     server = grpc.aio.server()
     servicer = FakeUsers()
     users_pb2_grpc.add_UserServiceServicer_to_server(servicer, server)
-    health = HealthServicer()
+    health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     port = server.add_insecure_port("127.0.0.1:0")

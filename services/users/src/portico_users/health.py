@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 
 from portico.users.v1 import users_pb2
 
@@ -29,7 +29,7 @@ class DatabaseHealth:
 
     def __init__(
         self,
-        health: HealthServicer,
+        health: health_aio.HealthServicer,
         ping: Callable[[], Awaitable[None]],
         *,
         interval_s: float,

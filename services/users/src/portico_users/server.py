@@ -24,7 +24,7 @@ import asyncpg
 import grpc
 import protovalidate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from valkey.asyncio import Valkey
 
@@ -53,7 +53,7 @@ class RunningServer:
         *,
         server: grpc.aio.Server,
         port: int,
-        health: HealthServicer,
+        health: health_aio.HealthServicer,
         monitor: asyncio.Task[None],
         resources: AsyncExitStack,
     ) -> None:
@@ -140,7 +140,7 @@ async def start(settings: UsersSettings) -> RunningServer:
             ]
         )
         users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(store), server)
-        health = HealthServicer()
+        health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
             (
