@@ -144,6 +144,18 @@ async def test_body_problems(http: httpx.AsyncClient) -> None:
     assert body["errors"] == [{"field": "x", "message": "unknown field"}]
 
 
+async def test_body_star_routes_accept_forms(http: httpx.AsyncClient) -> None:
+    response = await http.post("/v1/users", data={"email": "f@example.com", "display_name": "F"})
+    assert response.status_code == 201
+    assert response.json()["email"] == "f@example.com"
+    patched = await http.patch(
+        "/v1/users/1",
+        content=b"email=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    _is_problem(patched, 415)  # body: "user" routes take JSON only
+
+
 async def test_unknown_routes_and_methods_are_problems(http: httpx.AsyncClient) -> None:
     _is_problem(await http.get("/nope"), 404)
     _is_problem(await http.put("/v1/users/1", json={}), 405)

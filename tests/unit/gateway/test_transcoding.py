@@ -15,7 +15,7 @@ from portico_gateway.transcoding.request import (
     mask_paths,
     parse_if_match,
     parse_timeout,
-    read_json_body,
+    read_body,
 )
 from portico_gateway.transcoding.schema import add_message
 from portico_gateway.transcoding.template import UnsupportedTemplate, parse_template
@@ -215,7 +215,7 @@ def test_malformed_timeout_headers_are_400(
 )
 def test_body_reading_errors(raw: bytes, content_type: str | None, status: int) -> None:
     with pytest.raises(RequestError) as caught:
-        read_json_body(raw, content_type)
+        read_body(raw, content_type, form_ok=False)
     assert caught.value.status == status
 
 
@@ -224,7 +224,22 @@ def test_body_reading_errors(raw: bytes, content_type: str | None, status: int) 
     ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"],
 )
 def test_json_content_types_are_accepted(content_type: str) -> None:
-    assert read_json_body(b'{"a": 1}', content_type) == {"a": 1}
+    assert read_body(b'{"a": 1}', content_type, form_ok=False) == {"a": 1}
+
+
+def test_forms_are_read_where_accepted() -> None:
+    raw = b"grant_type=password&username=a%40b.io&password=p+w&scope=x&scope=y&empty="
+    form = read_body(raw, "application/x-www-form-urlencoded", form_ok=True)
+    assert form == {
+        "grant_type": "password",
+        "username": "a@b.io",
+        "password": "p w",
+        "scope": ["x", "y"],
+        "empty": "",
+    }
+    with pytest.raises(RequestError) as caught:
+        read_body(raw, "application/x-www-form-urlencoded", form_ok=False)
+    assert caught.value.status == 415
 
 
 def test_comments_are_indexed_by_full_name() -> None:

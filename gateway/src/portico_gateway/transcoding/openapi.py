@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from portico_gateway.transcoding.comments import proto_comments
-from portico_gateway.transcoding.request import is_plain_message, resolve_path
+from portico_gateway.transcoding.request import FORM, is_plain_message, resolve_path
 from portico_gateway.transcoding.schema import add_message, component_ref, field_schema
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ _ERRORS = {
     409: "Conflicts with the current state (e.g. a taken email).",
     412: "`If-Match` does not match the current ETag.",
     413: "Request body too large.",
-    415: "Request body is not JSON.",
+    415: "Request body is neither JSON nor (where accepted) a form.",
     500: "Internal error.",
     503: "A service is unavailable; see `Retry-After`.",
     504: "A service did not answer in time.",
@@ -141,10 +141,10 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
                 name=name,
                 min_properties=1 if binding.derives_mask else 0,
             )
-            result["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": component_ref(name)}},
-            }
+            content = {"application/json": {"schema": component_ref(name)}}
+            if binding.body == "*":  # a form works too (OAuth2 token requests are forms)
+                content[FORM] = {"schema": component_ref(name)}
+            result["requestBody"] = {"required": True, "content": content}
         errors += [413, 415]
     if binding.verb == "post":
         errors.append(409)

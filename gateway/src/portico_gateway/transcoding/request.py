@@ -7,6 +7,8 @@
 * PATCH with a body field and an ``update_mask`` field: when the client sent no mask, the mask
   is the set of fields present in the JSON body (nested objects give dotted paths).
 * ``If-Match`` fills a top-level string field ``etag``; ``*`` means "no condition".
+* ``body: "*"`` also accepts ``application/x-www-form-urlencoded`` (fields as strings), so an
+  OAuth2 token endpoint can be an ordinary annotated RPC.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -162,11 +165,31 @@ def parse_error(error: json_format.ParseError, descriptor: Descriptor) -> Reques
     return RequestError(400, "the request does not match the expected message")
 
 
-def read_json_body(raw: bytes, content_type: str | None) -> Any:
-    """The JSON document of a request body; 415 for non-JSON, 400 for malformed JSON."""
+FORM = "application/x-www-form-urlencoded"
+
+
+def read_body(raw: bytes, content_type: str | None, *, form_ok: bool) -> Any:
+    """The document of a request body: JSON, or (where ``form_ok``) an HTML/OAuth2 form.
+
+    A form (``application/x-www-form-urlencoded``, as RFC 6749 requires for the token endpoint)
+    becomes an object of strings; a field given twice becomes a list. Other media types: 415.
+    """
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if form_ok and media_type == FORM:
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise RequestError(400, "the request body is not UTF-8") from None
+        form: dict[str, Any] = {}
+        for key, value in pairs:
+            held = form.get(key)
+            form[key] = (
+                value if held is None else [*(held if isinstance(held, list) else [held]), value]
+            )
+        return form
     if not _JSON_TYPES.match(media_type):
-        raise RequestError(415, "the request body must be JSON (Content-Type: application/json)")
+        accepted = "JSON or a form" if form_ok else "JSON (Content-Type: application/json)"
+        raise RequestError(415, f"the request body must be {accepted}")
     if not raw.strip():
         raise RequestError(400, "the request body is empty; send a JSON object")
     try:

@@ -39,7 +39,7 @@ from portico_gateway.transcoding.request import (
     mask_paths,
     parse_if_match,
     parse_timeout,
-    read_json_body,
+    read_body,
 )
 from portico_gateway.transcoding.template import PathTemplate, UnsupportedTemplate, parse_template
 
@@ -157,7 +157,11 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
     async def transcode(request: Request) -> Response:
         body: Any = None
         if binding.body:
-            body = read_json_body(await request.body(), request.headers.get("content-type"))
+            body = read_body(
+                await request.body(),
+                request.headers.get("content-type"),
+                form_ok=binding.body == "*",
+            )
         message = build_message(
             binding.request_class,
             body_field=binding.body,
