@@ -185,12 +185,14 @@ async def test_the_process_logs_its_address_and_exits_0_on_sigterm(
         "USERS_VALKEY__URL": valkey_url,
         "USERS_GRPC_PORT": "0",
         "USERS_SHUTDOWN_GRACE_S": "1",
+        "USERS_SHUTDOWN_DELAY_S": "1",
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "portico_users", env=env, stderr=asyncio.subprocess.PIPE
     )
     assert process.stderr is not None
     lines: list[str] = []
+    signalled = False
     try:
         async with asyncio.timeout(20):
             while "listening on" not in (line := (await process.stderr.readline()).decode()):
@@ -199,8 +201,21 @@ async def test_the_process_logs_its_address_and_exits_0_on_sigterm(
         port = int(line.rsplit(":", 1)[1])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await health_of(channel, SERVICE) == SERVING
+            process.send_signal(signal.SIGTERM)
+            signalled = True
+            seen = []
+            for _ in range(40):  # within the shutdown delay (1 s), health says so
+                seen.append(await health_of(channel, SERVICE))
+                if seen[-1] == NOT_SERVING:
+                    break
+                await asyncio.sleep(0.02)
+            assert seen[-1] == NOT_SERVING, seen
+            stub: UserServiceAsyncStub = users_pb2_grpc.UserServiceStub(channel)
+            listed = await stub.ListUsers(users_pb2.ListUsersRequest(), timeout=2)
+            assert list(listed.users) == []  # and calls are still served meanwhile
     finally:
-        process.send_signal(signal.SIGTERM)
+        if not signalled:
+            process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             rest = (await process.stderr.read()).decode()
             code = await process.wait()

@@ -52,6 +52,9 @@ class UsersSettings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     #: 0 binds an ephemeral port (tests); the bound one is ``RunningServer.port``.
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    #: After SIGTERM, keep serving this long with health NOT_SERVING, so balancers and health
+    #: checkers notice before new calls are refused; then drain for up to shutdown_grace_s.
+    shutdown_delay_s: float = Field(default=1.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     #: How often the health probe asks PostgreSQL whether it answers.
     health_check_interval_s: float = Field(default=5.0, gt=0)

@@ -6,8 +6,9 @@ dev launcher use it); ``serve(settings)`` is the process: start, wait for SIGTER
 The server starts even when PostgreSQL is down: the pool opens connections lazily, health says
 NOT_SERVING, RPCs answer UNAVAILABLE at once, and all of it recovers when PostgreSQL returns.
 
-Stopping (``RunningServer.stop``): health NOT_SERVING for every service, stop accepting calls and
-let in-flight ones finish within ``grace``, then close the Valkey client and the pool.
+Stopping (``RunningServer.stop``): health NOT_SERVING for every service, keep serving for
+``delay`` (``shutdown_delay_s``, so health checkers and balancers notice first), stop accepting
+calls and let in-flight ones finish within ``grace``, then close the Valkey client and the pool.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class RunningServer:
         self._resources = resources
         self._stopped = False
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, drain in-flight calls for up to ``grace`` s, close resources."""
+    async def stop(self, grace: float | None = None, *, delay: float = 0.0) -> None:
+        """Health NOT_SERVING; keep serving ``delay`` s; drain up to ``grace`` s; close all."""
         if self._stopped:
             return
         self._stopped = True
@@ -73,6 +74,8 @@ class RunningServer:
         with contextlib.suppress(asyncio.CancelledError):
             await self._monitor
         await self.health.enter_graceful_shutdown()
+        if delay > 0:
+            await asyncio.sleep(delay)
         await self.server.stop(grace)
         await self._resources.aclose()
         _log.info("users service stopped")
@@ -181,8 +184,12 @@ async def serve(settings: UsersSettings) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
-        _log.info("stopping: draining in-flight calls for up to %ss", settings.shutdown_grace_s)
+        _log.info(
+            "stopping: health NOT_SERVING, still serving for %ss, then draining for up to %ss",
+            settings.shutdown_delay_s,
+            settings.shutdown_grace_s,
+        )
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await running.stop(settings.shutdown_grace_s)
+        await running.stop(settings.shutdown_grace_s, delay=settings.shutdown_delay_s)
