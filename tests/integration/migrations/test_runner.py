@@ -27,7 +27,10 @@ async def _fresh(database_url: str) -> str:
     """The test database with the project's migrations dropped again, for a blank slate."""
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("DROP SCHEMA users CASCADE; DROP SCHEMA portico_migrations CASCADE")
+        await conn.execute(
+            "DROP SCHEMA users CASCADE; DROP SCHEMA auth CASCADE;"
+            " DROP SCHEMA portico_migrations CASCADE"
+        )
     finally:
         await conn.close()
     return database_url
@@ -38,7 +41,10 @@ async def test_project_migrations_apply_to_an_empty_database_and_rerun_is_a_noop
 ) -> None:
     dsn = await _fresh(database_url)
     applied = await migrate(dsn=dsn, root=default_migrations_dir())
-    assert [m.label for m in applied] == ["users/0001_create_users.sql"]
+    assert [m.label for m in applied] == [
+        "auth/0001_create_credentials.sql",
+        "users/0001_create_users.sql",
+    ]
     assert await migrate(dsn=dsn, root=default_migrations_dir()) == []
     conn = await asyncpg.connect(dsn)
     try:
@@ -46,6 +52,7 @@ async def test_project_migrations_apply_to_an_empty_database_and_rerun_is_a_noop
     finally:
         await conn.close()
     assert {"users_email_lower_key", "users_created_at_id_idx"} <= indexes
+    assert {"credentials_email_lower_key", "credentials_pending_idx"} <= indexes
 
 
 async def test_edited_applied_file_is_refused_with_a_clear_message(

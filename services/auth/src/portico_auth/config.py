@@ -1,0 +1,136 @@
+"""Settings of the auth service, read from ``AUTH_*`` environment variables.
+
+Nested groups use ``__``: ``AUTH_POSTGRES__DSN``, ``AUTH_VALKEY__URL``,
+``AUTH_THROTTLE__ACCOUNT_LIMIT``, ``AUTH_ARGON2__MEMORY_COST_KIB``. Lists
+(``AUTH_SIGNING_KEY_FILES``, ``AUTH_ADMIN_EMAILS``) take a JSON list or a comma-separated one.
+Nothing here is built at import time: ``__main__`` calls ``get_settings()``, tests build
+``AuthSettings(...)`` themselves.
+
+Signing keys: ``AUTH_SIGNING_KEY_FILES`` lists PEM (PKCS#8) Ed25519 private keys; every one is
+published in the JWKS, the one whose kid is ``AUTH_ACTIVE_KID`` signs (the first file's when
+unset). ``AUTH_ENVIRONMENT=production`` refuses to start without key files; ``dev`` generates
+an ephemeral key then, with a warning (see :mod:`portico_auth.keys`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Longest access-token lifetime this service will issue (15 minutes).
+MAX_ACCESS_TOKEN_TTL_S = 900
+
+
+class PostgresSettings(BaseModel):
+    """The PostgreSQL pool. ``dsn`` is an asyncpg DSN; it may hold a password, so it is secret."""
+
+    dsn: SecretStr
+    pool_min: int = Field(default=1, ge=0)
+    pool_max: int = Field(default=10, ge=1)
+    #: Time limit for opening one connection.
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    #: Longest a database call may take when the caller sent no deadline.
+    query_timeout_s: float = Field(default=10.0, gt=0)
+    #: Server-side ``statement_timeout`` (a backstop when the client vanished), milliseconds.
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+
+class ValkeySettings(BaseModel):
+    """Valkey holds the sessions and the throttling counters (key layout: ``sessions.py``)."""
+
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    socket_timeout_s: float = Field(default=0.5, gt=0)
+    socket_connect_timeout_s: float = Field(default=0.5, gt=0)
+    key_prefix: str = "portico:auth:v1:"
+
+
+class ThrottleSettings(BaseModel):
+    """Login attempts allowed per fixed window, per account (email) and per client address."""
+
+    account_limit: int = Field(default=10, ge=1)
+    address_limit: int = Field(default=50, ge=1)
+    window_s: float = Field(default=900.0, gt=0)
+
+
+class Argon2Settings(BaseModel):
+    """argon2id cost parameters (defaults: RFC 9106's second recommended option)."""
+
+    time_cost: int = Field(default=3, ge=1)
+    memory_cost_kib: int = Field(default=65_536, ge=8)
+    parallelism: int = Field(default=4, ge=1)
+    #: Hashes computed at once (each takes ``memory_cost_kib`` of memory in a worker thread).
+    max_concurrent: int = Field(default=4, ge=1)
+
+
+class SignUpSettings(BaseModel):
+    """How sign-ups left half-done (pending) are driven to an end."""
+
+    #: A pending credential older than this is reconciled (its client is presumed gone).
+    pending_timeout_s: float = Field(default=60.0, gt=0)
+    #: How often the reconciler looks for such rows.
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    #: Deadline of each call to the users service.
+    users_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class AuthSettings(BaseSettings):
+    """Everything the auth service needs to start."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTH_", env_nested_delimiter="__", extra="ignore")
+
+    grpc_host: str = "127.0.0.1"
+    #: 0 binds an ephemeral port (tests); the bound one is ``RunningServer.port``.
+    grpc_port: int = Field(default=50052, ge=0, le=65535)
+    #: gRPC address of the users service (portico.users.v1.UserService).
+    users_target: str = "127.0.0.1:50051"
+    #: ``production`` refuses to start without signing key files; ``dev`` makes a throwaway one.
+    environment: Literal["dev", "production"] = "dev"
+    signing_key_files: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    #: kid (RFC 7638 thumbprint) of the key that signs; the first file's key when empty.
+    active_kid: str = ""
+    issuer: str = "portico"
+    audience: str = "portico-api"
+    access_token_ttl_s: int = Field(default=MAX_ACCESS_TOKEN_TTL_S, ge=1, le=MAX_ACCESS_TOKEN_TTL_S)
+    #: Lifetime of a refresh token, and of an idle session (each refresh starts it anew).
+    refresh_token_ttl_s: int = Field(default=14 * 24 * 3600, ge=60)
+    #: Emails (case-insensitive) whose tokens carry the "admin" role.
+    admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: After SIGTERM, keep serving this long with health NOT_SERVING; then drain.
+    shutdown_delay_s: float = Field(default=1.0, ge=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    #: How often the health probe asks PostgreSQL whether it answers.
+    health_check_interval_s: float = Field(default=5.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    postgres: PostgresSettings
+    valkey: ValkeySettings = ValkeySettings()
+    throttle: ThrottleSettings = ThrottleSettings()
+    argon2: Argon2Settings = Argon2Settings()
+    signup: SignUpSettings = SignUpSettings()
+
+    @field_validator("signing_key_files", "admin_emails", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Accept a JSON list or a comma-separated string (empty items dropped)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("admin_emails")
+    @classmethod
+    def _lower_emails(cls, value: list[str]) -> list[str]:
+        return [email.strip().lower() for email in value]
+
+
+@functools.cache
+def get_settings() -> AuthSettings:
+    """The process's settings, read from the environment once."""
+    return AuthSettings()

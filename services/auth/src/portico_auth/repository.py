@@ -1,0 +1,193 @@
+"""All of the auth service's SQL: ``auth.credentials`` through an asyncpg pool.
+
+Emails are compared with ``lower(email)`` (the unique index is on it). Database failures leave
+as domain errors: a connection that cannot be opened or is lost is ``Unavailable``, a query
+that runs out of time ``DeadlineExceeded``; the original exception is chained for the server
+log. State changes of a pending credential are conditional on its id, state and idempotency key
+inside the UPDATE/DELETE itself, so concurrent retries cannot both win.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from portico_auth.domain import Credential, CredentialState
+from portico_auth.errors import AlreadyExists, DeadlineExceeded, Unavailable
+
+_log = logging.getLogger(__name__)
+
+_INSERT_PENDING = """
+    INSERT INTO auth.credentials (email, display_name, password_hash, idempotency_key)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT DO NOTHING
+    RETURNING id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
+"""
+_BY_KEY = """
+    SELECT id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
+    FROM auth.credentials WHERE idempotency_key = $1
+"""
+_BY_EMAIL = """
+    SELECT id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
+    FROM auth.credentials WHERE lower(email) = lower($1)
+"""
+_BY_ID = """
+    SELECT id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
+    FROM auth.credentials WHERE id = $1
+"""
+_ACTIVATE = """
+    UPDATE auth.credentials
+    SET state = 'active', user_id = $3, updated_at = clock_timestamp()
+    WHERE id = $1 AND idempotency_key = $2 AND state = 'pending'
+    RETURNING id
+"""
+_DROP_PENDING = """
+    DELETE FROM auth.credentials
+    WHERE id = $1 AND idempotency_key = $2 AND state = 'pending'
+    RETURNING id
+"""
+_DELETE = "DELETE FROM auth.credentials WHERE id = $1"
+_STALE_PENDING = """
+    SELECT id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
+    FROM auth.credentials
+    WHERE state = 'pending' AND created_at < now() - make_interval(secs => $1)
+    ORDER BY created_at
+    LIMIT $2
+"""
+_SET_HASH = """
+    UPDATE auth.credentials SET password_hash = $2, updated_at = clock_timestamp() WHERE id = $1
+"""
+
+#: Failures that mean "PostgreSQL cannot serve us right now" once a connection was handed out.
+_CONNECTION_LOST = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+def _credential(row: Any) -> Credential:
+    return Credential(
+        id=row["id"],
+        user_id=row["user_id"],
+        email=row["email"],
+        display_name=row["display_name"],
+        password_hash=row["password_hash"],
+        state=CredentialState(row["state"]),
+        idempotency_key=row["idempotency_key"],
+        created_at=row["created_at"],
+    )
+
+
+class CredentialRepository:
+    """Credentials on PostgreSQL. Each call is limited to ``query_timeout_s``."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
+        self._pool = pool
+        self._timeout = query_timeout_s
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        try:
+            conn = await self._pool.acquire(timeout=self._timeout)
+        except TimeoutError as exc:
+            raise DeadlineExceeded() from exc
+        except Exception as exc:  # any failure to connect (refused, auth, no such db, ...)
+            _log.warning("cannot get a PostgreSQL connection: %s: %s", type(exc).__name__, exc)
+            raise Unavailable() from exc
+        try:
+            yield conn
+        except (TimeoutError, asyncpg.QueryCanceledError) as exc:
+            raise DeadlineExceeded() from exc
+        except asyncpg.UniqueViolationError as exc:
+            raise AlreadyExists() from exc
+        except _CONNECTION_LOST as exc:
+            _log.warning("PostgreSQL connection failed: %s: %s", type(exc).__name__, exc)
+            raise Unavailable() from exc
+        finally:
+            try:
+                await self._pool.release(conn, timeout=1.0)
+            except Exception:  # the pool already dropped the broken connection
+                _log.debug("releasing a connection failed", exc_info=True)
+
+    async def _one(self, query: str, *args: Any) -> Credential | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(query, *args, timeout=self._timeout)
+        return None if row is None else _credential(row)
+
+    async def insert_pending(
+        self, *, email: str, display_name: str, password_hash: str, idempotency_key: UUID
+    ) -> Credential | None:
+        """A new pending credential; None when the email or the key is already taken."""
+        return await self._one(_INSERT_PENDING, email, display_name, password_hash, idempotency_key)
+
+    async def by_key(self, idempotency_key: UUID) -> Credential | None:
+        return await self._one(_BY_KEY, idempotency_key)
+
+    async def by_email(self, email: str) -> Credential | None:
+        """The credential of an email (case-insensitive), whatever its state."""
+        return await self._one(_BY_EMAIL, email)
+
+    async def by_id(self, credential_id: UUID) -> Credential | None:
+        return await self._one(_BY_ID, credential_id)
+
+    async def activate(self, credential: Credential, *, user_id: UUID) -> bool:
+        """Pending → active for ``user_id``; False when the row is no longer that pending row.
+
+        ``AlreadyExists`` when another credential already names ``user_id``.
+        """
+        async with self._connection() as conn:
+            done = await conn.fetchval(
+                _ACTIVATE,
+                credential.id,
+                credential.idempotency_key,
+                user_id,
+                timeout=self._timeout,
+            )
+        return done is not None
+
+    async def drop_pending(self, credential: Credential) -> bool:
+        """Delete a still-pending credential; False when it is no longer that pending row."""
+        async with self._connection() as conn:
+            done = await conn.fetchval(
+                _DROP_PENDING, credential.id, credential.idempotency_key, timeout=self._timeout
+            )
+        return done is not None
+
+    async def delete(self, credential_id: UUID) -> None:
+        async with self._connection() as conn:
+            await conn.execute(_DELETE, credential_id, timeout=self._timeout)
+
+    async def stale_pending(self, *, older_than_s: float, limit: int = 100) -> list[Credential]:
+        """Pending credentials created more than ``older_than_s`` ago, oldest first."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(_STALE_PENDING, older_than_s, limit, timeout=self._timeout)
+        return [_credential(row) for row in rows]
+
+    async def set_password_hash(self, credential_id: UUID, password_hash: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(_SET_HASH, credential_id, password_hash, timeout=self._timeout)
+
+
+async def ping_database(*, dsn: str, time_limit_s: float) -> None:
+    """Raise ``Unavailable`` unless PostgreSQL answers ``SELECT 1`` within ``time_limit_s``.
+
+    Uses a connection of its own, not the pool: a busy pool is not a dead database.
+    """
+    try:
+        conn = await asyncpg.connect(dsn, timeout=time_limit_s)
+        try:
+            await conn.fetchval("SELECT 1", timeout=time_limit_s)
+        finally:
+            await conn.close(timeout=time_limit_s)
+    except Exception as exc:  # refused, timed out, auth, shutting down, ...
+        raise Unavailable(f"PostgreSQL does not answer: {type(exc).__name__}") from exc

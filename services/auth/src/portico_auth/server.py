@@ -1,0 +1,249 @@
+"""The composition root: keys, pool, Valkey, users channel → AuthService → grpc.aio server.
+
+``start(settings)`` builds and starts everything and returns a ``RunningServer`` (tests and the
+dev launcher use it); ``serve(settings)`` is the process: start, wait for SIGTERM/SIGINT, stop.
+
+Start-up refuses bad signing-key settings (``KeyConfigError``: production without key files, an
+unreadable or non-Ed25519 file, an unknown ``AUTH_ACTIVE_KID``) before binding anything. Like the
+users service it starts while PostgreSQL is down (health NOT_SERVING until it answers).
+
+Background tasks: the health probe, and the sign-up reconciler (every
+``signup.reconcile_interval_s``, see ``service.py``).
+
+Stopping (``RunningServer.stop``): health NOT_SERVING, keep serving for ``delay``, stop
+accepting calls and let in-flight ones finish within ``grace``, then close the users channel,
+Valkey and the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
+
+import asyncpg
+import grpc
+import protovalidate
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from valkey.asyncio import Valkey
+
+from portico.auth.v1 import auth_pb2, auth_pb2_grpc
+from portico_auth.config import AuthSettings, PostgresSettings
+from portico_auth.health import DatabaseHealth
+from portico_auth.interceptors import (
+    ErrorInterceptor,
+    RequestIdInterceptor,
+    ValidationInterceptor,
+)
+from portico_auth.keys import load_key_ring
+from portico_auth.passwords import Passwords
+from portico_auth.repository import CredentialRepository, ping_database
+from portico_auth.service import AuthService
+from portico_auth.servicer import AuthServicer
+from portico_auth.sessions import Sessions
+from portico_auth.throttle import LoginThrottle
+from portico_auth.tokens import TokenIssuer
+from portico_auth.users_client import UsersClient
+
+_log = logging.getLogger(__name__)
+
+_POOL_CLOSE_TIMEOUT_S = 5.0
+
+
+class RunningServer:
+    """A started auth server. ``port`` is the port actually bound; ``service`` the core."""
+
+    def __init__(
+        self,
+        *,
+        server: grpc.aio.Server,
+        port: int,
+        health: health_aio.HealthServicer,
+        service: AuthService,
+        tasks: list[asyncio.Task[None]],
+        resources: AsyncExitStack,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.health = health
+        self.service = service
+        self._tasks = tasks
+        self._resources = resources
+        self._stopped = False
+
+    async def stop(self, grace: float | None = None, *, delay: float = 0.0) -> None:
+        """Health NOT_SERVING; keep serving ``delay`` s; drain up to ``grace`` s; close all."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.health.enter_graceful_shutdown()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self.server.stop(grace)
+        await self._resources.aclose()
+        _log.info("auth service stopped")
+
+
+def _bind_address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    return f"{host}:{port}"
+
+
+async def _close_pool(pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        _log.warning("PostgreSQL pool did not close in time; terminating it")
+        pool.terminate()
+
+
+async def _open_pool(pg: PostgresSettings) -> asyncpg.Pool[asyncpg.Record]:
+    """The pool, with ``pool_min`` connections open; empty (lazy) while PostgreSQL is down."""
+    options: dict[str, Any] = {
+        "max_size": pg.pool_max,
+        "timeout": pg.connect_timeout_s,
+        "command_timeout": pg.query_timeout_s,
+        "server_settings": {
+            "application_name": "portico-auth",
+            "statement_timeout": str(pg.statement_timeout_ms),
+        },
+    }
+    dsn = pg.dsn.get_secret_value()
+    try:
+        return await asyncpg.create_pool(dsn, min_size=min(pg.pool_min, pg.pool_max), **options)
+    except Exception as exc:  # down, refusing, not ready: start anyway, connect on demand
+        _log.warning("PostgreSQL unavailable at startup (%s); starting anyway", type(exc).__name__)
+    return await asyncpg.create_pool(dsn, min_size=0, **options)
+
+
+async def _reconcile_forever(service: AuthService, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            ended = await service.reconcile()
+        except Exception:  # PostgreSQL down: try again next round
+            _log.warning("sign-up reconciliation failed; retrying later", exc_info=True)
+        else:
+            if ended:
+                _log.info("reconciled %d pending sign-up(s)", ended)
+
+
+async def start(settings: AuthSettings) -> RunningServer:
+    """Build the whole service from ``settings``, bind it and start serving."""
+    keys = load_key_ring(
+        settings.signing_key_files,
+        active_kid=settings.active_kid,
+        environment=settings.environment,
+    )
+    pg, vk = settings.postgres, settings.valkey
+    dsn = pg.dsn.get_secret_value()
+    async with AsyncExitStack() as resources:
+        pool = await _open_pool(pg)
+        resources.push_async_callback(_close_pool, pool)
+        client = Valkey.from_url(
+            vk.url.get_secret_value(),
+            socket_timeout=vk.socket_timeout_s,
+            socket_connect_timeout=vk.socket_connect_timeout_s,
+        )
+        resources.push_async_callback(client.aclose)
+        users_channel = grpc.aio.insecure_channel(settings.users_target)
+        resources.push_async_callback(users_channel.close)
+
+        tokens = TokenIssuer(
+            keys,
+            issuer=settings.issuer,
+            audience=settings.audience,
+            ttl_s=settings.access_token_ttl_s,
+        )
+        service = AuthService(
+            credentials=CredentialRepository(pool, query_timeout_s=pg.query_timeout_s),
+            users=UsersClient(users_channel, timeout_s=settings.signup.users_timeout_s),
+            passwords=await asyncio.to_thread(Passwords, settings.argon2),
+            sessions=Sessions(client, key_prefix=vk.key_prefix, ttl_s=settings.refresh_token_ttl_s),
+            throttle=LoginThrottle(client, settings.throttle, key_prefix=vk.key_prefix),
+            tokens=tokens,
+            admin_emails=settings.admin_emails,
+            pending_timeout_s=settings.signup.pending_timeout_s,
+        )
+        server = grpc.aio.server(
+            interceptors=[
+                RequestIdInterceptor(),
+                ErrorInterceptor(),
+                ValidationInterceptor(protovalidate.Validator()),
+            ]
+        )
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(service, keys), server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (
+                auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        monitor = DatabaseHealth(
+            health,
+            partial(ping_database, dsn=dsn, time_limit_s=pg.connect_timeout_s),
+            interval_s=settings.health_check_interval_s,
+        )
+        await monitor.probe()  # the first status is known before the first call arrives
+
+        address = _bind_address(settings.grpc_host, settings.grpc_port)
+        port = server.add_insecure_port(address)
+        await server.start()
+        tasks = [
+            asyncio.create_task(monitor.run(), name="auth-health-probe"),
+            asyncio.create_task(
+                _reconcile_forever(service, settings.signup.reconcile_interval_s),
+                name="auth-signup-reconciler",
+            ),
+        ]
+        _log.info(
+            "auth service listening on %s (signing kid %s, %d key(s) in the JWKS)",
+            _bind_address(settings.grpc_host, port),
+            keys.active.kid,
+            len(keys.keys),
+        )
+        running = RunningServer(
+            server=server,
+            port=port,
+            health=health,
+            service=service,
+            tasks=tasks,
+            resources=resources.pop_all(),
+        )
+    return running
+
+
+async def serve(settings: AuthSettings) -> None:
+    """Run the service until SIGTERM or SIGINT, then stop gracefully."""
+    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        _log.info(
+            "stopping: health NOT_SERVING, still serving for %ss, then draining for up to %ss",
+            settings.shutdown_delay_s,
+            settings.shutdown_grace_s,
+        )
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await running.stop(settings.shutdown_grace_s, delay=settings.shutdown_delay_s)

@@ -1,0 +1,244 @@
+"""What the auth service does, independent of gRPC: sign-up, login, refresh, logout.
+
+Sign-up consistency (no user without a credential, no credential without a user)
+---------------------------------------------------------------------------------
+Two stores take part: ``auth.credentials`` (ours) and the users service (CreateUser assigns the
+id). There is no distributed transaction, so a sign-up is a small saga around a *pending* row:
+
+1. ``INSERT`` a pending credential (email, display name, argon2id hash, the client's
+   ``idempotency_key``). It reserves the email among credentials; only *active* rows log in.
+2. ``CreateUser``. ALREADY_EXISTS here means either an earlier attempt of this very row created
+   the user and its answer was lost (crash, timeout), or a user with that email existed before.
+   We look the user up by email: created no earlier than the row (within ``_CLOCK_SLACK``) →
+   it is ours, *adopt* it; older → it is someone else's: drop the pending row, ALREADY_EXISTS.
+3. Activate the row with the user id (conditional on it still being that pending row). If that
+   fails after the user was created, delete the user again (compensation); if the delete fails
+   too, the pending row remains and step 2 adopts the user later.
+
+A pending row always reaches an end: a retry with the same key resumes at step 2 (the first
+request's password and display name count), and :meth:`AuthService.reconcile` does the same for
+rows older than ``pending_timeout_s`` whose client never came back. So at every moment each user
+created by sign-up either has an active credential or is named by a pending row being driven to
+one, and a credential is active only once its user exists. Retrying a finished sign-up with its
+key returns the same user; another sign-up for a reserved or taken email is ALREADY_EXISTS.
+
+A credential whose user was later deleted through the users service is removed at its next
+successful password check (login answers as for a wrong password).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from uuid import UUID
+
+from portico_auth.domain import Credential, CredentialState, TokenGrant, UserRef
+from portico_auth.errors import (
+    BAD_CREDENTIALS,
+    BAD_REFRESH_TOKEN,
+    Aborted,
+    AlreadyExists,
+    DomainError,
+    InvalidArgument,
+    Unauthenticated,
+)
+from portico_auth.passwords import Passwords
+from portico_auth.repository import CredentialRepository
+from portico_auth.sessions import Rotation, Sessions
+from portico_auth.throttle import LoginThrottle
+from portico_auth.tokens import TokenIssuer, roles_for
+from portico_auth.users_client import UsersClient
+
+_log = logging.getLogger(__name__)
+
+#: Tolerated clock difference between our database and the users service's when deciding
+#: whether a user was created by this sign-up (step 2 above).
+_CLOCK_SLACK = timedelta(seconds=5)
+
+
+class AuthService:
+    """Sign-up, login, refresh and logout over the stores and the users service."""
+
+    def __init__(
+        self,
+        *,
+        credentials: CredentialRepository,
+        users: UsersClient,
+        passwords: Passwords,
+        sessions: Sessions,
+        throttle: LoginThrottle,
+        tokens: TokenIssuer,
+        admin_emails: Sequence[str],
+        pending_timeout_s: float,
+    ) -> None:
+        self._credentials = credentials
+        self._users = users
+        self._passwords = passwords
+        self._sessions = sessions
+        self._throttle = throttle
+        self._tokens = tokens
+        self._admin_emails = tuple(admin_emails)
+        self._pending_timeout_s = pending_timeout_s
+
+    # ---------------------------------------------------------------- sign-up
+
+    async def sign_up(
+        self, *, email: str, display_name: str, password: str, idempotency_key: UUID
+    ) -> Credential:
+        """Create user and credential (see the module docstring); the active credential."""
+        earlier = await self._credentials.by_key(idempotency_key)
+        if earlier is None:
+            if await self._credentials.by_email(email) is not None:
+                raise AlreadyExists()
+            password_hash = await self._passwords.hash(password)
+            earlier = await self._credentials.insert_pending(
+                email=email,
+                display_name=display_name,
+                password_hash=password_hash,
+                idempotency_key=idempotency_key,
+            )
+            if earlier is None:  # a concurrent request took the email or the key
+                earlier = await self._credentials.by_key(idempotency_key)
+                if earlier is None:
+                    raise AlreadyExists()
+        if earlier.email.lower() != email.lower():
+            raise InvalidArgument.for_field(
+                "idempotency_key", "was already used for a sign-up with another email"
+            )
+        return await self._complete(earlier)
+
+    async def _complete(self, credential: Credential) -> Credential:
+        """Drive a credential to active (or drop it with ALREADY_EXISTS); idempotent."""
+        if credential.state is CredentialState.ACTIVE:
+            return credential
+        created = False
+        try:
+            user = await self._users.create_user(
+                email=credential.email, display_name=credential.display_name
+            )
+            created = True
+        except AlreadyExists:
+            user = await self._adoptable_user(credential)
+        try:
+            activated = await self._credentials.activate(credential, user_id=user.id)
+        except AlreadyExists:  # the adopted user already has a credential (its email changed)
+            await self._credentials.drop_pending(credential)
+            raise
+        except DomainError:
+            if created:
+                await self._compensate(user)
+            raise
+        if activated:
+            _log.info("sign-up complete: user %s", user.id)
+            return await self._reload(credential)
+        current = await self._credentials.by_id(credential.id)
+        if current is not None and current.user_id == user.id:
+            return current  # a concurrent retry activated it with the same user
+        if created:
+            await self._compensate(user)
+        raise Aborted("the sign-up changed concurrently; retry it")
+
+    async def _adoptable_user(self, credential: Credential) -> UserRef:
+        """The user an earlier attempt of ``credential`` created, or ALREADY_EXISTS."""
+        user = await self._users.find_by_email(credential.email)
+        if user is None:
+            raise Aborted("the sign-up changed concurrently; retry it")
+        if user.created_at < credential.created_at - _CLOCK_SLACK:
+            _log.info("sign-up for an email that an older user has: dropping the pending row")
+            await self._credentials.drop_pending(credential)
+            raise AlreadyExists()
+        _log.info("adopting user %s created by an interrupted sign-up", user.id)
+        return user
+
+    async def _compensate(self, user: UserRef) -> None:
+        """Undo a CreateUser whose credential could not be activated (best effort)."""
+        try:
+            await self._users.delete_user(user.id)
+            _log.warning("sign-up failed after creating user %s; user deleted again", user.id)
+        except DomainError:
+            _log.warning(
+                "sign-up failed after creating user %s and deleting it failed too; the pending "
+                "credential adopts it on retry or reconciliation",
+                user.id,
+            )
+
+    async def _reload(self, credential: Credential) -> Credential:
+        current = await self._credentials.by_id(credential.id)
+        if current is None:  # pragma: no cover - active rows are deleted only at login
+            raise Aborted("the sign-up changed concurrently; retry it")
+        return current
+
+    async def reconcile(self) -> int:
+        """Drive every pending credential older than the timeout to an end; how many ended."""
+        ended = 0
+        for credential in await self._credentials.stale_pending(
+            older_than_s=self._pending_timeout_s
+        ):
+            try:
+                await self._complete(credential)
+            except AlreadyExists:
+                ended += 1  # dropped: the email belongs to an older user
+            except DomainError as error:
+                _log.warning(
+                    "reconciling pending credential %s: %s", credential.id, error.grpc_code.name
+                )
+            else:
+                ended += 1
+        return ended
+
+    # ---------------------------------------------------------------- tokens
+
+    async def issue_token(self, *, username: str, password: str, address: str) -> TokenGrant:
+        """OAuth2 password grant: throttle, check the password, start a session."""
+        email = username.strip()
+        await self._throttle.attempt(email=email, address=address)
+        credential = await self._credentials.by_email(email)
+        if credential is None or credential.state is not CredentialState.ACTIVE:
+            await self._passwords.verify_dummy(password)
+            raise Unauthenticated(BAD_CREDENTIALS)
+        if not await self._passwords.verify(credential.password_hash, password):
+            raise Unauthenticated(BAD_CREDENTIALS)
+        assert credential.user_id is not None  # noqa: S101 - enforced by a CHECK constraint
+        if await self._users.get_user(credential.user_id) is None:
+            _log.info("removing the credential of deleted user %s", credential.user_id)
+            await self._credentials.delete(credential.id)
+            raise Unauthenticated(BAD_CREDENTIALS)
+        await self._throttle.succeeded(email=email)
+        if self._passwords.needs_rehash(credential.password_hash):
+            await self._credentials.set_password_hash(
+                credential.id, await self._passwords.hash(password)
+            )
+        user_id = str(credential.user_id)
+        roles = roles_for(credential.email, self._admin_emails)
+        session_id, refresh_token = await self._sessions.create(user_id=user_id, roles=roles)
+        return self._grant(user_id, session_id, roles, refresh_token)
+
+    async def refresh(self, *, refresh_token: str) -> TokenGrant:
+        """Rotate a refresh token; a reused one revokes its session."""
+        result = await self._sessions.rotate(refresh_token)
+        if result.outcome is Rotation.REUSED:
+            _log.warning("refresh token reuse: session revoked")
+        if result.outcome is not Rotation.ROTATED:
+            raise Unauthenticated(BAD_REFRESH_TOKEN)
+        session_id = refresh_token.partition(".")[0]
+        return self._grant(result.user_id, session_id, result.roles, result.refresh_token)
+
+    async def logout(self, *, refresh_token: str, bearer: str | None) -> None:
+        """End the session of ``refresh_token``, else of the ``bearer`` access token."""
+        if refresh_token:
+            if not await self._sessions.end_with_refresh_token(refresh_token):
+                raise Unauthenticated(BAD_REFRESH_TOKEN)
+            return
+        if not bearer:
+            raise Unauthenticated("send a refresh_token or an authorization: Bearer access token")
+        claims = self._tokens.verify(bearer)
+        await self._sessions.end(claims.session_id)
+
+    def _grant(
+        self, user_id: str, session_id: str, roles: Sequence[str], refresh_token: str
+    ) -> TokenGrant:
+        access = self._tokens.issue(user_id=user_id, session_id=session_id, roles=roles)
+        return TokenGrant(
+            access_token=access, expires_in=self._tokens.ttl_s, refresh_token=refresh_token
+        )

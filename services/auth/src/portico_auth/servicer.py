@@ -1,0 +1,94 @@
+"""``portico.auth.v1.AuthService``: proto in, domain call, proto out. Nothing else.
+
+Validation happened in the interceptor; domain errors raised below are mapped to statuses by the
+error interceptor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import grpc
+
+from portico.auth.v1 import auth_pb2, auth_pb2_grpc
+from portico_auth.domain import TokenGrant
+from portico_auth.keys import KeyRing
+from portico_auth.service import AuthService
+from portico_auth.throttle import client_address
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def bearer_token(metadata: Any) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` metadata entry, if there is one."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def jwks(keys: KeyRing) -> auth_pb2.GetJwksResponse:
+    """The JWK Set of a key ring (the signing key first)."""
+    return auth_pb2.GetJwksResponse(keys=[auth_pb2.JsonWebKey(**k.jwk()) for k in keys.keys])
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    """The AuthService RPCs over an ``AuthService``."""
+
+    def __init__(self, service: AuthService, keys: KeyRing) -> None:
+        self._service = service
+        self._jwks = jwks(keys)
+
+    async def SignUp(
+        self, request: auth_pb2.SignUpRequest, context: Context
+    ) -> auth_pb2.SignUpResponse:
+        credential = await self._service.sign_up(
+            email=request.email,
+            display_name=request.display_name,
+            password=request.password,
+            idempotency_key=UUID(request.idempotency_key),
+        )
+        return auth_pb2.SignUpResponse(user_id=str(credential.user_id), email=credential.email)
+
+    async def IssueToken(
+        self, request: auth_pb2.IssueTokenRequest, context: Context
+    ) -> auth_pb2.IssueTokenResponse:
+        grant = await self._service.issue_token(
+            username=request.username,
+            password=request.password,
+            address=client_address(context.invocation_metadata(), context.peer()),
+        )
+        return auth_pb2.IssueTokenResponse(**_grant_fields(grant))
+
+    async def RefreshToken(
+        self, request: auth_pb2.RefreshTokenRequest, context: Context
+    ) -> auth_pb2.RefreshTokenResponse:
+        grant = await self._service.refresh(refresh_token=request.refresh_token)
+        return auth_pb2.RefreshTokenResponse(**_grant_fields(grant))
+
+    async def Logout(
+        self, request: auth_pb2.LogoutRequest, context: Context
+    ) -> auth_pb2.LogoutResponse:
+        await self._service.logout(
+            refresh_token=request.refresh_token,
+            bearer=bearer_token(context.invocation_metadata()),
+        )
+        return auth_pb2.LogoutResponse()
+
+    async def GetJwks(
+        self, request: auth_pb2.GetJwksRequest, context: Context
+    ) -> auth_pb2.GetJwksResponse:
+        return self._jwks
+
+
+def _grant_fields(grant: TokenGrant) -> dict[str, Any]:
+    return {
+        "access_token": grant.access_token,
+        "token_type": grant.token_type,
+        "expires_in": grant.expires_in,
+        "refresh_token": grant.refresh_token,
+        "scope": grant.scope,
+    }

@@ -1,0 +1,122 @@
+"""Login throttling: fixed-window attempt counters in Valkey, per account and per client address.
+
+Keys: ``<prefix>throttle:account:<sha256(lowercased email)>`` (the email is hashed so that no
+address book accumulates in Valkey) and ``<prefix>throttle:address:<client address>``. Each
+login attempt runs one Lua script per key: ``INCR``, and ``PEXPIRE window`` on the first
+attempt of the window; the script returns the count and the time left. An attempt over either
+limit is refused with ``ResourceExhausted`` (RESOURCE_EXHAUSTED + ``google.rpc.RetryInfo`` of
+the time left) before the password is looked at. Unknown accounts are counted exactly like
+known ones, so the throttle says nothing about which emails exist. A successful login clears its
+account's counter (not the address's).
+
+The client address is the **last** entry of ``x-forwarded-for`` (the one the gateway appended
+for the peer it saw; earlier entries are client-supplied and spoofable), else the gRPC peer.
+
+**Valkey down: fail open, loudly.** The attempt is allowed and a warning is logged (once per
+outage, then again when Valkey is back). Refusing every login because a rate limiter's store is
+down would turn a Valkey outage into a total login outage, while credentials are still fully
+checked (argon2id keeps each guess expensive). In practice IssueToken then fails anyway when it
+tries to store the session, so fail-open only matters for partial outages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from valkey.asyncio import Valkey
+
+from portico_auth.config import ThrottleSettings
+from portico_auth.errors import ResourceExhausted
+from portico_auth.sessions import VALKEY_FAILURES
+
+_log = logging.getLogger(__name__)
+
+# KEYS[1] = counter; ARGV[1] = window ms. Returns {count, ms left in the window}.
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  left = tonumber(ARGV[1])
+end
+return {count, left}
+"""
+
+
+def client_address(metadata: Any, peer: str) -> str:
+    """The caller's address: last ``x-forwarded-for`` entry, else the peer (port removed)."""
+    for key, value in metadata or ():
+        if key == "x-forwarded-for" and isinstance(value, str):
+            last = value.rsplit(",", 1)[-1].strip()
+            if last:
+                return last[:64]
+    # grpc peers look like "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path"
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer[:64] or "unknown"
+
+
+class LoginThrottle:
+    """Counts login attempts and refuses those over the limits."""
+
+    def __init__(self, client: Valkey, settings: ThrottleSettings, *, key_prefix: str) -> None:
+        self._client = client
+        self._settings = settings
+        self._prefix = key_prefix
+        self._window_ms = max(1, round(settings.window_s * 1000))
+        self._hit = client.register_script(_HIT)
+        self._healthy = True
+
+    def account_key(self, email: str) -> str:
+        digest = hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
+        return f"{self._prefix}throttle:account:{digest}"
+
+    def address_key(self, address: str) -> str:
+        return f"{self._prefix}throttle:address:{address}"
+
+    async def attempt(self, *, email: str, address: str) -> None:
+        """Count one attempt; raise ``ResourceExhausted`` when it is over a limit."""
+        checks = (
+            (self.account_key(email), self._settings.account_limit),
+            (self.address_key(address), self._settings.address_limit),
+        )
+        retry_after_ms = 0
+        try:
+            for key, limit in checks:
+                count, left_ms = await self._hit(keys=[key], args=[self._window_ms])
+                if int(count) > limit:
+                    retry_after_ms = max(retry_after_ms, int(left_ms))
+        except VALKEY_FAILURES as exc:
+            self._failed(exc)
+            return
+        self._succeeded()
+        if retry_after_ms:
+            raise ResourceExhausted(retry_after_s=retry_after_ms / 1000)
+
+    async def succeeded(self, *, email: str) -> None:
+        """A login succeeded: forget the account's failed attempts."""
+        try:
+            await self._client.delete(self.account_key(email))
+        except VALKEY_FAILURES as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        if self._healthy:
+            _log.warning(
+                "Valkey unreachable, login throttling is OFF (failing open) until it is back: "
+                "%s: %s",
+                type(exc).__name__,
+                exc,
+            )
+        self._healthy = False
+
+    def _succeeded(self) -> None:
+        if not self._healthy:
+            _log.warning("Valkey answers again, login throttling is back on")
+        self._healthy = True

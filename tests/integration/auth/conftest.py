@@ -1,0 +1,86 @@
+"""A real auth server per test, in front of a real users server, on fresh backends."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+import valkey.asyncio as valkey_asyncio
+
+from portico.auth.v1 import auth_pb2_grpc
+from portico_auth.keys import generate_key_file
+from portico_auth.server import RunningServer, start
+from portico_users.server import RunningServer as UsersServer
+from tests.integration.auth.support import auth_settings
+
+if TYPE_CHECKING:
+    from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
+
+
+@pytest.fixture(autouse=True)
+def _no_auth_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("AUTH_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Ed25519 signing key file for the session."""
+    path = tmp_path_factory.mktemp("keys") / "signing-key.pem"
+    generate_key_file(path)
+    return path
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module to change the auth server's settings."""
+    return {}
+
+
+@pytest.fixture
+async def auth_server(
+    database_url: str,
+    valkey_url: str,
+    users_server: UsersServer,
+    key_file: Path,
+    settings_overrides: dict[str, Any],
+) -> AsyncIterator[RunningServer]:
+    """A real auth service on 127.0.0.1:0 that reaches the test's users service."""
+    settings = auth_settings(
+        database_url=database_url,
+        valkey_url=valkey_url,
+        users_target=f"127.0.0.1:{users_server.port}",
+        key_files=[key_file],
+        **settings_overrides,
+    )
+    running = await start(settings)
+    try:
+        yield running
+    finally:
+        await running.stop(0)
+
+
+@pytest.fixture
+async def channel(auth_server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{auth_server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def auth(channel: grpc.aio.Channel) -> AuthServiceAsyncStub:
+    return auth_pb2_grpc.AuthServiceStub(channel)
+
+
+@pytest.fixture
+async def valkey(valkey_url: str) -> AsyncIterator[Any]:
+    """A client of the test's Valkey, to look at the session keys."""
+    client: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
+    try:
+        yield client
+    finally:
+        await client.aclose()

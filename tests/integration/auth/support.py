@@ -1,0 +1,66 @@
+"""Helpers for the auth service's integration tests: settings and small database probes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from pydantic import SecretStr
+
+from portico_auth.config import (
+    Argon2Settings,
+    AuthSettings,
+    PostgresSettings,
+    SignUpSettings,
+    ValkeySettings,
+)
+
+#: argon2id parameters small enough for a fast suite (production uses the defaults).
+FAST_ARGON2 = Argon2Settings(time_cost=1, memory_cost_kib=1024, parallelism=1)
+
+
+def auth_settings(
+    *,
+    database_url: str,
+    valkey_url: str,
+    users_target: str,
+    key_files: list[Path],
+    **overrides: Any,
+) -> AuthSettings:
+    """Settings for an in-process server on an ephemeral loopback port, with fast probes."""
+    values: dict[str, Any] = {
+        "grpc_host": "127.0.0.1",
+        "grpc_port": 0,
+        "users_target": users_target,
+        "signing_key_files": key_files,
+        "shutdown_grace_s": 2.0,
+        "health_check_interval_s": 0.2,
+        "postgres": PostgresSettings(
+            dsn=SecretStr(database_url), connect_timeout_s=1.0, query_timeout_s=5.0
+        ),
+        "valkey": ValkeySettings(url=SecretStr(valkey_url)),
+        "argon2": FAST_ARGON2,
+        "signup": SignUpSettings(users_timeout_s=2.0, reconcile_interval_s=3600.0),
+    }
+    values.update(overrides)
+    return AuthSettings(**values)
+
+
+async def rows(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one query on the test's database."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+async def users_and_credentials(database_url: str) -> tuple[set[str], dict[str, str | None]]:
+    """Every user id, and every credential as {email: user id or None (pending)}."""
+    users = {str(r["id"]) for r in await rows(database_url, "SELECT id FROM users.users")}
+    credentials = {
+        r["email"]: (str(r["user_id"]) if r["user_id"] else None)
+        for r in await rows(database_url, "SELECT email, user_id FROM auth.credentials")
+    }
+    return users, credentials
