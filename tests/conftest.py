@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-_PREFIXES = ("USERS_", "GATEWAY_", "MIGRATE_", "PORTICO_DEV_")
+_PREFIXES = ("USERS_", "AUTH_", "GATEWAY_", "MIGRATE_", "PORTICO_DEV_")
 _NAMES = ("DATABASE_URL", "VALKEY_URL")
 
 

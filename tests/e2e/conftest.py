@@ -42,6 +42,7 @@ class Stack:
     base_url: str
     grpc_target: str
     process: subprocess.Popen[str] | None = None
+    auth_target: str = ""
     output: list[str] = field(default_factory=list)
     pump: threading.Thread | None = None
 
@@ -69,17 +70,18 @@ class Stack:
 
 def start_stack(data_dir: Path, *, timeout_s: float = 90.0) -> Stack:
     """Run ``portico-dev`` on free ports; return once the gateway is ready."""
-    gateway_port, users_port = free_port(), free_port()
+    gateway_port, users_port, auth_port = free_port(), free_port(), free_port()
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("USERS_", "GATEWAY_", "PORTICO_DEV_"))
+        if not k.startswith(("USERS_", "AUTH_", "GATEWAY_", "PORTICO_DEV_"))
         and k not in ("DATABASE_URL", "VALKEY_URL")
     }
     env |= {
         "PORTICO_DEV_DATA_DIR": str(data_dir),
         "PORTICO_DEV_GATEWAY_PORT": str(gateway_port),
         "PORTICO_DEV_USERS_PORT": str(users_port),
+        "PORTICO_DEV_AUTH_PORT": str(auth_port),
         "PYTHONUNBUFFERED": "1",
     }
     process = subprocess.Popen(
@@ -89,7 +91,12 @@ def start_stack(data_dir: Path, *, timeout_s: float = 90.0) -> Stack:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    stack = Stack(f"http://127.0.0.1:{gateway_port}", f"127.0.0.1:{users_port}", process)
+    stack = Stack(
+        f"http://127.0.0.1:{gateway_port}",
+        f"127.0.0.1:{users_port}",
+        process,
+        auth_target=f"127.0.0.1:{auth_port}",
+    )
 
     def pump() -> None:
         assert process.stdout is not None
@@ -111,7 +118,11 @@ def start_stack(data_dir: Path, *, timeout_s: float = 90.0) -> Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if base_url := os.environ.get("PORTICO_E2E_BASE_URL"):
-        yield Stack(base_url.rstrip("/"), os.environ.get("PORTICO_E2E_GRPC_TARGET", ""))
+        yield Stack(
+            base_url.rstrip("/"),
+            os.environ.get("PORTICO_E2E_GRPC_TARGET", ""),
+            auth_target=os.environ.get("PORTICO_E2E_AUTH_TARGET", ""),
+        )
         return
     started = start_stack(tmp_path_factory.mktemp("stack") / ".data")
     try:

@@ -34,6 +34,7 @@ def readme_block(marker: str) -> str:
 def run_bash(script: str, stack: Stack) -> str:
     script = script.replace("http://127.0.0.1:8000", stack.base_url)
     script = script.replace("127.0.0.1:50051", stack.grpc_target)
+    script = script.replace("127.0.0.1:50052", stack.auth_target)
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         capture_output=True,
@@ -192,3 +193,13 @@ def test_openapi_contract_holds_under_fuzzing(stack: Stack, tmp_path: Path) -> N
         check=False,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README examples use curl")
+def test_readme_auth_walkthrough_works_as_printed(stack: Stack) -> None:
+    out = run_bash(readme_block("e2e:auth"), stack)
+    assert re.search(r'"user_id":"[0-9a-f-]{36}"', out), out
+    assert '"token_type":"Bearer"' in out
+    assert re.search(r"^204$", out, re.MULTILINE), out
+    assert '"status":401' in out  # the spent refresh token no longer works
+    assert '"kty":"OKP"' in out

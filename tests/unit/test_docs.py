@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
+from portico_auth.config import AuthSettings
 from portico_devstack.config import DevSettings
 from portico_gateway.config import GatewaySettings
 from portico_migrations.config import MigrateSettings
@@ -37,7 +38,7 @@ def env_names(settings: type[BaseSettings]) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("settings", [UsersSettings, GatewaySettings, MigrateSettings, DevSettings])
+@pytest.mark.parametrize("settings", [UsersSettings, AuthSettings, GatewaySettings, MigrateSettings, DevSettings])
 def test_readme_documents_every_setting(settings: type[BaseSettings]) -> None:
     missing = [name for name in env_names(settings) if f"`{name}`" not in README]
     assert not missing, f"README.md lacks {missing}"

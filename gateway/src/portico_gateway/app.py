@@ -7,17 +7,19 @@ Nothing here runs at import time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from google.protobuf.descriptor import ServiceDescriptor
 
+from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_gateway.config import GatewaySettings
 from portico_gateway.errors import install_error_handlers
 from portico_gateway.lifespan import make_lifespan
-from portico_gateway.middleware import BodyLimitMiddleware, BodyTooLarge, RequestIdMiddleware
+from portico_gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from portico_gateway.routers import health
 from portico_gateway.transcoding.routes import add_routes, bindings_of
 
@@ -32,6 +34,7 @@ def upstream_services(settings: GatewaySettings) -> dict[str, tuple[str, Service
     """Each upstream: name → (gRPC target, the service whose HTTP rules become routes)."""
     return {
         "users": (settings.users_target, users_pb2.DESCRIPTOR.services_by_name["UserService"]),
+        "auth": (settings.auth_target, auth_pb2.DESCRIPTOR.services_by_name["AuthService"]),
     }
 
 
@@ -56,9 +59,17 @@ class PorticoAPI(FastAPI):
         return self.openapi_schema
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
-    """The gateway application for ``settings``."""
-    upstreams = upstream_services(settings)
+def create_app(
+    settings: GatewaySettings,
+    *,
+    upstreams: Mapping[str, tuple[str, ServiceDescriptor]] | None = None,
+) -> FastAPI:
+    """The gateway application for ``settings``.
+
+    ``upstreams`` (name → (gRPC target, service)) replaces :func:`upstream_services`; tests use it
+    to serve a service of their own, which shows that an annotated RPC is all a route needs.
+    """
+    upstreams = upstream_services(settings) if upstreams is None else upstreams
     app = PorticoAPI(
         title="Portico API",
         version="1.0.0",
@@ -67,17 +78,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        redirect_slashes=False,  # like grpc-gateway: `/v1/users/` is an unknown route (404)
     )
     app.proto_components = {}
     install_error_handlers(app, retry_after_s=settings.retry_after_s)
-
-    async def body_too_large(request: Any, exc: Exception) -> Any:
-        from portico_gateway.errors import problem
-
-        return problem(request, status=413, detail=str(exc))
-
-    app.add_exception_handler(BodyTooLarge, body_too_large)
-    app.include_router(health.make_router(readiness_timeout_s=settings.readiness_timeout_s))
+    app.include_router(
+        health.make_router(
+            readiness_timeout_s=settings.readiness_timeout_s, retry_after_s=settings.retry_after_s
+        )
+    )
     for name, (_, service) in upstreams.items():
         add_routes(app, bindings_of(name, service), app.proto_components)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -23,6 +23,9 @@ class GatewaySettings(BaseSettings):
     users_target: str = Field(
         default="127.0.0.1:50051", description="gRPC address of the users service."
     )
+    auth_target: str = Field(
+        default="127.0.0.1:50052", description="gRPC address of the auth service."
+    )
     rpc_timeout_s: float = Field(
         default=5.0, gt=0, description="Deadline of each upstream call (a client may shorten it)."
     )

@@ -4,7 +4,8 @@
   (``runtime/errors.go``), field errors from the ``google.rpc.BadRequest`` detail, 412 for a
   FAILED_PRECONDITION whose ``google.rpc.ErrorInfo`` reason is ``ETAG_MISMATCH``, ``Retry-After``
   with 503. For INTERNAL/UNKNOWN/DATA_LOSS the upstream text is replaced by a generic one.
-* :class:`RequestError`: the gateway's own checks (bad JSON, unknown field, bad header …).
+* :class:`RequestError`: the gateway's own checks (bad JSON, unknown field, bad header …), and
+  :class:`~portico_gateway.middleware.BodyTooLarge` (a chunked body over the limit): 413.
 * Starlette's HTTP errors (unknown route 404, 405), FastAPI validation errors, and finally any
   other exception: 500 with a generic detail; the traceback goes to the log only.
 """
@@ -25,7 +26,7 @@ from google.rpc import error_details_pb2, status_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from portico_gateway.middleware import REQUEST_ID_HEADER, request_id_of
+from portico_gateway.middleware import REQUEST_ID_HEADER, BodyTooLarge, request_id_of
 
 _log = logging.getLogger(__name__)
 
@@ -195,12 +196,16 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
         ]
         return problem(request, status=400, detail="invalid request", errors=errors)
 
+    async def on_body_too_large(request: Request, exc: Exception) -> Any:
+        return problem(request, status=413, detail=str(exc))  # a chunked body ran over
+
     async def on_unexpected(request: Request, exc: Exception) -> Any:
         _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return problem(request, status=500, detail=_GENERIC_DETAIL[500])
 
     app.add_exception_handler(grpc.aio.AioRpcError, on_rpc_error)
     app.add_exception_handler(RequestError, on_request_error)
+    app.add_exception_handler(BodyTooLarge, on_body_too_large)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, no spaces, at most 128
+_DIGITS = re.compile(r"[0-9]{1,20}")  # str.isdigit() also takes "²", which int() refuses
 
 
 def request_id_of(scope: MutableMapping[str, Any]) -> str:
@@ -69,9 +70,11 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._refuse(scope, send, bad_length=not length.isdigit())
-            return
+        if length is not None:
+            valid = _DIGITS.fullmatch(length) is not None
+            if not valid or int(length) > self.max_bytes:
+                await self._refuse(scope, send, bad_length=not valid)
+                return
         seen = 0
 
         async def counted() -> Message:

@@ -16,8 +16,9 @@ def _parser(defaults: DevSettings) -> argparse.ArgumentParser:
         prog="portico-dev",
         description=(
             "Start Portico on this machine: embedded PostgreSQL and Valkey (unless DATABASE_URL / "
-            "VALKEY_URL point at real ones), migrations, the users service and the gateway, "
-            "with their logs. Ctrl-C stops everything; data stays in --data-dir."
+            "VALKEY_URL point at real ones), migrations, the users and auth services and the "
+            "gateway, with their logs. Ctrl-C stops everything; data (and the dev signing key) "
+            "stay in --data-dir."
         ),
         epilog="Every option also reads an environment variable: PORTICO_DEV_<OPTION>, "
         "e.g. PORTICO_DEV_GATEWAY_PORT=8080. Services read their own USERS_* / GATEWAY_* settings.",
@@ -26,6 +27,7 @@ def _parser(defaults: DevSettings) -> argparse.ArgumentParser:
     parser.add_argument("--host", default=defaults.host, help="bind address (default: loopback)")
     parser.add_argument("--gateway-port", type=int, default=defaults.gateway_port)
     parser.add_argument("--users-port", type=int, default=defaults.users_port)
+    parser.add_argument("--auth-port", type=int, default=defaults.auth_port)
     parser.add_argument("--valkey-port", type=int, default=defaults.valkey_port)
     parser.add_argument("--ready-timeout-s", type=float, default=defaults.ready_timeout_s)
     return parser

@@ -17,6 +17,7 @@ class DevSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address every process binds (loopback).")
     gateway_port: int = Field(default=8000, ge=0, le=65535)
     users_port: int = Field(default=50051, ge=0, le=65535)
+    auth_port: int = Field(default=50052, ge=0, le=65535)
     valkey_port: int = Field(
         default=0, ge=0, le=65535, description="Embedded Valkey; 0 = free port"
     )

@@ -1,10 +1,12 @@
 """The local stack behind ``make run``: backends, migrations, then supervised service processes.
 
 Order of start: PostgreSQL (embedded unless ``DATABASE_URL``) → Valkey (embedded unless
-``VALKEY_URL``) → migrations → users service (until its gRPC health check says SERVING) → gateway
-(until ``/readyz`` answers 200). Each child's output is shown line by line behind its name.
+``VALKEY_URL``) → migrations → users service → auth service (each until its gRPC health check says
+SERVING; auth signs tokens with a dev key kept in ``<data_dir>/auth/signing-key.pem``, made on the
+first run) → gateway (until ``/readyz`` answers 200). Each child's output is shown line by line
+behind its name.
 
-Order of stop (Ctrl-C / SIGTERM): gateway, then users (SIGTERM, so each drains its in-flight work;
+Order of stop (Ctrl-C / SIGTERM): gateway, then auth, then users (SIGTERM, so each drains its work;
 SIGKILL only after ``stop_timeout_s``), then Valkey and PostgreSQL. The data folder is kept. A
 second Ctrl-C kills the children at once. A child that exits on its own is reported, the rest is
 stopped, and the launcher exits non-zero.
@@ -21,6 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import httpx
@@ -170,9 +173,32 @@ class Stack:
     def users_target(self) -> str:
         return f"{self.settings.host}:{self.settings.users_port}"
 
+    @property
+    def auth_target(self) -> str:
+        return f"{self.settings.host}:{self.settings.auth_port}"
+
+    async def _dev_signing_key(self) -> Path:
+        """The dev signing key, made once (``portico-auth keygen``) and kept with the data."""
+        path = (self.settings.data_dir / "auth" / "signing-key.pem").resolve()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            keygen = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "portico_auth",
+                "keygen",
+                str(path),
+                stdout=asyncio.subprocess.DEVNULL,
+            )
+            if await keygen.wait() != 0:
+                raise StartupError(f"could not write a dev signing key to {path}")
+            say(f"auth: new dev signing key in {path}")
+        return path
+
     async def start(self) -> None:
         s = self.settings
-        for name, port in (("gateway", s.gateway_port), ("users", s.users_port)):
+        ports = (("gateway", s.gateway_port), ("users", s.users_port), ("auth", s.auth_port))
+        for name, port in ports:
             if not _port_free(s.host, port):
                 raise StartupError(f"{s.host}:{port} ({name}) is already in use: another stack?")
         if s.database_url is not None:
@@ -207,6 +233,21 @@ class Stack:
             },
             color=_COLORS[0] if sys.stdout.isatty() else "",
         )
+        auth = Child(
+            "auth",
+            [sys.executable, "-m", "portico_auth"],
+            env
+            | {
+                "AUTH_POSTGRES__DSN": database_url,
+                "AUTH_VALKEY__URL": valkey_url,
+                "AUTH_GRPC_HOST": s.host,
+                "AUTH_GRPC_PORT": str(s.auth_port),
+                "AUTH_USERS_TARGET": self.users_target,
+                "AUTH_ENVIRONMENT": "dev",
+                "AUTH_SIGNING_KEY_FILES": str(await self._dev_signing_key()),
+            },
+            color=_COLORS[2] if sys.stdout.isatty() else "",
+        )
         gateway = Child(
             "gateway",
             [sys.executable, "-m", "portico_gateway"],
@@ -215,12 +256,15 @@ class Stack:
                 "GATEWAY_HOST": s.host,
                 "GATEWAY_PORT": str(s.gateway_port),
                 "GATEWAY_USERS_TARGET": self.users_target,
+                "GATEWAY_AUTH_TARGET": self.auth_target,
             },
             color=_COLORS[1] if sys.stdout.isatty() else "",
         )
-        self.children = [users, gateway]
+        self.children = [users, auth, gateway]
         await users.start()
         await _wait_ready(users, lambda: _grpc_serving(self.users_target), s.ready_timeout_s)
+        await auth.start()
+        await _wait_ready(auth, lambda: _grpc_serving(self.auth_target), s.ready_timeout_s)
         await gateway.start()
         ready_url = f"{self.gateway_url}/readyz"
         await _wait_ready(gateway, lambda: _http_ready(ready_url), s.ready_timeout_s)
@@ -275,6 +319,7 @@ async def run(settings: DevSettings) -> int:
         say(f"REST      {stack.gateway_url}/v1/users")
         say(f"API docs  {stack.gateway_url}/docs   (OpenAPI: {stack.gateway_url}/openapi.json)")
         say(f"gRPC      {stack.users_target}  (portico.users.v1.UserService, reflection on)")
+        say(f"gRPC      {stack.auth_target}  (portico.auth.v1.AuthService, reflection on)")
         say("Ctrl-C stops everything")
         exited = asyncio.create_task(stack.wait_for_exit())
         await asyncio.wait({exited, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -143,6 +143,21 @@ async def test_patch_bad_input(api: httpx.AsyncClient) -> None:
     _problem(await api.patch(f"/v1/users/{uuid.uuid4()}", json={"display_name": "A"}), 404)
 
 
+async def test_explicit_update_mask_limits_the_patch(api: httpx.AsyncClient) -> None:
+    user = await _create(api, "mask@example.com")
+    path = f"/v1/users/{user['id']}"
+    body = {"display_name": "Masked", "email": "other@example.com"}
+    for mask, name in (("display_name", "Masked"), ("displayName", "Masked")):
+        patched = await api.patch(path, params={"update_mask": mask}, json=body)
+        assert patched.status_code == 200, patched.text
+        assert (patched.json()["display_name"], patched.json()["email"]) == (
+            name,
+            "mask@example.com",  # in the body but not in the mask: unchanged
+        )
+    unknown = await api.patch(path, params={"update_mask": "etag"}, json=body)
+    _problem(unknown, 400)
+
+
 async def test_duplicate_email_is_409_case_insensitively(api: httpx.AsyncClient) -> None:
     await _create(api, "dup@example.com")
     response = await api.post("/v1/users", json={"email": "DUP@example.com", "display_name": "B"})

@@ -119,7 +119,12 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 def settings_for(target: str, **overrides: Any) -> GatewaySettings:
-    values: dict[str, Any] = {"users_target": target, "rpc_timeout_s": 2.0, "max_body_bytes": 2048}
+    values: dict[str, Any] = {
+        "users_target": target,
+        "auth_target": target,  # the fake serves health for both; auth RPCs are not called here
+        "rpc_timeout_s": 2.0,
+        "max_body_bytes": 2048,
+    }
     return GatewaySettings(**(values | overrides))
 
 

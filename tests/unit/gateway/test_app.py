@@ -158,26 +158,62 @@ async def test_body_star_routes_accept_forms(http: httpx.AsyncClient) -> None:
 
 async def test_unknown_routes_and_methods_are_problems(http: httpx.AsyncClient) -> None:
     _is_problem(await http.get("/nope"), 404)
-    _is_problem(await http.put("/v1/users/1", json={}), 405)
+    _is_problem(await http.get("/v1/users/"), 404)  # no redirect to /v1/users
+    response = await http.put("/v1/users/1", json={})
+    _is_problem(response, 405)
+    assert response.headers["allow"] == "DELETE, GET, PATCH"
+
+
+async def test_malformed_content_length_is_400() -> None:
+    """Only ASCII digits: ``"²".isdigit()`` is true in Python, yet it is no length."""
+    app = create_app(settings_for("127.0.0.1:1"))
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/users",
+        "raw_path": b"/v1/users",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-length", "²".encode("latin-1"))],
+        "server": ("gateway", 80),
+    }
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 400
 
 
 async def test_health_and_readiness(http: httpx.AsyncClient, upstream: Upstream) -> None:
     assert (await http.get("/healthz")).json() == {"status": "ok"}
     ready = await http.get("/readyz")
-    assert ready.json() == {"status": "ready", "upstreams": {"users": "SERVING"}}
+    assert ready.json() == {
+        "status": "ready",
+        "upstreams": {"users": "SERVING", "auth": "SERVING"},
+    }
     await upstream.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     body = _is_problem(await http.get("/readyz"), 503)
-    assert body["detail"] == "not ready: users is NOT_SERVING"
+    assert body["detail"] == "not ready: users is NOT_SERVING, auth is NOT_SERVING"
 
 
 async def test_readiness_fails_when_the_upstream_is_down() -> None:
-    app = create_app(settings_for("127.0.0.1:1", readiness_timeout_s=0.3))
+    app = create_app(settings_for("127.0.0.1:1", readiness_timeout_s=0.3, retry_after_s=7))
     async with asgi_client(app) as client:
-        body = _is_problem(await client.get("/readyz"), 503)
+        not_ready = await client.get("/readyz")
+        body = _is_problem(not_ready, 503)
         assert "users is" in str(body["detail"])
+        assert not_ready.headers["retry-after"] == "7"
         down = await client.get("/v1/users/1")
         _is_problem(down, 503)
-        assert down.headers["retry-after"] == "1"
+        assert down.headers["retry-after"] == "7"
 
 
 async def test_openapi_documents_the_proto_routes(http: httpx.AsyncClient) -> None:
@@ -201,3 +237,13 @@ async def test_openapi_documents_the_proto_routes(http: httpx.AsyncClient) -> No
     assert "portico.users.v1.User" in schemas
     assert "Problem" in schemas
     assert (await http.get("/docs")).status_code == 200
+
+
+async def test_caller_token_and_address_are_forwarded(
+    http: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    headers = {"Authorization": "Bearer abc.def.ghi", "X-Forwarded-For": "203.0.113.7"}
+    assert (await http.get("/v1/users/42", headers=headers)).status_code == 200
+    seen = upstream.servicer.seen_metadata[-1]
+    assert seen["authorization"] == "Bearer abc.def.ghi"
+    assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"

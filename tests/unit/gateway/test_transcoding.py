@@ -89,6 +89,18 @@ def test_query_sets_optional_fields_with_presence() -> None:
     assert message.page_size == 0
 
 
+@pytest.mark.parametrize("mask", ["display_name,email", "displayName,email"])
+def test_query_update_mask_takes_field_paths_or_json_names(mask: str) -> None:
+    message = build_message(
+        users_pb2.UpdateUserRequest,
+        body_field="user",
+        body={"email": "a@example.com"},
+        path_params={"id": "1"},
+        query=[("update_mask", mask)],
+    )
+    assert list(message.update_mask.paths) == ["display_name", "email"]
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
@@ -190,6 +202,7 @@ def test_timeout_headers(
         ("100", None),
         ("1x", None),
         ("123456789S", None),
+        ("0m", None),  # the gRPC spec: a positive integer
         (None, "soon"),
         (None, "-1"),
         (None, "nan"),
@@ -211,6 +224,7 @@ def test_malformed_timeout_headers_are_400(
         (b"", "application/json", 400),
         (b"{bad", "application/json", 400),
         (b"\xff\xfe", "application/json", 400),
+        (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "application/json", 400),  # too deep
     ],
 )
 def test_body_reading_errors(raw: bytes, content_type: str | None, status: int) -> None:
@@ -273,3 +287,7 @@ def test_schemas_carry_types_rules_and_comments() -> None:
     add_message(users_pb2.ListUsersRequest.DESCRIPTOR, components)
     page_size = components["portico.users.v1.ListUsersRequest"]["properties"]["page_size"]
     assert (page_size["minimum"], page_size["maximum"]) == (1, 100)
+    add_message(users_pb2.UpdateUserRequest.DESCRIPTOR, components)
+    update = components["portico.users.v1.UpdateUserRequest"]["properties"]
+    assert update["update_mask"]["type"] == "string"  # a FieldMask is "a,b" in JSON
+    assert update["user"]["allOf"] == [{"$ref": "#/components/schemas/portico.users.v1.UserUpdate"}]

@@ -45,11 +45,17 @@ class Upstream:
         *,
         request_id: str,
         timeout_s: float | None = None,
+        forwarded: tuple[tuple[str, str], ...] = (),
     ) -> Any:
-        """Call ``path`` (``/package.Service/Method``); raises ``grpc.aio.AioRpcError``."""
+        """Call ``path`` (``/package.Service/Method``); raises ``grpc.aio.AioRpcError``.
+
+        ``forwarded`` is extra metadata from the HTTP request (the caller's ``authorization``,
+        ``x-forwarded-for``), passed on as is.
+        """
         timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         method = self._method(path, response_class)
-        return await method(request, timeout=timeout, metadata=(("x-request-id", request_id),))
+        metadata = (("x-request-id", request_id), *forwarded)
+        return await method(request, timeout=timeout, metadata=metadata)
 
     async def health(self, *, timeout_s: float) -> str:
         """The upstream's overall ``grpc.health.v1`` status name, or why it has none."""

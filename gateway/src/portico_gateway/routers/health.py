@@ -12,7 +12,7 @@ from portico_gateway.errors import problem
 from portico_gateway.transcoding.openapi import PROBLEM
 
 
-def make_router(*, readiness_timeout_s: float) -> APIRouter:
+def make_router(*, readiness_timeout_s: float, retry_after_s: int) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get(
@@ -47,7 +47,9 @@ def make_router(*, readiness_timeout_s: float) -> APIRouter:
         waiting = [n for n, s in status.items() if s != "SERVING"]
         if waiting:
             detail = "not ready: " + ", ".join(f"{n} is {status[n]}" for n in waiting)
-            return problem(request, status=503, detail=detail, headers={"Retry-After": "1"})
+            return problem(
+                request, status=503, detail=detail, headers={"Retry-After": str(retry_after_s)}
+            )
         return {"status": "ready", "upstreams": status}
 
     return router

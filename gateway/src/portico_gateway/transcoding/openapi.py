@@ -42,6 +42,9 @@ _HEADER_REQUEST_ID = {
 }
 _ERRORS = {
     400: "Invalid request: see `errors` for the fields.",
+    401: "Missing, invalid or expired credentials.",
+    403: "Authenticated, but not allowed to do this.",
+    429: "Too many requests; see `Retry-After`.",
     404: "Not found.",
     409: "Conflicts with the current state (e.g. a taken email).",
     412: "`If-Match` does not match the current ETag.",
@@ -126,7 +129,8 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
         "description": doc,
         "parameters": parameters,
     }
-    errors = [400, 404, 500, 503, 504]
+    # 401/403/429 can come from any service (authentication, authorization, throttling).
+    errors = [400, 401, 403, 404, 429, 500, 503, 504]
     if binding.body:
         body_type = binding.body_descriptor
         if body_type is not None:

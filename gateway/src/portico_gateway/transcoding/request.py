@@ -5,7 +5,8 @@
   set the remaining fields (``?a=1&tags=x&tags=y&filter.kind=b``; proto or JSON field names).
 * JSON follows the proto3 JSON mapping; unknown fields and wrong types are 400s naming the field.
 * PATCH with a body field and an ``update_mask`` field: when the client sent no mask, the mask
-  is the set of fields present in the JSON body (nested objects give dotted paths).
+  is the set of fields present in the JSON body (nested objects give dotted paths). A client's
+  ``?update_mask=`` may spell the paths as proto field paths or in JSON's lowerCamelCase.
 * ``If-Match`` fills a top-level string field ``etag``; ``*`` means "no condition".
 * ``body: "*"`` also accepts ``application/x-www-form-urlencoded`` (fields as strings), so an
   OAuth2 token endpoint can be an ordinary annotated RPC.
@@ -31,6 +32,8 @@ _WELL_KNOWN = "google.protobuf."
 _GRPC_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _JSON_TYPES = re.compile(r"^application/(?:json|[\w.+-]+\+json)$")
+_FIELD_MASK = "google.protobuf.FieldMask"
+_SNAKE_PART = re.compile(r"(?<=[a-z0-9])_([a-z0-9])")
 
 
 def find_field(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
@@ -68,8 +71,22 @@ def resolve_path(descriptor: Descriptor, dotted: str) -> list[FieldDescriptor]:
     return fields
 
 
+def _mask_json(text: str) -> str:
+    """A field mask written as field paths (``display_name,user.email``) in its JSON form.
+
+    grpc-gateway takes a query ``update_mask`` as proto field paths; proto3 JSON writes masks in
+    lowerCamelCase. Both spellings are accepted: snake_case parts are camel-cased for the parser.
+    """
+    return ",".join(
+        ".".join(_SNAKE_PART.sub(lambda m: m.group(1).upper(), part) for part in path.split("."))
+        for path in text.split(",")
+    )
+
+
 def _scalar(field: FieldDescriptor, text: str) -> Any:
     """A path or query string as the JSON value the proto3 JSON parser expects."""
+    if field.message_type is not None and field.message_type.full_name == _FIELD_MASK:
+        return _mask_json(text)
     if field.type == FieldDescriptor.TYPE_BOOL:
         if text in ("true", "false"):
             return text == "true"
@@ -166,6 +183,7 @@ def parse_error(error: json_format.ParseError, descriptor: Descriptor) -> Reques
 
 
 FORM = "application/x-www-form-urlencoded"
+_TOO_DEEP = "the request body is nested too deeply"
 
 
 def read_body(raw: bytes, content_type: str | None, *, form_ok: bool) -> Any:
@@ -200,6 +218,8 @@ def read_body(raw: bytes, content_type: str | None, *, form_ok: bool) -> Any:
         raise RequestError(
             400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise RequestError(400, _TOO_DEEP) from None
 
 
 def mask_paths(descriptor: Descriptor, body: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -233,7 +253,7 @@ def parse_timeout(grpc_timeout: str | None, request_timeout: str | None) -> floa
     limits: list[float] = []
     if grpc_timeout is not None:
         match = _GRPC_TIMEOUT.fullmatch(grpc_timeout.strip())
-        if match is None:
+        if match is None or int(match.group(1)) == 0:  # the gRPC spec: a positive integer
             raise RequestError(400, "malformed grpc-timeout header (e.g. 500m, 2S)")
         limits.append(int(match.group(1)) * _UNITS[match.group(2)])
     if request_timeout is not None:
@@ -278,4 +298,6 @@ def build_message(
         json_format.ParseDict(data, message)
     except json_format.ParseError as exc:
         raise parse_error(exc, descriptor) from None
+    except RecursionError:  # e.g. a Struct nested thousands deep
+        raise RequestError(400, _TOO_DEEP) from None
     return message

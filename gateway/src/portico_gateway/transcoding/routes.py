@@ -58,6 +58,13 @@ class Binding:
     response_body: str
     request_class: type[Message]
     response_class: type[Message]
+    index: int = 0  # 0 for the rule itself, 1… for its additional_bindings
+
+    @property
+    def operation_id(self) -> str:
+        """Unique per binding, as OpenAPI requires: ``UserService_GetUser``, then ``…_2``."""
+        base = f"{self.method.containing_service.name}_{self.method.name}"
+        return base if self.index == 0 else f"{base}_{self.index + 1}"
 
     @property
     def rpc_path(self) -> str:
@@ -112,7 +119,7 @@ def bindings_of(upstream: str, service: ServiceDescriptor) -> list[Binding]:
         options = method.GetOptions()
         if not options.HasExtension(annotations_pb2.http):
             continue
-        for rule in _rules(options.Extensions[annotations_pb2.http]):
+        for index, rule in enumerate(_rules(options.Extensions[annotations_pb2.http])):
             verb = rule.WhichOneof("pattern")
             if verb not in _VERBS:
                 raise UnsupportedTemplate(f"{method.full_name}: HTTP pattern {verb!r}")
@@ -125,6 +132,7 @@ def bindings_of(upstream: str, service: ServiceDescriptor) -> list[Binding]:
                 response_body=rule.response_body,
                 request_class=message_factory.GetMessageClass(method.input_type),
                 response_class=message_factory.GetMessageClass(method.output_type),
+                index=index,
             )
             _ = binding.result_descriptor  # validates response_body now, not per request
             found.append(binding)
@@ -151,6 +159,22 @@ def render(binding: Binding, request: Request, reply: Message) -> Response:
     return JSONResponse(content, status_code=status, headers=headers)
 
 
+def forwarded_metadata(request: Request) -> tuple[tuple[str, str], ...]:
+    """What the services need to know of the HTTP caller: its token and its address.
+
+    ``x-forwarded-for`` gets the peer's address appended (the services trust its last entry,
+    which the gateway wrote), so the auth service can throttle logins per client address.
+    """
+    forwarded: list[tuple[str, str]] = []
+    if authorization := request.headers.get("authorization"):
+        forwarded.append(("authorization", authorization))
+    if request.client is not None:
+        chain = request.headers.get("x-forwarded-for")
+        peer = request.client.host
+        forwarded.append(("x-forwarded-for", f"{chain}, {peer}" if chain else peer))
+    return tuple(forwarded)
+
+
 def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
     """The FastAPI endpoint that serves ``binding``."""
 
@@ -162,6 +186,15 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
                 request.headers.get("content-type"),
                 form_ok=binding.body == "*",
             )
+        descriptor = binding.body_descriptor
+        derived: list[str] = []  # from the body as sent, before path variables are merged in
+        if (
+            binding.derives_mask
+            and not request.query_params.get("update_mask")
+            and isinstance(body, dict)
+            and descriptor is not None
+        ):
+            derived = mask_paths(descriptor, body)
         message = build_message(
             binding.request_class,
             body_field=binding.body,
@@ -173,14 +206,8 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
                 (k, v) for k, v in request.query_params.multi_items() if k != "update_mask" or v
             ],
         )
-        descriptor = binding.body_descriptor
-        if (
-            binding.derives_mask
-            and not request.query_params.get("update_mask")
-            and isinstance(body, dict)
-            and descriptor is not None
-        ):
-            message.update_mask.paths.extend(mask_paths(descriptor, body))  # type: ignore[attr-defined]
+        if derived:
+            message.update_mask.paths.extend(derived)  # type: ignore[attr-defined]
         if binding.takes_etag and (tag := parse_if_match(request.headers.get("if-match"))):
             message.etag = tag  # type: ignore[attr-defined]
         timeout = parse_timeout(
@@ -193,6 +220,7 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
             binding.response_class,
             request_id=request_id_of(request.scope),
             timeout_s=timeout,
+            forwarded=forwarded_metadata(request),
         )
         return render(binding, request, reply)
 
@@ -208,8 +236,8 @@ def add_routes(app: FastAPI, bindings: list[Binding], components: dict[str, Any]
             binding.template.route_path,
             endpoint(binding),
             methods=[binding.verb.upper()],
-            name=f"{service.full_name}.{binding.method.name}",
-            operation_id=f"{service.name}_{binding.method.name}",
+            name=f"{service.full_name}.{binding.operation_id}",
+            operation_id=binding.operation_id,
             tags=[service.full_name],
             summary=operation.pop("summary"),
             description=operation.pop("description"),

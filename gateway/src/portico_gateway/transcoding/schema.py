@@ -93,6 +93,8 @@ def _rules(field: FieldDescriptor) -> JsonSchema:
             out["pattern"] = match.group(1).encode().decode("unicode_escape")
     if rules.HasField("string"):
         s = rules.string
+        if s.HasField("const"):
+            out["const"] = s.const
         if s.HasField("min_len"):
             out["minLength"] = s.min_len
         if s.HasField("max_len"):

@@ -1,0 +1,170 @@
+"""An annotated RPC is all a REST route needs: a service built in the test gets routes and docs.
+
+``ThingService`` (see :mod:`tests.unit.gateway.things`) has no generated code and no route
+written for it; a real grpc.aio server answers it with echoes of what it received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import message_factory
+
+from portico_gateway.app import create_app
+from tests.asgi import asgi_client
+from tests.unit.gateway.conftest import settings_for
+from tests.unit.gateway.things import PACKAGE, thing_service
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _class(name: str) -> Any:
+    return message_factory.GetMessageClass(
+        thing_service().file.pool.FindMessageTypeByName(f"{PACKAGE}.{name}")
+    )
+
+
+async def _get(request: Any, context: Context) -> Any:
+    thing = _class("Thing")(
+        id=request.id,
+        weight=request.min_weight,
+        fragile=request.fragile,
+        color=request.color,
+        tags=request.tags,
+        etag="v1",
+    )
+    thing.shelf.CopyFrom(request.shelf)
+    return thing
+
+
+async def _create(request: Any, context: Context) -> Any:
+    thing = _class("Thing")()
+    thing.CopyFrom(request.thing)
+    thing.id = "t-1"
+    thing.shelf.id = request.shelf_id
+    return thing
+
+
+async def _update(request: Any, context: Context) -> Any:
+    thing = _class("Thing")(id=request.thing.id, tags=request.update_mask.paths)
+    return thing
+
+
+def _handler(function: Callable[..., Any], request: str) -> grpc.RpcMethodHandler[Any, Any]:
+    return grpc.unary_unary_rpc_method_handler(
+        function,
+        request_deserializer=_class(request).FromString,
+        response_serializer=lambda message: message.SerializeToString(),
+    )
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[httpx.AsyncClient]:
+    service = thing_service()
+    server = grpc.aio.server()
+    handlers = {
+        "GetThing": _handler(_get, "GetThingRequest"),
+        "CreateThing": _handler(_create, "CreateThingRequest"),
+        "UpdateThing": _handler(_update, "UpdateThingRequest"),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    target = f"127.0.0.1:{port}"
+    app = create_app(settings_for(target), upstreams={"things": (target, service)})
+    async with asgi_client(app) as client:
+        yield client
+    await server.stop(None)
+
+
+async def test_every_binding_becomes_a_documented_route(api: httpx.AsyncClient) -> None:
+    spec = (await api.get("/openapi.json")).json()
+    paths = spec["paths"]
+    assert set(paths["/v1/shelves/{shelf__id}/things/{id}"]) == {"get"}
+    assert set(paths["/v1/things/{id}"]) == {"get"}  # an additional binding
+    assert set(paths["/v1/items/{thing__id}"]) == {"patch"}
+    ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
+    assert len(ids) == len(set(ids))  # OpenAPI: unique, additional bindings included
+    assert "ThingService_GetThing_2" in ids
+    assert set(paths["/v1/shelves/{shelf_id}/things"]) == {"post"}
+    get = paths["/v1/shelves/{shelf__id}/things/{id}"]["get"]
+    params = {p["name"]: (p["in"], p["schema"]) for p in get["parameters"]}
+    assert params["shelf__id"] == ("path", {"type": "string"})
+    assert params["tags"] == ("query", {"type": "array", "items": {"type": "string"}})
+    assert params["fragile"] == ("query", {"type": "boolean"})
+    assert params["color"] == (
+        "query",
+        {"type": "string", "enum": ["COLOR_UNSPECIFIED", "COLOR_RED"]},
+    )
+    assert params["min_weight"][1]["type"] == "string"  # int64 is a string in proto3 JSON
+    assert "shelf" not in params  # a message field is not a query parameter
+    thing = spec["components"]["schemas"][f"{PACKAGE}.Thing"]["properties"]
+    assert thing["weight"]["format"] == "int64"
+    assert thing["made_time"] == {"type": "string", "format": "date-time"}
+    assert thing["counts"] == {
+        "type": "object",
+        "additionalProperties": {"type": "integer", "format": "int32"},
+    }
+    assert thing["shelf"] == {"$ref": f"#/components/schemas/{PACKAGE}.Shelf"}
+    post = paths["/v1/shelves/{shelf_id}/things"]["post"]
+    assert "201" in post["responses"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": f"#/components/schemas/{PACKAGE}.Thing"}
+
+
+async def test_path_query_and_types_are_transcoded(api: httpx.AsyncClient) -> None:
+    response = await api.get(
+        "/v1/shelves/s1/things/t1",
+        params=[
+            ("tags", "a"),
+            ("tags", "b"),
+            ("fragile", "true"),
+            ("color", "COLOR_RED"),
+            ("minWeight", "12"),  # the JSON name works as well as the proto name
+        ],
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["etag"] == '"v1"'
+    body = response.json()
+    assert body["id"] == "t1"
+    assert body["shelf"] == {"id": "s1", "name": ""}
+    assert body["tags"] == ["a", "b"]
+    assert (body["fragile"], body["color"], body["weight"]) == (True, "COLOR_RED", "12")
+    other = await api.get("/v1/things/t2")
+    assert other.json()["id"] == "t2"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("fragile", "yes"), ("color", "BLUE"), ("min_weight", "heavy")]
+)
+async def test_mistyped_query_parameters_are_400s(
+    api: httpx.AsyncClient, name: str, value: str
+) -> None:
+    response = await api.get("/v1/things/t1", params={name: value})
+    assert response.status_code == 400
+    assert [e["field"] for e in response.json()["errors"]] == [name]
+
+
+async def test_body_field_routes_and_201_location(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/shelves/s1/things", json={"weight": "5", "tags": ["x"]})
+    assert response.status_code == 201, response.text
+    assert response.headers["location"] == "/v1/shelves/s1/things/t-1"
+    assert response.json()["shelf"]["id"] == "s1"
+    assert response.json()["weight"] == "5"
+
+
+async def test_patch_mask_comes_from_the_body_not_the_path(api: httpx.AsyncClient) -> None:
+    response = await api.patch("/v1/items/t9", json={"fragile": True, "shelf": {"name": "x"}})
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == "t9"
+    assert response.json()["tags"] == ["fragile", "shelf.name"]
+    explicit = await api.patch(
+        "/v1/items/t9?update_mask=made_time,shelf.name", json={"fragile": True}
+    )
+    assert explicit.json()["tags"] == ["made_time", "shelf.name"]
