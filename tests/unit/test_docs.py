@@ -38,7 +38,9 @@ def env_names(settings: type[BaseSettings]) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("settings", [UsersSettings, AuthSettings, GatewaySettings, MigrateSettings, DevSettings])
+@pytest.mark.parametrize(
+    "settings", [UsersSettings, AuthSettings, GatewaySettings, MigrateSettings, DevSettings]
+)
 def test_readme_documents_every_setting(settings: type[BaseSettings]) -> None:
     missing = [name for name in env_names(settings) if f"`{name}`" not in README]
     assert not missing, f"README.md lacks {missing}"
