@@ -21,7 +21,7 @@ from portico_gateway.errors import install_error_handlers
 from portico_gateway.lifespan import make_lifespan
 from portico_gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from portico_gateway.routers import health
-from portico_gateway.transcoding.routes import add_routes, bindings_of
+from portico_gateway.transcoding.routes import add_routes, bindings_of, settle_paths
 
 DESCRIPTION = """\
 Portico's REST API. Every `/v1` route is derived from a gRPC method's `google.api.http`
@@ -87,8 +87,8 @@ def create_app(
             readiness_timeout_s=settings.readiness_timeout_s, retry_after_s=settings.retry_after_s
         )
     )
-    for name, (_, service) in upstreams.items():
-        add_routes(app, bindings_of(name, service), app.proto_components)
+    bindings = [b for name, (_, svc) in upstreams.items() for b in bindings_of(name, svc)]
+    add_routes(app, settle_paths(bindings), app.proto_components)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer carries the id
     return app

@@ -10,15 +10,12 @@ from google.protobuf import descriptor_pb2
 from portico.users.v1 import users_pb2
 from portico_gateway.errors import RequestError
 from portico_gateway.transcoding.comments import index, proto_comments
-from portico_gateway.transcoding.request import (
-    build_message,
-    mask_paths,
-    parse_if_match,
-    parse_timeout,
-    read_body,
-)
+from portico_gateway.transcoding.headers import parse_if_match, parse_timeout
+from portico_gateway.transcoding.request import build_message, mask_paths, read_body
+from portico_gateway.transcoding.routes import bindings_of, settle_paths
 from portico_gateway.transcoding.schema import add_message
 from portico_gateway.transcoding.template import UnsupportedTemplate, parse_template
+from tests.unit.gateway.things import thing_service
 
 
 @pytest.mark.parametrize(
@@ -46,6 +43,24 @@ def test_templates_compile_to_starlette_paths(
 def test_unsupported_templates_are_refused_at_startup(template: str) -> None:
     with pytest.raises(UnsupportedTemplate):
         parse_template(template)
+
+
+def test_paths_of_one_shape_share_parameter_names() -> None:
+    get, put = parse_template("/v1/things/{id}"), parse_template("/v1/things/{thing.id}")
+    assert get.shape == put.shape == "/v1/things/{}"
+    renamed = put.renamed(("id",))
+    assert renamed.route_path == "/v1/things/{id}"
+    assert [(v.field_path, v.param) for v in renamed.variables] == [("thing.id", "id")]
+    assert parse_template("/v1/f/{path=**}").shape == "/v1/f/{:path}"
+
+
+def test_settled_bindings_share_names_and_refuse_a_taken_verb_and_path() -> None:
+    settled = settle_paths(bindings_of("things", thing_service()))
+    paths = {(b.verb, b.template.route_path) for b in settled}
+    assert ("patch", "/v1/things/{id}") in paths  # UpdateThing's {thing.id}, renamed
+    assert ("get", "/v1/things/{id}") in paths
+    with pytest.raises(UnsupportedTemplate, match="already served by"):
+        settle_paths([*settled, settled[0]])
 
 
 def _fields(error: RequestError) -> list[tuple[str, str]]:

@@ -3,7 +3,9 @@
 ``portico.testing.v1.ThingService`` is built from a ``FileDescriptorProto`` at run time (no .proto
 file, no generated code) with ``google.api.http`` options covering what the users proto does not:
 nested path variables (``{shelf.id}``), ``additional_bindings``, ``body: "<field>"`` with a path
-variable inside the body message, and int64/bool/enum/repeated/map/Timestamp fields.
+variable inside the body message, two paths of one shape with different variable names
+(``/v1/things/{id}``, ``/v1/things/{thing.id}``), and int64/bool/enum/repeated/map/Timestamp
+fields.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
             additional_bindings=[http_pb2.HttpRule(get="/v1/things/{id}")],
         ),
         "CreateThing": http_pb2.HttpRule(post="/v1/shelves/{shelf_id}/things", body="thing"),
-        "UpdateThing": http_pb2.HttpRule(patch="/v1/items/{thing.id}", body="thing"),
+        "UpdateThing": http_pb2.HttpRule(patch="/v1/things/{thing.id}", body="thing"),
     }
     for name, rule in rules.items():
         method = service.method.add(

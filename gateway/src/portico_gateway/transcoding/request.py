@@ -7,7 +7,7 @@
 * PATCH with a body field and an ``update_mask`` field: when the client sent no mask, the mask
   is the set of fields present in the JSON body (nested objects give dotted paths). A client's
   ``?update_mask=`` may spell the paths as proto field paths or in JSON's lowerCamelCase.
-* ``If-Match`` fills a top-level string field ``etag``; ``*`` means "no condition".
+* ``If-Match`` fills a top-level string field ``etag`` (:mod:`.headers` reads it).
 * ``body: "*"`` also accepts ``application/x-www-form-urlencoded`` (fields as strings), so an
   OAuth2 token endpoint can be an ordinary annotated RPC.
 """
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -29,8 +28,6 @@ from portico_gateway.errors import FieldError, RequestError
 
 M = TypeVar("M", bound=Message)
 _WELL_KNOWN = "google.protobuf."
-_GRPC_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
-_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _JSON_TYPES = re.compile(r"^application/(?:json|[\w.+-]+\+json)$")
 _FIELD_MASK = "google.protobuf.FieldMask"
 _SNAKE_PART = re.compile(r"(?<=[a-z0-9])_([a-z0-9])")
@@ -235,36 +232,6 @@ def mask_paths(descriptor: Descriptor, body: Mapping[str, Any], prefix: str = ""
         else:
             paths.append(prefix + field.name)
     return paths
-
-
-def parse_if_match(value: str | None) -> str | None:
-    """The etag of an ``If-Match`` header (``"x"``, ``W/"x"`` or ``x``); None for none or ``*``."""
-    if value is None or value.strip() in ("", "*"):
-        return None
-    tag = value.split(",", 1)[0].strip()
-    tag = tag.removeprefix("W/")
-    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
-        tag = tag[1:-1]
-    return tag
-
-
-def parse_timeout(grpc_timeout: str | None, request_timeout: str | None) -> float | None:
-    """The client's deadline in seconds, from ``grpc-timeout`` or ``Request-Timeout``."""
-    limits: list[float] = []
-    if grpc_timeout is not None:
-        match = _GRPC_TIMEOUT.fullmatch(grpc_timeout.strip())
-        if match is None or int(match.group(1)) == 0:  # the gRPC spec: a positive integer
-            raise RequestError(400, "malformed grpc-timeout header (e.g. 500m, 2S)")
-        limits.append(int(match.group(1)) * _UNITS[match.group(2)])
-    if request_timeout is not None:
-        try:
-            seconds = float(request_timeout)
-        except ValueError:
-            seconds = math.nan
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise RequestError(400, "malformed Request-Timeout header (positive seconds)")
-        limits.append(seconds)
-    return min(limits) if limits else None
 
 
 def build_message(

@@ -11,16 +11,23 @@ Conventions on top of grpc-gateway's (AIP standard methods):
 * a POST of an RPC named ``Create…`` answers **201** with ``Location: <path>/<id>`` (the
   returned resource's ``id``);
 * a response message without fields (``DeleteUserResponse``) answers **204** with no body;
-* a returned resource with an ``etag`` sets the ``ETag`` header (quoted); ``If-Match`` fills the
-  request's ``etag`` (see :mod:`.request`);
+* PATCH with ``body: "<field>"`` and a ``google.protobuf.FieldMask update_mask``: the gateway
+  fills the mask with the fields present in the JSON body (grpc-gateway's rule; nested objects
+  give dotted paths), unless the client sent ``?update_mask=`` itself (see :mod:`.request`);
+* a request with a string field ``etag`` takes it from ``If-Match`` (``"x"``, ``W/"x"``, ``x``;
+  ``*`` means no condition; see :mod:`.headers`); a returned resource with an ``etag`` sets the
+  ``ETag`` header (quoted);
 * responses use proto field names (``display_name``) and print fields that have no presence
-  even when empty (``"next_page_token": ""``), so every documented property is present.
+  even when empty (``"next_page_token": ""``), so every documented property is present;
+* bindings whose paths differ only in variable names (``/v1/things/{id}``,
+  ``/v1/things/{thing.id}``) share the first one's names, since OpenAPI holds them to be one
+  path; one verb on one path twice is refused at start-up (:func:`settle_paths`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -33,14 +40,8 @@ from google.protobuf.message import Message
 from portico_gateway.clients.upstream import Upstream
 from portico_gateway.middleware import request_id_of
 from portico_gateway.transcoding import openapi
-from portico_gateway.transcoding.request import (
-    build_message,
-    find_field,
-    mask_paths,
-    parse_if_match,
-    parse_timeout,
-    read_body,
-)
+from portico_gateway.transcoding.headers import parse_if_match, parse_timeout
+from portico_gateway.transcoding.request import build_message, find_field, mask_paths, read_body
 from portico_gateway.transcoding.template import PathTemplate, UnsupportedTemplate, parse_template
 
 _VERBS = ("get", "put", "post", "delete", "patch")
@@ -137,6 +138,32 @@ def bindings_of(upstream: str, service: ServiceDescriptor) -> list[Binding]:
             _ = binding.result_descriptor  # validates response_body now, not per request
             found.append(binding)
     return found
+
+
+def settle_paths(bindings: Sequence[Binding]) -> list[Binding]:
+    """``bindings`` made to share one router and one valid OpenAPI document.
+
+    OpenAPI holds ``/v1/things/{id}`` and ``/v1/things/{thing__id}`` to be one path, so a binding
+    takes the parameter names of the first binding of its shape (only the route's names change;
+    each still fills its own fields). The same verb on one shape twice is refused at start-up:
+    one of the two could never be reached.
+    """
+    names_by_shape: dict[str, tuple[str, ...]] = {}
+    served_by: dict[tuple[str, str], str] = {}
+    settled: list[Binding] = []
+    for binding in bindings:
+        shape = binding.template.shape
+        if owner := served_by.get((binding.verb, shape)):
+            raise UnsupportedTemplate(
+                f"{binding.method.full_name}: {binding.verb.upper()} {binding.template.template}"
+                f" is already served by {owner}"
+            )
+        served_by[binding.verb, shape] = binding.method.full_name
+        params = tuple(v.param for v in binding.template.variables)
+        names = names_by_shape.setdefault(shape, params)
+        template = binding.template if names == params else binding.template.renamed(names)
+        settled.append(replace(binding, template=template))
+    return settled
 
 
 def render(binding: Binding, request: Request, reply: Message) -> Response:

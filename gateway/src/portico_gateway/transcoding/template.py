@@ -25,11 +25,31 @@ class PathVariable:
     param: str  # the Starlette/OpenAPI parameter name, e.g. "user.id" → "user__id"
 
 
+_ROUTE_VARIABLE = re.compile(r"\{([^}:]+)(:path)?\}")
+
+
 @dataclass(frozen=True, slots=True)
 class PathTemplate:
     template: str
     route_path: str  # Starlette path, e.g. "/v1/users/{id}"
     variables: tuple[PathVariable, ...]
+
+    @property
+    def shape(self) -> str:
+        """The route path without parameter names: ``/v1/users/{}``. OpenAPI (3.1, "Path
+        Templating Matching") holds two paths of one shape to be the same path."""
+        return _ROUTE_VARIABLE.sub(lambda m: "{" + (m.group(2) or "") + "}", self.route_path)
+
+    def renamed(self, params: tuple[str, ...]) -> PathTemplate:
+        """This template with its route parameters called ``params`` (in order)."""
+        names = iter(params)
+        route = _ROUTE_VARIABLE.sub(
+            lambda m: "{" + next(names) + (m.group(2) or "") + "}", self.route_path
+        )
+        variables = tuple(
+            PathVariable(v.field_path, p) for v, p in zip(self.variables, params, strict=True)
+        )
+        return PathTemplate(self.template, route, variables)
 
 
 def parse_template(template: str) -> PathTemplate:
