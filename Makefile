@@ -19,6 +19,7 @@ BUF        := $(TOOLS)/node_modules/.bin/buf
 VENV       := $(CURDIR)/.venv
 BIN        := $(VENV)/bin
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 ##@ Everyday
 
@@ -100,3 +101,11 @@ test-e2e: sync ## End-to-end tier: the stack `make run` starts (or PORTICO_E2E_B
 .PHONY: clean
 clean: ## Remove caches and tools (keeps .data/, the local database)
 	rm -rf $(TOOLS) .mypy_cache .ruff_cache .pytest_cache proto/image.binpb
+
+##@ Performance
+
+.PHONY: bench
+bench: sync ## Benchmark the full path against same-run baselines (BENCH_ARGS="--quick"); JSON in bench/results/
+	@command -v wrk >/dev/null || { sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends wrk; }
+	$(BIN)/python -m bench $(BENCH_ARGS)

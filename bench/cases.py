@@ -1,0 +1,101 @@
+"""What is measured: each case, and its variants run interleaved in the same cells.
+
+Adding a variant (say, the gateway with tracing on, once observability lands) is one
+``Variant`` entry in a case, plus, if it needs its own process, one entry in
+``bench.harness.SERVERS``. ``server`` names the process that receives the load (``users`` means
+direct gRPC, driven by :mod:`bench.grpc_load`; the others are HTTP, driven by wrk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Fixture = Literal["cached_id", "miss_ids", "patch_pool", "tag"]
+Hook = Literal["warm_cached", "flush_cache", "refresh_etags"]
+GrpcOp = Literal["get", "list", "create", "patch"]
+
+#: The variant every ratio is taken against the others of its case.
+FULL_PATH = "gateway"
+
+#: The processes each server's requests go through (their CPU makes up the "CPU µs/req" column).
+PATHS: dict[str, tuple[str, ...]] = {
+    "gateway": ("gateway", "users", "valkey", "postgres"),
+    "users": ("users", "valkey", "postgres"),
+    "monolith": ("monolith", "valkey"),
+    "floor": ("floor",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    server: str
+    path: str = ""  # wrk: the request path; "{user}" is the cached user's id
+    script: str | None = None  # wrk: scenario in bench/scripts/ (else a plain GET of ``path``)
+    grpc_op: GrpcOp | None = None  # direct gRPC instead of wrk
+    fixture: Fixture | None = None  # passed to the script / driver
+
+    @property
+    def processes(self) -> tuple[str, ...]:
+        return PATHS[self.server]
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    title: str
+    variants: tuple[Variant, ...]
+    before_cell: Hook | None = None
+    #: Count the Valkey entries a cell fills (after an emptied cache: its cache misses).
+    count_fills: bool = False
+
+
+CASES: tuple[Case, ...] = (
+    Case(
+        "get_cached",
+        "GET /v1/users/{id}, served from the Valkey cache",
+        (
+            Variant("gateway", "gateway", path="/v1/users/{user}"),
+            Variant("grpc", "users", grpc_op="get", fixture="cached_id"),
+            Variant("monolith", "monolith", path="/v1/users/{user}"),
+            Variant("floor", "floor", path="/v1/users/{user}"),
+        ),
+        before_cell="warm_cached",
+    ),
+    Case(
+        "get_miss",
+        "GET /v1/users/{id}, cache miss: read from PostgreSQL, then fill Valkey",
+        (
+            Variant("gateway", "gateway", script="get_each.lua", fixture="miss_ids"),
+            Variant("grpc", "users", grpc_op="get", fixture="miss_ids"),
+        ),
+        before_cell="flush_cache",
+        count_fills=True,
+    ),
+    Case(
+        "list_20",
+        "GET /v1/users?page_size=20 (ListUsers, first page)",
+        (
+            Variant("gateway", "gateway", path="/v1/users?page_size=20"),
+            Variant("grpc", "users", grpc_op="list"),
+        ),
+    ),
+    Case(
+        "create",
+        "POST /v1/users (CreateUser, a unique email each)",
+        (
+            Variant("gateway", "gateway", script="create.lua", fixture="tag"),
+            Variant("grpc", "users", grpc_op="create", fixture="tag"),
+        ),
+    ),
+    Case(
+        "patch",
+        "PATCH /v1/users/{id} with If-Match (UpdateUser with the current etag)",
+        (
+            Variant("gateway", "gateway", script="patch.lua", fixture="patch_pool"),
+            Variant("grpc", "users", grpc_op="patch", fixture="patch_pool"),
+        ),
+        before_cell="refresh_etags",
+    ),
+)

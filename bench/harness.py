@@ -1,0 +1,462 @@
+"""One benchmark run: start the stack and the baselines, measure every cell, stop everything.
+
+Everything listens on 127.0.0.1 on free ports, so a ``make run`` stack on the default ports can
+keep running. The stack's own data folder (``.data/bench/``) is emptied at the start of each run,
+so every run measures the same number of rows. Only processes started here are stopped, by pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import httpx
+from valkey.asyncio import Valkey
+
+from bench import startup, wrk
+from bench.baselines import DEFAULT_KEY_PREFIX
+from bench.cases import CASES, Case, Variant
+from bench.procstats import Watched, cpu_us_per_request
+from portico.users.v1 import users_pb2, users_pb2_grpc
+from portico_devstack.config import DevSettings
+from portico_devstack.launcher import Stack
+
+if TYPE_CHECKING:
+    from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / ".data" / "bench"
+STARTUP_DATA = REPO / ".data" / "bench-startup"
+
+#: Launcher children timed from exec to ready as copies on a free port: port variable, probe
+#: kind, extra environment (no shutdown delay: the copies are stopped at once).
+COPIES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "users": ("USERS_GRPC_PORT", "grpc", {"USERS_SHUTDOWN_DELAY_S": "0"}),
+    "auth": ("AUTH_GRPC_PORT", "grpc", {"AUTH_SHUTDOWN_DELAY_S": "0"}),
+    "gateway": ("GATEWAY_PORT", "http", {}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    duration_s: float = 3.0
+    warmup_s: float = 1.0
+    rounds: int = 2
+    concurrency: tuple[int, ...] = (1, 16, 64)
+    cases: tuple[str, ...] = tuple(c.name for c in CASES)
+    miss_pool: int = 10_000
+    patch_pool: int = 256
+    startup_repeats: int = 3
+    quick: bool = False
+
+
+@dataclass(slots=True)
+class Cell:
+    case: str
+    variant: str
+    concurrency: int
+    round: int
+    requests: int
+    duration_s: float
+    rps: float
+    errors: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    cpu_us_per_req: dict[str, float]
+    cache_fills: int | None = None
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Fixtures:
+    cached_id: str = ""
+    cached_file: Path = Path()
+    miss_file: Path = Path()
+    pool_file: Path = Path()
+    pool_ids: list[str] = field(default_factory=list)
+
+
+def say(message: str) -> None:
+    sys.stderr.write(f"bench | {message}\n")
+    sys.stderr.flush()
+
+
+def need(value: T | None, what: str) -> T:
+    """``value``, which the run's order guarantees is set by now."""
+    if value is None:
+        raise RuntimeError(f"{what} is not started")
+    return value
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+class Bench:
+    def __init__(self, options: Options, log: IO[str], workdir: Path) -> None:
+        self.options = options
+        self.log = log
+        self.workdir = workdir
+        self.tag = secrets.token_hex(4)
+        self.watched = Watched()
+        self.stack: Stack | None = None
+        self.baselines: dict[str, asyncio.subprocess.Process] = {}
+        self.urls: dict[str, str] = {}
+        self.fixtures = Fixtures()
+        self.cells: list[Cell] = []
+        self.startup: dict[str, Any] = {}
+        self.rss: dict[str, dict[str, float]] = {}
+        self.checks: dict[str, Any] = {}
+        self._channel: grpc.aio.Channel | None = None
+        self._valkey: Valkey | None = None
+        self._cell_no = 0
+
+    # ------------------------------------------------------------ set-up
+
+    @property
+    def users_target(self) -> str:
+        return need(self.stack, "the stack").users_target
+
+    @property
+    def stub(self) -> UserServiceAsyncStub:
+        return users_pb2_grpc.UserServiceStub(need(self._channel, "the gRPC channel"))
+
+    async def start_stack(self) -> None:
+        shutil.rmtree(DATA, ignore_errors=True)
+        update: dict[str, Any] = {
+            "data_dir": DATA,
+            "host": "127.0.0.1",
+            "valkey_port": 0,
+            "database_url": None,
+            "valkey_url": None,
+        }
+        for name in DevSettings.model_fields:  # every service port: a free one
+            if name.endswith("_port") and name != "valkey_port":
+                update[name] = startup.free_port()
+        settings = DevSettings().model_copy(update=update)
+        self.stack = Stack(settings)
+        started = time.perf_counter()
+        await self.stack.start()
+        self.startup["stack_start_s"] = time.perf_counter() - started
+        valkey = need(self.stack.valkey, "embedded Valkey")
+        for child in self.stack.children:
+            self.watched.add(child.name, need(child.process, child.name).pid)
+        self.watched.add("valkey", valkey.pid)
+        self.watched.add("postgres", need(self.stack.postgres, "PostgreSQL").pid, tree=True)
+        self.watched.add("launcher", os.getpid())
+        self.urls["gateway"] = self.stack.gateway_url
+        self._channel = grpc.aio.insecure_channel(self.users_target)
+        self._valkey = Valkey.from_url(valkey.url)
+
+    async def _create(self, n: int, label: str) -> list[users_pb2.User]:
+        gate = asyncio.Semaphore(32)
+
+        async def one(i: int) -> users_pb2.User:
+            async with gate:
+                request = users_pb2.CreateUserRequest(
+                    email=f"{label}-{self.tag}-{i}@example.com", display_name=f"Seed {label} {i}"
+                )
+                reply = await self.stub.CreateUser(request, timeout=10)
+                return reply.user
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+    async def seed(self) -> None:
+        o, f = self.options, self.fixtures
+        started = time.perf_counter()
+        (cached,) = await self._create(1, "cached")
+        f.cached_id = cached.id
+        f.cached_file = self.workdir / "cached_ids.txt"
+        f.cached_file.write_text(cached.id + "\n")
+        pool = await self._create(o.patch_pool, "patch")
+        f.pool_ids = [u.id for u in pool]
+        f.pool_file = self.workdir / "patch_pool.txt"
+        misses = await self._create(o.miss_pool, "miss")
+        f.miss_file = self.workdir / "miss_ids.txt"
+        f.miss_file.write_text("".join(u.id + "\n" for u in misses))
+        elapsed = time.perf_counter() - started
+        say(f"seeded {1 + o.patch_pool + o.miss_pool} users in {elapsed:.1f} s")
+
+    async def start_baselines(self) -> None:
+        async with httpx.AsyncClient() as client:
+            reply = await client.get(f"{self.urls['gateway']}/v1/users/{self.fixtures.cached_id}")
+        reply.raise_for_status()
+        body_file = self.workdir / "user.json"
+        body_file.write_bytes(reply.content)
+        valkey_url = need(need(self.stack, "the stack").valkey, "embedded Valkey").url
+        for kind, extra in (
+            ("floor", ["--body-file", str(body_file)]),
+            (
+                "monolith",
+                ["--valkey-url", valkey_url, "--key-prefix", DEFAULT_KEY_PREFIX],
+            ),
+        ):
+            port = startup.free_port()
+            url = f"http://127.0.0.1:{port}"
+            argv = [sys.executable, "-m", "bench.baselines", kind, "--port", str(port), *extra]
+            t0 = time.perf_counter()
+            proc = await startup.spawn(argv, env=dict(os.environ), log=self.log, cwd=REPO)
+            self.baselines[kind] = proc
+            ready = startup.http_ok(f"{url}/v1/users/{self.fixtures.cached_id}")
+            await startup.wait_ready(proc, ready, 30)
+            self.startup.setdefault("exec_to_ready_s", {})[kind] = [time.perf_counter() - t0]
+            self.watched.add(kind, proc.pid)
+            self.urls[kind] = url
+        async with httpx.AsyncClient() as client:
+            mono = await client.get(f"{self.urls['monolith']}/v1/users/{self.fixtures.cached_id}")
+        self.checks["monolith_json_equals_gateway"] = mono.json() == reply.json()
+        self.checks["monolith_etag_equals_gateway"] = mono.headers.get("etag") == reply.headers.get(
+            "etag"
+        )
+
+    async def measure_process_startup(self) -> None:
+        """Copies of each service on another port, against the running backends and services."""
+        children = need(self.stack, "the stack").children
+        times: dict[str, list[float]] = self.startup.setdefault("exec_to_ready_s", {})
+        rss: dict[str, list[float]] = self.startup.setdefault("rss_at_ready_mb", {})
+        for _ in range(self.options.startup_repeats):
+            for child in children:
+                if child.name not in COPIES:
+                    continue
+                variable, kind, extra = COPIES[child.name]
+                port = startup.free_port()
+                env = child.env | extra | {variable: str(port)}
+                probe = (
+                    startup.grpc_serving(port)
+                    if kind == "grpc"
+                    else startup.http_ok(f"http://127.0.0.1:{port}/readyz")
+                )
+                t, r = await startup.exec_to_ready(child.argv, env=env, probe=probe, log=self.log)
+                times.setdefault(child.name, []).append(t)
+                rss.setdefault(child.name, []).append(r)
+
+    async def measure_make_run(self) -> None:
+        runs: list[float] = []
+        if not (STARTUP_DATA / "postgres").exists():
+            cold = await startup.make_run_to_first_request(
+                REPO, data_dir=STARTUP_DATA, log=self.log
+            )
+            self.startup["make_run_cold_s"] = cold
+        for _ in range(self.options.startup_repeats):
+            runs.append(
+                await startup.make_run_to_first_request(REPO, data_dir=STARTUP_DATA, log=self.log)
+            )
+        self.startup["make_run_to_first_request_s"] = runs
+
+    # ------------------------------------------------------------ cells
+
+    async def _hook(self, case: Case) -> None:
+        f = self.fixtures
+        if case.before_cell == "warm_cached":
+            await self.stub.GetUser(users_pb2.GetUserRequest(id=f.cached_id), timeout=5)
+        elif case.before_cell == "flush_cache":
+            valkey = need(self._valkey, "the Valkey client")
+            keys = [k async for k in valkey.scan_iter(match=f"{DEFAULT_KEY_PREFIX}*")]
+            for i in range(0, len(keys), 1000):
+                await valkey.unlink(*keys[i : i + 1000])
+        elif case.before_cell == "refresh_etags":
+            # Patches the previous cell left in flight still finish server-side: let them land.
+            await asyncio.sleep(0.5)
+            gate = asyncio.Semaphore(32)
+
+            async def etag(user_id: str) -> str:
+                async with gate:
+                    reply = await self.stub.GetUser(users_pb2.GetUserRequest(id=user_id), timeout=5)
+                    return str(reply.user.etag)
+
+            tags = await asyncio.gather(*(etag(i) for i in f.pool_ids))
+            f.pool_file.write_text(
+                "".join(f"{i} {t}\n" for i, t in zip(f.pool_ids, tags, strict=True))
+            )
+
+    def _fixture_file(self, variant: Variant) -> Path | None:
+        return {
+            "cached_id": self.fixtures.cached_file,
+            "miss_ids": self.fixtures.miss_file,
+            "patch_pool": self.fixtures.pool_file,
+        }.get(variant.fixture or "")
+
+    async def _grpc_load(
+        self, variant: Variant, concurrency: int, duration_s: float, tag: str
+    ) -> tuple[wrk.LoadResult, float, dict[str, int]]:
+        op = need(variant.grpc_op, "the gRPC operation")
+        argv = [
+            sys.executable, "-m", "bench.grpc_load", "--target", self.users_target,
+            "--op", op, "--concurrency", str(concurrency),
+            "--duration", str(duration_s), "--tag", tag,
+        ]  # fmt: skip
+        ids = self._fixture_file(variant)
+        if ids is not None:
+            argv += ["--ids", str(ids)]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=self.log
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"grpc_load failed (exit {proc.returncode}); see the log")
+        data = json.loads(out.decode().strip().splitlines()[-1])
+        result = wrk.LoadResult(
+            requests=int(data["requests"]),
+            duration_s=float(data["duration_s"]),
+            errors=int(data["errors"]),
+            p50_ms=float(data["p50_ms"]),
+            p90_ms=float(data["p90_ms"]),
+            p99_ms=float(data["p99_ms"]),
+            mean_ms=float(data["mean_ms"]),
+            max_ms=float(data["max_ms"]),
+        )
+        return result, float(data["cpu_s"]), dict(data["error_codes"])
+
+    async def _load(
+        self, variant: Variant, concurrency: int, duration_s: float
+    ) -> tuple[wrk.LoadResult, float | None, dict[str, int]]:
+        self._cell_no += 1
+        tag = f"{self.tag}-{self._cell_no}"
+        if variant.grpc_op is not None:
+            return await self._grpc_load(variant, concurrency, duration_s, tag)
+        path = variant.path.replace("{user}", self.fixtures.cached_id)
+        args: tuple[str, ...] = ()
+        if variant.fixture == "tag":
+            args = (tag,)
+        elif (fixture := self._fixture_file(variant)) is not None:
+            args = (str(fixture),)
+        result = await wrk.run(
+            self.urls[variant.server] + path,
+            connections=concurrency,
+            duration_s=duration_s,
+            scenario=variant.script,
+            args=args,
+        )
+        return result, None, {"http_or_socket": result.errors} if result.errors else {}
+
+    async def cell(self, case: Case, variant: Variant, concurrency: int, rnd: int) -> Cell:
+        await self._hook(case)
+        valkey = need(self._valkey, "the Valkey client")
+        fills_before = int(await valkey.dbsize()) if case.count_fills else 0
+        before = self.watched.sample()
+        load, driver_cpu_s, codes = await self._load(variant, concurrency, self.options.duration_s)
+        after = self.watched.sample()
+        cpu = cpu_us_per_request(before, after, load.requests)
+        if driver_cpu_s is not None:  # the driver's own loop, not its interpreter start-up
+            cpu["loadgen"] = driver_cpu_s * 1e6 / max(load.requests, 1)
+        fills = int(await valkey.dbsize()) - fills_before if case.count_fills else None
+        return Cell(
+            case=case.name,
+            variant=variant.name,
+            concurrency=concurrency,
+            round=rnd,
+            requests=load.requests,
+            duration_s=load.duration_s,
+            rps=load.rps,
+            errors=load.errors,
+            p50_ms=load.p50_ms,
+            p90_ms=load.p90_ms,
+            p99_ms=load.p99_ms,
+            mean_ms=load.mean_ms,
+            max_ms=load.max_ms,
+            cpu_us_per_req=cpu,
+            cache_fills=fills,
+            error_codes=codes,
+        )
+
+    async def run_cases(self) -> None:
+        o = self.options
+        for case in CASES:
+            if case.name not in o.cases:
+                continue
+            say(f"{case.name}: warm-up")
+            for variant in case.variants:
+                await self._hook(case)
+                await self._load(variant, 16, o.warmup_s)
+            for c in o.concurrency:
+                for rnd in range(o.rounds):
+                    # A B C, then C B A: drift over time hits every variant alike.
+                    order = case.variants if rnd % 2 == 0 else tuple(reversed(case.variants))
+                    for variant in order:
+                        cell = await self.cell(case, variant, c, rnd)
+                        self.cells.append(cell)
+                        say(
+                            f"{case.name:<10} {variant.name:<8} c={c:<3} r{rnd} "
+                            f"{cell.rps:>8.0f} req/s  p50 {cell.p50_ms:.2f} ms  "
+                            f"p99 {cell.p99_ms:.2f} ms  errors {cell.errors}"
+                        )
+
+    # ------------------------------------------------------------ tear-down
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        if self._valkey is not None:
+            await self._valkey.aclose()
+        for proc in self.baselines.values():
+            await startup.terminate(proc)
+        if self.stack is not None:
+            await self.stack.stop()
+
+    # ------------------------------------------------------------ results
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Median over rounds of every (case, variant, concurrency) cell."""
+        rows: list[dict[str, Any]] = []
+        for case in CASES:
+            for c in self.options.concurrency:
+                for variant in case.variants:
+                    cells = [
+                        x
+                        for x in self.cells
+                        if (x.case, x.variant, x.concurrency) == (case.name, variant.name, c)
+                    ]
+                    if not cells:
+                        continue
+                    row: dict[str, Any] = {
+                        "case": case.name,
+                        "variant": variant.name,
+                        "concurrency": c,
+                        "rounds": len(cells),
+                        "processes": list(variant.processes),
+                    }
+                    for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms"):
+                        row[key] = _median([getattr(x, key) for x in cells])
+                    row["errors"] = sum(x.errors for x in cells)
+                    row["requests"] = sum(x.requests for x in cells)
+                    names = cells[0].cpu_us_per_req.keys()
+                    row["cpu_us_per_req"] = {
+                        n: _median([x.cpu_us_per_req[n] for x in cells]) for n in names
+                    }
+                    if case.count_fills:
+                        fills = sum(x.cache_fills or 0 for x in cells)
+                        row["cache_miss_ratio"] = fills / max(row["requests"], 1)
+                    rows.append(row)
+        return rows
+
+    def cells_json(self) -> list[dict[str, Any]]:
+        return [asdict(c) for c in self.cells]
+
+
+@contextlib.contextmanager
+def stdout_to(log: IO[str]) -> Iterator[None]:
+    """The launcher relays its children's log lines to stdout: keep them in the log file."""
+    with contextlib.redirect_stdout(log):
+        yield
+
+
+def utc_stamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")

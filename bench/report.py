@@ -1,0 +1,235 @@
+"""The printed table, the ratios, the targets, and the machine description for the JSON."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.cases import CASES, FULL_PATH
+
+#: The product's processes (targets on start-up and memory apply to each).
+SERVICES = ("users", "auth", "gateway")
+_SHORT = {"gateway": "gw", "users": "users", "valkey": "vk", "postgres": "pg", "monolith": "mono"}
+
+
+def machine(repo: Path, wrk_version: str) -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "memory_gb": round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1),
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_generator": wrk_version,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain")),
+    }
+
+
+def _row(rows: list[dict[str, Any]], case: str, variant: str, c: int) -> dict[str, Any] | None:
+    return next(
+        (r for r in rows if (r["case"], r["variant"], r["concurrency"]) == (case, variant, c)),
+        None,
+    )
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: one line per case, variant and concurrency (medians over rounds)."""
+    lines = [
+        "| case | variant | c | req/s | p50 ms | p90 ms | p99 ms | errors "
+        "| CPU µs/req (path) | per process µs/req | loadgen µs/req |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|",
+    ]
+    for r in rows:
+        cpu = r["cpu_us_per_req"]
+        parts = [f"{_SHORT.get(p, p)} {cpu.get(p, 0):.0f}" for p in r["processes"]]
+        if cpu.get("launcher", 0) >= 5:  # the dev launcher relaying the services' log lines
+            parts.append(f"(log relay {cpu['launcher']:.0f})")
+        total = sum(cpu.get(p, 0.0) for p in r["processes"])
+        extra = f" (miss {r['cache_miss_ratio']:.0%})" if "cache_miss_ratio" in r else ""
+        lines.append(
+            f"| {r['case']}{extra} | {r['variant']} | {r['concurrency']} | {r['rps']:,.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} "
+            f"| {total:,.0f} | {' · '.join(parts)} | {cpu.get('loadgen', 0):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict[str, Any]], concurrency: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Full path ÷ each other variant of the same case, per concurrency."""
+    out: list[dict[str, Any]] = []
+    for case in CASES:
+        for variant in case.variants:
+            if variant.name == FULL_PATH:
+                continue
+            for c in concurrency:
+                full, base = (
+                    _row(rows, case.name, FULL_PATH, c),
+                    _row(rows, case.name, variant.name, c),
+                )
+                if full is None or base is None or not base["p50_ms"] or not base["rps"]:
+                    continue
+                out.append(
+                    {
+                        "case": case.name,
+                        "over": variant.name,
+                        "concurrency": c,
+                        "p50": full["p50_ms"] / base["p50_ms"],
+                        "p99": full["p99_ms"] / base["p99_ms"] if base["p99_ms"] else None,
+                        "rps": full["rps"] / base["rps"],
+                    }
+                )
+    return out
+
+
+def ratio_lines(items: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | full path ÷ | c | p50 x | p99 x | req/s x |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for x in items:
+        p99 = f"{x['p99']:.2f}" if x["p99"] is not None else "-"
+        lines.append(
+            f"| {x['case']} | {x['over']} | {x['concurrency']} | {x['p50']:.2f} | {p99} "
+            f"| {x['rps']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    limit: str
+    measure: Callable[[list[dict[str, Any]], dict[str, Any], dict[str, Any]], float | None]
+    ok: Callable[[float], bool]
+    unit: str
+
+
+def _get(case: str, variant: str, c: int, key: str) -> Callable[..., float | None]:
+    def measure(rows: list[dict[str, Any]], *_: Any) -> float | None:
+        r = _row(rows, case, variant, c)
+        return None if r is None else float(r[key])
+
+    return measure
+
+
+def _gateway_share(rows: list[dict[str, Any]], *_: Any) -> float | None:
+    gw, direct = _row(rows, "get_cached", "gateway", 1), _row(rows, "get_cached", "grpc", 1)
+    if gw is None or direct is None or not gw["p50_ms"]:
+        return None
+    return 100 * (float(gw["p50_ms"]) - float(direct["p50_ms"])) / float(gw["p50_ms"])
+
+
+def _worst(key: str, names: tuple[str, ...]) -> Callable[..., float | None]:
+    def measure(_: Any, startup: dict[str, Any], rss: dict[str, Any]) -> float | None:
+        source = startup if key != "idle" else {"idle": rss.get("idle", {})}
+        values = source.get(key, {})
+        found = [
+            statistics.median(v) if isinstance(v, list) else float(v)
+            for n, v in values.items()
+            if n in names
+        ]
+        return max(found) if found else None
+
+    return measure
+
+
+def _make_run(_: Any, startup: dict[str, Any], __: Any) -> float | None:
+    runs = startup.get("make_run_to_first_request_s")
+    return float(statistics.median(runs)) if runs else None
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("cached GET c=1 p50", "≤ 0.8 ms", _get("get_cached", "gateway", 1, "p50_ms"),
+           lambda v: v <= 0.8, "ms"),
+    Target("cached GET c=1 p99", "≤ 2 ms", _get("get_cached", "gateway", 1, "p99_ms"),
+           lambda v: v <= 2, "ms"),
+    Target("cached GET c=16 req/s", "≥ 2,000", _get("get_cached", "gateway", 16, "rps"),
+           lambda v: v >= 2000, "req/s"),
+    Target("cached GET c=16 p99", "≤ 15 ms", _get("get_cached", "gateway", 16, "p99_ms"),
+           lambda v: v <= 15, "ms"),
+    Target("gateway share of c=1 p50 (gw - direct gRPC) ÷ gw", "≤ 30 %", _gateway_share,
+           lambda v: v <= 30, "%"),
+    Target("slowest service exec → ready", "< 1 s",
+           _worst("exec_to_ready_s", SERVICES), lambda v: v < 1, "s"),
+    Target("make run → first request (warm)", "< 5 s", _make_run, lambda v: v < 5, "s"),
+    Target("largest idle RSS of a service", "< 80 MB",
+           _worst("idle", SERVICES), lambda v: v < 80, "MiB"),
+    Target("list page of 20 c=1 p50", "< 2 ms", _get("list_20", "gateway", 1, "p50_ms"),
+           lambda v: v < 2, "ms"),
+)  # fmt: skip
+
+
+def targets(
+    rows: list[dict[str, Any]], startup: dict[str, Any], rss: dict[str, Any]
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for t in TARGETS:
+        value = t.measure(rows, startup, rss)
+        out.append(
+            {
+                "target": t.name,
+                "limit": t.limit,
+                "value": value,
+                "unit": t.unit,
+                "met": None if value is None else t.ok(value),
+            }
+        )
+    return out
+
+
+def target_lines(items: list[dict[str, Any]]) -> str:
+    lines = ["| target | limit | measured | met |", "|---|---|--:|:-:|"]
+    for x in items:
+        value = "-" if x["value"] is None else f"{x['value']:,.2f} {x['unit']}"
+        met = {True: "yes", False: "**no**", None: "-"}[x["met"]]
+        lines.append(f"| {x['target']} | {x['limit']} | {value} | {met} |")
+    return "\n".join(lines)
+
+
+def startup_lines(startup: dict[str, Any], rss: dict[str, Any]) -> str:
+    lines = [
+        "| process | exec → ready s | RSS at ready MiB | idle RSS MiB | RSS after load MiB |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    times: dict[str, list[float]] = startup.get("exec_to_ready_s", {})
+    at_ready: dict[str, list[float]] = startup.get("rss_at_ready_mb", {})
+    names = list(dict.fromkeys([*times, *rss.get("idle", {})]))
+    for n in names:
+        if n == "launcher":
+            continue
+        t = f"{statistics.median(times[n]):.2f}" if n in times else "-"
+        r = f"{statistics.median(at_ready[n]):.0f}" if n in at_ready else "-"
+        idle = rss.get("idle", {}).get(n)
+        loaded = rss.get("after_load", {}).get(n)
+        lines.append(
+            f"| {n} | {t} | {r} | {'-' if idle is None else f'{idle:.0f}'} "
+            f"| {'-' if loaded is None else f'{loaded:.0f}'} |"
+        )
+    runs = startup.get("make_run_to_first_request_s")
+    if runs:
+        lines.append(
+            f"| `make run` → first request (warm, median of {len(runs)}) "
+            f"| {statistics.median(runs):.2f} | | | |"
+        )
+    if "make_run_cold_s" in startup:
+        lines.append(f"| `make run` → first request (cold: new data dir) "
+                     f"| {startup['make_run_cold_s']:.2f} | | | |")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""Start-up times: each process from exec to ready, and ``make run`` to the first served request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import httpx
+import psutil
+from grpc_health.v1 import health_pb2
+
+Probe = Callable[[], Awaitable[bool]]
+_POLL_S = 0.005
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def grpc_serving(port: int) -> Probe:
+    """Ready when the port accepts and grpc.health.v1 says SERVING (a new channel per try)."""
+
+    async def probe() -> bool:
+        if not _accepts(port):
+            return False
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            try:
+                reply = await check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.aio.AioRpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return probe
+
+
+def http_ok(url: str) -> Probe:
+    """Ready when ``url`` answers 200."""
+
+    async def probe() -> bool:
+        async with httpx.AsyncClient(timeout=1) as client:
+            try:
+                return (await client.get(url)).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+    return probe
+
+
+async def wait_ready(proc: asyncio.subprocess.Process, probe: Probe, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await probe():
+        if proc.returncode is not None:
+            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode} while starting")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {proc.pid} not ready after {timeout_s:g} s")
+        await asyncio.sleep(_POLL_S)
+
+
+async def spawn(
+    argv: Sequence[str], *, env: dict[str, str], log: IO[Any], cwd: Path | None = None
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+
+
+async def terminate(proc: asyncio.subprocess.Process, *, timeout_s: float = 20.0) -> None:
+    """SIGTERM the process we started (by its pid), SIGKILL after ``timeout_s``."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+async def exec_to_ready(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    probe: Probe,
+    log: IO[Any],
+    cwd: Path | None = None,
+    timeout_s: float = 30.0,
+) -> tuple[float, float]:
+    """Start a copy, time exec → ready, note its RSS (MiB) when ready, stop it."""
+    started = time.perf_counter()
+    proc = await spawn(argv, env=env, log=log, cwd=cwd)
+    try:
+        await wait_ready(proc, probe, timeout_s)
+        elapsed = time.perf_counter() - started
+        rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+    finally:
+        await terminate(proc)
+    return elapsed, rss
+
+
+async def make_run_to_first_request(
+    repo: Path, *, data_dir: Path, log: IO[Any], timeout_s: float = 120.0
+) -> float:
+    """``make run`` (own ports, ``data_dir``) until ``GET /v1/users`` answers 200; then stop it."""
+    ports = {name: free_port() for name in ("GATEWAY", "USERS", "AUTH")}
+    env = dict(os.environ) | {f"PORTICO_DEV_{n}_PORT": str(p) for n, p in ports.items()}
+    env |= {"PORTICO_DEV_DATA_DIR": str(data_dir), "PORTICO_DEV_VALKEY_PORT": "0"}
+    for name in ("DATABASE_URL", "VALKEY_URL", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+        env.pop(name, None)
+    url = f"http://127.0.0.1:{ports['GATEWAY']}/v1/users?page_size=1"
+    started = time.perf_counter()
+    make = await spawn(["make", "--no-print-directory", "run"], env=env, log=log, cwd=repo)
+    try:
+        await wait_ready(make, http_ok(url), timeout_s)
+        return time.perf_counter() - started
+    finally:
+        # Stop the launcher as Ctrl-C would: SIGTERM to make's children (portico-dev), by pid.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(make.pid).children():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(make.wait(), 40.0)
+        except TimeoutError:
+            await terminate(make)
+        for _ in range(200):  # up to 20 s for the ports to close
+            if not any(_accepts(p) for p in ports.values()):
+                break
+            await asyncio.sleep(0.1)

@@ -1,0 +1,1 @@
+"""Plumbing shared by Portico's gateway and services: nothing here knows users or credentials."""

@@ -1,0 +1,247 @@
+"""Verify Portico access tokens locally: the JWKS is cached, the session is one ``EXISTS``.
+
+An access token (issued by the auth service, see ``proto/portico/auth/v1/auth.proto``) is a JWT
+signed with EdDSA (Ed25519) whose header names its key by ``kid``. :class:`TokenVerifier`
+accepts it when, in this order:
+
+1. it is three base64url parts whose header says ``alg: EdDSA`` and has a ``kid`` — anything else
+   (``alg: none``, HS256 "signed" with the public key, RSA …) is refused before any key is used;
+2. the ``kid`` is in the JWKS (:class:`JwksCache`; an unknown ``kid`` triggers at most one
+   refetch per ``min_refresh_s``, so a key rotated in is picked up and garbage cannot hammer the
+   auth service);
+3. PyJWT verifies the signature and ``iss``, ``aud``, ``exp``, ``iat``, ``nbf`` (with a small
+   leeway) and every claim Portico relies on is present and well-typed;
+4. the session is alive: ``EXISTS <prefix>session:<sid>`` in Valkey (O(1)); logout and
+   refresh-token reuse delete that key, so the token stops working at once.
+
+Errors are :class:`InvalidToken` with a short, client-safe ``reason``; details stay in logs.
+No per-request call reaches the auth service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+_log = logging.getLogger(__name__)
+
+ALGORITHM = "EdDSA"
+REQUIRED_CLAIMS = ("sub", "sid", "roles", "iss", "aud", "exp", "iat", "jti")
+
+Jwk = Mapping[str, str]
+FetchJwks = Callable[[], Awaitable[Sequence[Jwk]]]
+
+
+class InvalidToken(Exception):  # noqa: N818 (reads as the condition; maps to UNAUTHENTICATED)
+    """The token cannot be accepted; ``reason`` is safe to show to the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, from a verified access token."""
+
+    user_id: str
+    session_id: str
+    roles: frozenset[str]
+    token_id: str
+    expires_at: int
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+class SessionCheck(Protocol):
+    async def alive(self, session_id: str) -> bool: ...
+
+
+class ValkeySessions:
+    """Session liveness as the auth service keeps it: ``EXISTS <prefix>session:<sid>``."""
+
+    def __init__(self, client: Any, *, key_prefix: str = "portico:auth:v1:") -> None:
+        self._client = client
+        self._prefix = key_prefix
+
+    async def alive(self, session_id: str) -> bool:
+        return bool(await self._client.exists(f"{self._prefix}session:{session_id}"))
+
+
+def public_key_of(jwk: Jwk) -> Ed25519PublicKey | None:
+    """The Ed25519 key of an OKP JWK (RFC 8037); None for any other kind of key."""
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not jwk.get("x"):
+        return None
+    raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        return None
+
+
+class JwksCache:
+    """Verification keys by ``kid``, fetched from the auth service and refreshed sparingly."""
+
+    def __init__(
+        self,
+        fetch: FetchJwks,
+        *,
+        max_age_s: float = 300.0,
+        min_refresh_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._max_age_s = max_age_s
+        self._min_refresh_s = min_refresh_s
+        self._clock = clock
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str) -> Ed25519PublicKey | None:
+        """The key named ``kid``; refetches when stale, or once in a while for unknown kids."""
+        now = self._clock()
+        stale = self._fetched_at is None or now - self._fetched_at >= self._max_age_s
+        unknown = kid not in self._keys
+        if stale or (unknown and now - (self._fetched_at or 0.0) >= self._min_refresh_s):
+            await self._refresh(now)
+        return self._keys.get(kid)
+
+    async def _refresh(self, asked_at: float) -> None:
+        async with self._lock:
+            if self._fetched_at is not None and self._fetched_at >= asked_at:
+                return  # another caller refreshed while we waited
+            try:
+                jwks = await self._fetch()
+            except Exception as exc:  # keep serving with the keys we have
+                _log.warning("JWKS refresh failed (%s); keeping %d key(s)", exc, len(self._keys))
+                self._fetched_at = self._clock() - self._max_age_s + self._min_refresh_s
+                return
+            keys = {j["kid"]: k for j in jwks if j.get("kid") and (k := public_key_of(j))}
+            self._keys = keys
+            self._fetched_at = self._clock()
+
+
+def _segment(part: str) -> dict[str, Any]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidToken("malformed token") from None
+    if not isinstance(value, dict):
+        raise InvalidToken("malformed token")
+    return value
+
+
+class TokenVerifier:
+    """Checks access tokens without calling the auth service (see the module docstring)."""
+
+    def __init__(
+        self,
+        jwks: JwksCache,
+        sessions: SessionCheck,
+        *,
+        issuer: str,
+        audience: str,
+        leeway_s: float = 5.0,
+    ) -> None:
+        self._jwks = jwks
+        self._sessions = sessions
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway_s = leeway_s
+
+    async def verify(self, token: str) -> Principal:
+        parts = token.split(".")
+        if len(parts) != 3 or not all(parts):
+            raise InvalidToken("malformed token")
+        header = _segment(parts[0])
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken("unsupported token algorithm")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("token has no key id")
+        key = await self._jwks.key(kid)
+        if key is None:
+            raise InvalidToken("token signed by an unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway_s,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("token not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("token is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("token from another issuer") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("bad token signature") from None
+        except jwt.PyJWTError:
+            raise InvalidToken("invalid token") from None
+        principal = _principal(claims)
+        if not await self._sessions.alive(principal.session_id):
+            raise InvalidToken("session ended")
+        return principal
+
+
+def _principal(claims: Mapping[str, Any]) -> Principal:
+    roles = claims["roles"]
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise InvalidToken("invalid token")
+    for name in ("sub", "sid", "jti"):
+        if not isinstance(claims[name], str) or not claims[name]:
+            raise InvalidToken("invalid token")
+    return Principal(
+        user_id=claims["sub"],
+        session_id=claims["sid"],
+        roles=frozenset(roles),
+        token_id=claims["jti"],
+        expires_at=int(claims["exp"]),
+    )
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value (scheme case-insensitive)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def jwks_from_auth_service(channel: Any, *, timeout_s: float = 2.0) -> FetchJwks:
+    """A :data:`FetchJwks` that asks ``portico.auth.v1.AuthService.GetJwks`` on ``channel``."""
+    from portico.auth.v1 import auth_pb2
+
+    get_jwks = channel.unary_unary(
+        "/portico.auth.v1.AuthService/GetJwks",
+        request_serializer=auth_pb2.GetJwksRequest.SerializeToString,
+        response_deserializer=auth_pb2.GetJwksResponse.FromString,
+    )
+
+    async def fetch() -> Sequence[Jwk]:
+        reply = await get_jwks(auth_pb2.GetJwksRequest(), timeout=timeout_s)
+        return [
+            {"kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "use": k.use, "alg": k.alg}
+            for k in reply.keys
+        ]
+
+    return fetch

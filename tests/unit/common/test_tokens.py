@@ -1,0 +1,223 @@
+"""Access-token verification: the bad-token matrix, key rotation and JWKS caching."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from portico_common.tokens import (
+    InvalidToken,
+    Jwk,
+    JwksCache,
+    TokenVerifier,
+    bearer_token,
+    public_key_of,
+)
+
+ISS, AUD = "portico", "portico-api"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Key:
+    def __init__(self, kid: str) -> None:
+        self.kid = kid
+        self.private = Ed25519PrivateKey.generate()
+        raw = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.x = _b64(raw)
+        self.public_pem = self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @property
+    def jwk(self) -> dict[str, str]:
+        return {"kty": "OKP", "crv": "Ed25519", "x": self.x, "kid": self.kid, "use": "sig"}
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    values: dict[str, Any] = {
+        "sub": str(uuid.uuid4()),
+        "sid": uuid.uuid4().hex,
+        "roles": ["user"],
+        "iss": ISS,
+        "aud": AUD,
+        "iat": now,
+        "exp": now + 900,
+        "jti": uuid.uuid4().hex,
+    }
+    values.update(overrides)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def sign(key: Key, payload: dict[str, Any], *, kid: str | None = None) -> str:
+    return jwt.encode(payload, key.private, algorithm="EdDSA", headers={"kid": kid or key.kid})
+
+
+class Sessions:
+    def __init__(self) -> None:
+        self.ended: set[str] = set()
+
+    async def alive(self, session_id: str) -> bool:
+        return session_id not in self.ended
+
+
+class Jwks:
+    def __init__(self, *keys: Key) -> None:
+        self.keys = list(keys)
+        self.fetches = 0
+
+    async def __call__(self) -> Sequence[Jwk]:
+        self.fetches += 1
+        return [k.jwk for k in self.keys]
+
+
+@pytest.fixture
+def key() -> Key:
+    return Key("k1")
+
+
+@pytest.fixture
+def sessions() -> Sessions:
+    return Sessions()
+
+
+@pytest.fixture
+def verifier(key: Key, sessions: Sessions) -> TokenVerifier:
+    return TokenVerifier(JwksCache(Jwks(key)), sessions, issuer=ISS, audience=AUD)
+
+
+async def test_a_good_token_gives_its_principal(key: Key, verifier: TokenVerifier) -> None:
+    payload = claims(roles=["user", "admin"])
+    principal = await verifier.verify(sign(key, payload))
+    assert principal.user_id == payload["sub"]
+    assert principal.session_id == payload["sid"]
+    assert principal.is_admin
+    assert principal.expires_at == payload["exp"]
+
+
+def _unsigned(header: dict[str, Any], payload: dict[str, Any]) -> str:
+    return ".".join(_b64(json.dumps(p).encode()) for p in (header, payload)) + "."
+
+
+def _hs256_with_public_key(key: Key) -> str:
+    header = {"alg": "HS256", "typ": "JWT", "kid": key.kid}
+    signing_input = ".".join(_b64(json.dumps(p).encode()) for p in (header, claims()))
+    import hashlib
+    import hmac
+
+    mac = hmac.new(key.public_pem, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(mac)}"
+
+
+def _tampered(key: Key) -> str:
+    head, _, sig = sign(key, claims(roles=["user"])).split(".")
+    payload = _b64(json.dumps(claims(roles=["user", "admin"])).encode())
+    return f"{head}.{payload}.{sig}"
+
+
+BAD_TOKENS: dict[str, Callable[[Key], str]] = {
+    "alg none": lambda k: _unsigned({"alg": "none", "kid": k.kid}, claims()),
+    "hs256 with the public key": _hs256_with_public_key,
+    "expired": lambda k: sign(k, claims(iat=int(time.time()) - 2000, exp=int(time.time()) - 60)),
+    "not yet valid": lambda k: sign(k, claims(nbf=int(time.time()) + 600)),
+    "wrong kid": lambda k: sign(Key("k1"), claims()),  # same kid, another key
+    "unknown kid": lambda k: sign(k, claims(), kid="k9"),
+    "tampered payload": _tampered,
+    "wrong audience": lambda k: sign(k, claims(aud="someone-else")),
+    "wrong issuer": lambda k: sign(k, claims(iss="evil")),
+    "missing sid": lambda k: sign(k, claims(sid=None)),
+    "roles not a list": lambda k: sign(k, claims(roles="admin")),
+    "garbage": lambda k: "not-a-token",
+    "empty parts": lambda k: "..",
+    "header not json": lambda k: "e30K.bm9wZQ.c2ln",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+async def test_bad_tokens_are_refused(case: str, key: Key, verifier: TokenVerifier) -> None:
+    with pytest.raises(InvalidToken):
+        await verifier.verify(BAD_TOKENS[case](key))
+
+
+async def test_an_ended_session_refuses_its_tokens(
+    key: Key, sessions: Sessions, verifier: TokenVerifier
+) -> None:
+    payload = claims()
+    token = sign(key, payload)
+    await verifier.verify(token)
+    sessions.ended.add(payload["sid"])
+    with pytest.raises(InvalidToken, match="session ended"):
+        await verifier.verify(token)
+
+
+async def test_a_rotated_in_key_is_fetched_once_then_cached(sessions: Sessions) -> None:
+    old, new = Key("old"), Key("new")
+    source = Jwks(old)
+    clock = [0.0]
+    cache = JwksCache(source, max_age_s=300, min_refresh_s=5, clock=lambda: clock[0])
+    verifier = TokenVerifier(cache, sessions, issuer=ISS, audience=AUD)
+    await verifier.verify(sign(old, claims()))
+    assert source.fetches == 1
+    source.keys.append(new)
+    with pytest.raises(InvalidToken):  # within min_refresh_s: no refetch for an unknown kid
+        await verifier.verify(sign(new, claims()))
+    assert source.fetches == 1
+    clock[0] = 6.0
+    await verifier.verify(sign(new, claims()))
+    await verifier.verify(sign(new, claims()))
+    assert source.fetches == 2
+    await verifier.verify(sign(old, claims()))  # the old key still verifies (overlap)
+
+
+async def test_a_failed_refresh_keeps_the_known_keys(key: Key, sessions: Sessions) -> None:
+    calls = {"n": 0}
+
+    async def flaky() -> Sequence[Jwk]:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ConnectionError("auth service down")
+        return [key.jwk]
+
+    clock = [0.0]
+    cache = JwksCache(flaky, max_age_s=10, min_refresh_s=1, clock=lambda: clock[0])
+    verifier = TokenVerifier(cache, sessions, issuer=ISS, audience=AUD)
+    await verifier.verify(sign(key, claims()))
+    clock[0] = 20.0  # stale: refetch fails, the cached key keeps working
+    await verifier.verify(sign(key, claims()))
+    assert calls["n"] == 2
+
+
+def test_only_ed25519_okp_keys_are_used() -> None:
+    assert public_key_of({"kty": "RSA", "n": "x", "e": "AQAB", "kid": "r"}) is None
+    assert public_key_of({"kty": "OKP", "crv": "X25519", "x": Key("a").x}) is None
+    assert public_key_of({"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}) is None
+    assert public_key_of(Key("a").jwk) is not None
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+        ("Basic abc", None),
+        ("Bearer", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_bearer_token(header: str | None, token: str | None) -> None:
+    assert bearer_token(header) == token
