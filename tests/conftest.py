@@ -1,8 +1,9 @@
 """Test-wide settings: every test starts from an environment without Portico settings.
 
-Components read their settings from the environment (``USERS_*``, ``GATEWAY_*``, ``DATABASE_URL``
-…). A developer's shell or ``.env`` must not leak into tests, so those variables are removed for
-each test (httpx's ``clean_environ`` idea); tests build settings objects explicitly instead.
+Components read their settings from the environment (``USERS_*``, ``GATEWAY_*``, ``OTEL_*``,
+``DATABASE_URL`` …). A developer's shell or ``.env`` must not leak into tests, so those variables
+are removed for each test (httpx's ``clean_environ`` idea); tests build settings objects explicitly
+instead.
 Backend selection variables (``TEST_*``, ``PORTICO_TEST_BACKEND``, ``PORTICO_E2E_BASE_URL``) are
 read once by session fixtures before this runs and are left alone.
 """
@@ -13,7 +14,7 @@ import os
 
 import pytest
 
-_PREFIXES = ("USERS_", "AUTH_", "GATEWAY_", "MIGRATE_", "PORTICO_DEV_")
+_PREFIXES = ("USERS_", "AUTH_", "GATEWAY_", "MIGRATE_", "PORTICO_DEV_", "OTEL_")
 _NAMES = ("DATABASE_URL", "VALKEY_URL")
 
 

@@ -82,6 +82,8 @@ def start_stack(data_dir: Path, *, timeout_s: float = 90.0) -> Stack:
         "PORTICO_DEV_GATEWAY_PORT": str(gateway_port),
         "PORTICO_DEV_USERS_PORT": str(users_port),
         "PORTICO_DEV_AUTH_PORT": str(auth_port),
+        "PORTICO_DEV_USERS_METRICS_PORT": str(free_port()),
+        "PORTICO_DEV_AUTH_METRICS_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
     }
     process = subprocess.Popen(

@@ -1,10 +1,9 @@
-"""``portico-gateway``: serve the REST gateway with uvicorn (settings from ``GATEWAY_*``)."""
+"""``portico-gateway``: run the REST gateway with uvicorn (settings: ``GATEWAY_*``, ``OTEL_*``)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import math
 import signal
 import sys
@@ -12,6 +11,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from portico_common.config import get_telemetry_settings
+from portico_common.logs import configure_logging
+from portico_common.telemetry import setup_telemetry
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings, get_settings
 
@@ -52,16 +54,18 @@ class _Server(uvicorn.Server):
 def main(argv: list[str] | None = None) -> None:
     _parser().parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    configure_logging(level=settings.log_level, service="gateway", fmt=settings.log_format)
+    try:
+        setup_telemetry(get_telemetry_settings(), service_name="gateway")
+    except ValueError as exc:  # pydantic's ValidationError is one too
+        sys.exit(f"portico-gateway: invalid OTEL_* settings: {exc}")
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep ours: JSON lines (or text) on stdout, secrets redacted
+        access_log=False,  # the gateway logs one access line per request itself
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),  # uvicorn takes an int
         server_header=False,
     )

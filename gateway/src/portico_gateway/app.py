@@ -21,6 +21,7 @@ from portico_gateway.errors import install_error_handlers
 from portico_gateway.lifespan import make_lifespan
 from portico_gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from portico_gateway.routers import health
+from portico_gateway.telemetry import AccessMiddleware, instrument, metrics_router
 from portico_gateway.transcoding.routes import add_routes, bindings_of, settle_paths
 
 DESCRIPTION = """\
@@ -87,8 +88,11 @@ def create_app(
             readiness_timeout_s=settings.readiness_timeout_s, retry_after_s=settings.retry_after_s
         )
     )
+    app.include_router(metrics_router())
     bindings = [b for name, (_, svc) in upstreams.items() for b in bindings_of(name, svc)]
     add_routes(app, settle_paths(bindings), app.proto_components)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessMiddleware)  # times and logs each request, with its request id
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer carries the id
+    instrument(app)  # OpenTelemetry's middleware wraps all the rest: logs carry the trace id
     return app

@@ -42,6 +42,9 @@ class GatewaySettings(BaseSettings):
         default=10.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line (collectors); text: for humans."
+    )
 
 
 @functools.cache

@@ -1,7 +1,8 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task and a copy per request).
 
 * :class:`RequestIdMiddleware`: keeps a sane ``X-Request-ID`` or makes one, stores it in the
-  scope (``scope["state"]["request_id"]``) for handlers and upstream metadata, echoes it.
+  scope (``scope["state"]["request_id"]``) for handlers and upstream metadata, and in the
+  logging ContextVar, echoes it.
 * :class:`BodyLimitMiddleware`: refuses bodies over the limit with 413 — at once when
   ``Content-Length`` says so, and mid-stream for chunked bodies (:class:`BodyTooLarge`).
 """
@@ -15,6 +16,8 @@ from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from portico_common.logs import REQUEST_ID
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, no spaces, at most 128
@@ -41,6 +44,7 @@ class RequestIdMiddleware:
         given = Headers(scope=scope).get(REQUEST_ID_HEADER)
         rid = given if given is not None and _SANE_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        token = REQUEST_ID.set(rid)  # every log line of this request carries it
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -49,7 +53,10 @@ class RequestIdMiddleware:
                     headers.append(REQUEST_ID_HEADER, rid)
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 class BodyTooLarge(Exception):  # noqa: N818 (an HTTP condition, named after 413)

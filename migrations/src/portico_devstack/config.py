@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,12 @@ class DevSettings(BaseSettings):
     gateway_port: int = Field(default=8000, ge=0, le=65535)
     users_port: int = Field(default=50051, ge=0, le=65535)
     auth_port: int = Field(default=50052, ge=0, le=65535)
+    users_metrics_port: int = Field(default=9101, ge=0, le=65535, description="0 = none")
+    auth_metrics_port: int = Field(default=9102, ge=0, le=65535, description="0 = none")
+    log_format: Literal["json", "text"] = Field(
+        default="text",
+        description="Children's log format unless USERS_/AUTH_/GATEWAY_LOG_FORMAT is set.",
+    )
     valkey_port: int = Field(
         default=0, ge=0, le=65535, description="Embedded Valkey; 0 = free port"
     )

@@ -197,9 +197,15 @@ class Stack:
 
     async def start(self) -> None:
         s = self.settings
-        ports = (("gateway", s.gateway_port), ("users", s.users_port), ("auth", s.auth_port))
+        ports = (
+            ("gateway", s.gateway_port),
+            ("users", s.users_port),
+            ("auth", s.auth_port),
+            ("users metrics", s.users_metrics_port),
+            ("auth metrics", s.auth_metrics_port),
+        )
         for name, port in ports:
-            if not _port_free(s.host, port):
+            if port and not _port_free(s.host, port):
                 raise StartupError(f"{s.host}:{port} ({name}) is already in use: another stack?")
         if s.database_url is not None:
             database_url = s.database_url.get_secret_value()
@@ -221,6 +227,8 @@ class Stack:
         say(f"migrations: {len(applied)} applied, schema up to date")
 
         env = child_environment() | {"PYTHONUNBUFFERED": "1"}
+        for prefix in ("USERS", "AUTH", "GATEWAY"):  # readable by default behind the prefixes
+            env.setdefault(f"{prefix}_LOG_FORMAT", s.log_format)
         users = Child(
             "users",
             [sys.executable, "-m", "portico_users"],
@@ -230,6 +238,7 @@ class Stack:
                 "USERS_VALKEY__URL": valkey_url,
                 "USERS_GRPC_HOST": s.host,
                 "USERS_GRPC_PORT": str(s.users_port),
+                "USERS_METRICS_PORT": str(s.users_metrics_port),
             },
             color=_COLORS[0] if sys.stdout.isatty() else "",
         )
@@ -242,6 +251,7 @@ class Stack:
                 "AUTH_VALKEY__URL": valkey_url,
                 "AUTH_GRPC_HOST": s.host,
                 "AUTH_GRPC_PORT": str(s.auth_port),
+                "AUTH_METRICS_PORT": str(s.auth_metrics_port),
                 "AUTH_USERS_TARGET": self.users_target,
                 "AUTH_ENVIRONMENT": "dev",
                 "AUTH_SIGNING_KEY_FILES": str(await self._dev_signing_key()),

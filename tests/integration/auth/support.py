@@ -32,6 +32,7 @@ def auth_settings(
     values: dict[str, Any] = {
         "grpc_host": "127.0.0.1",
         "grpc_port": 0,
+        "metrics_port": 0,  # no metrics HTTP server (tests that want one pass a port)
         "users_target": users_target,
         "signing_key_files": key_files,
         "shutdown_grace_s": 2.0,

@@ -21,6 +21,7 @@ def users_settings(*, database_url: str, valkey_url: str, **overrides: Any) -> U
     values: dict[str, Any] = {
         "grpc_host": "127.0.0.1",
         "grpc_port": 0,
+        "metrics_port": 0,  # no metrics HTTP server (tests that want one pass a port)
         "shutdown_grace_s": 2.0,
         "health_check_interval_s": 0.2,
         "postgres": PostgresSettings(

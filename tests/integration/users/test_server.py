@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -186,19 +187,20 @@ async def test_the_process_logs_its_address_and_exits_0_on_sigterm(
         "USERS_GRPC_PORT": "0",
         "USERS_SHUTDOWN_GRACE_S": "1",
         "USERS_SHUTDOWN_DELAY_S": "1",
+        "USERS_METRICS_PORT": "0",
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "portico_users", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "portico_users", env=env, stdout=asyncio.subprocess.PIPE
     )
-    assert process.stderr is not None
+    assert process.stdout is not None  # JSON log lines
     lines: list[str] = []
     signalled = False
     try:
         async with asyncio.timeout(20):
-            while "listening on" not in (line := (await process.stderr.readline()).decode()):
+            while "listening on" not in (line := (await process.stdout.readline()).decode()):
                 assert line, f"exited early: {lines}"
                 lines.append(line)
-        port = int(line.rsplit(":", 1)[1])
+        port = int(json.loads(line)["message"].rsplit(":", 1)[1])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await health_of(channel, SERVICE) == SERVING
             process.send_signal(signal.SIGTERM)
@@ -217,7 +219,7 @@ async def test_the_process_logs_its_address_and_exits_0_on_sigterm(
         if not signalled:
             process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
-            rest = (await process.stderr.read()).decode()
+            rest = (await process.stdout.read()).decode()
             code = await process.wait()
     assert code == 0, rest
     assert "stopped" in rest

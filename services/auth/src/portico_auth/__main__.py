@@ -15,6 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from portico_auth._logging import configure_logging
 from portico_auth.config import AuthSettings, get_settings
+from portico_common.config import get_telemetry_settings
+from portico_common.telemetry import setup_telemetry
 
 
 def _settings_help(model: type[BaseModel], prefix: str) -> list[str]:
@@ -73,7 +75,11 @@ def main(argv: list[str] | None = None) -> None:
         if names == "AUTH_POSTGRES":  # the whole group is missing: name what to set
             names = "AUTH_POSTGRES__DSN"
         sys.exit(f"portico-auth: invalid or missing settings: {names} (see --help)")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        setup_telemetry(get_telemetry_settings(), service_name="auth", instrument_asyncpg=True)
+    except ValueError as exc:  # pydantic's ValidationError is one too
+        sys.exit(f"portico-auth: invalid OTEL_* settings: {exc}")
     from portico_auth.keys import KeyConfigError
     from portico_auth.server import serve  # after logging is configured
 

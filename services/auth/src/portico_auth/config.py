@@ -105,6 +105,10 @@ class AuthSettings(BaseSettings):
     #: How often the health probe asks PostgreSQL whether it answers.
     health_check_interval_s: float = Field(default=5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    #: ``json`` (one object per line, for collectors) or ``text`` (one readable line, for humans).
+    log_format: Literal["json", "text"] = "json"
+    #: Prometheus ``/metrics`` over HTTP on ``grpc_host``; 0 disables it.
+    metrics_port: int = Field(default=9102, ge=0, le=65535)
     postgres: PostgresSettings
     valkey: ValkeySettings = ValkeySettings()
     throttle: ThrottleSettings = ThrottleSettings()

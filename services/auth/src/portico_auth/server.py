@@ -50,6 +50,8 @@ from portico_auth.sessions import Sessions
 from portico_auth.throttle import LoginThrottle
 from portico_auth.tokens import TokenIssuer
 from portico_auth.users_client import UsersClient
+from portico_common.metrics import MetricsServer, record_build_info, track_pool
+from portico_common.telemetry import client_interceptors, server_interceptors
 
 _log = logging.getLogger(__name__)
 
@@ -152,13 +154,16 @@ async def start(settings: AuthSettings) -> RunningServer:
     async with AsyncExitStack() as resources:
         pool = await _open_pool(pg)
         resources.push_async_callback(_close_pool, pool)
+        resources.callback(track_pool("auth", pool))
         client = Valkey.from_url(
             vk.url.get_secret_value(),
             socket_timeout=vk.socket_timeout_s,
             socket_connect_timeout=vk.socket_connect_timeout_s,
         )
         resources.push_async_callback(client.aclose)
-        users_channel = grpc.aio.insecure_channel(settings.users_target)
+        users_channel = grpc.aio.insecure_channel(
+            settings.users_target, interceptors=client_interceptors()
+        )
         resources.push_async_callback(users_channel.close)
 
         tokens = TokenIssuer(
@@ -179,6 +184,7 @@ async def start(settings: AuthSettings) -> RunningServer:
         )
         server = grpc.aio.server(
             interceptors=[
+                *server_interceptors(),  # the server span, then RED metrics, outermost
                 RequestIdInterceptor(),
                 ErrorInterceptor(),
                 ValidationInterceptor(protovalidate.Validator()),
@@ -202,6 +208,12 @@ async def start(settings: AuthSettings) -> RunningServer:
         )
         await monitor.probe()  # the first status is known before the first call arrives
 
+        record_build_info("auth", "portico-auth")
+        if settings.metrics_port:  # bound before gRPC, so a taken port fails start-up cleanly
+            metrics = MetricsServer(settings.grpc_host, settings.metrics_port)
+            resources.push_async_callback(asyncio.to_thread, metrics.stop)
+            metrics_at = _bind_address(settings.grpc_host, metrics.port)
+            _log.info("metrics on http://%s/metrics", metrics_at)
         address = _bind_address(settings.grpc_host, settings.grpc_port)
         port = server.add_insecure_port(address)
         await server.start()

@@ -8,6 +8,8 @@ import sys
 
 from pydantic import BaseModel, ValidationError
 
+from portico_common.config import get_telemetry_settings
+from portico_common.telemetry import setup_telemetry
 from portico_users._logging import configure_logging
 from portico_users.config import UsersSettings, get_settings
 
@@ -43,7 +45,11 @@ def main(argv: list[str] | None = None) -> None:
         if names == "USERS_POSTGRES":  # the whole group is missing: name what to set
             names = "USERS_POSTGRES__DSN"
         sys.exit(f"portico-users: invalid or missing settings: {names} (see --help)")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        setup_telemetry(get_telemetry_settings(), service_name="users", instrument_asyncpg=True)
+    except ValueError as exc:  # pydantic's ValidationError is one too
+        sys.exit(f"portico-users: invalid OTEL_* settings: {exc}")
     from portico_users.server import serve  # after logging is configured
 
     asyncio.run(serve(settings))

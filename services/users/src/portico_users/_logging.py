@@ -1,34 +1,18 @@
-"""Plain-text logging to stderr, one line per record, with the request id of the current RPC.
+"""Logging of the users service: :mod:`portico_common.logs` (JSON lines on stdout by default).
 
-The request id lives in a ``ContextVar`` that the request-id interceptor sets for each call; the
-handler's filter copies it onto every record, so any logger (ours, asyncpg's, grpc's) shows it.
+``request_id`` is the shared ContextVar the request-id interceptor sets for each call; every
+record of the call carries it, with the trace and span ids of the current span.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-from contextvars import ContextVar
+from portico_common.logs import REQUEST_ID, LogFormat
+from portico_common.logs import configure_logging as _configure
 
 #: Request id of the RPC being served in this task ("-" outside RPCs).
-request_id: ContextVar[str] = ContextVar("portico_users_request_id", default="-")
-
-_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
+request_id = REQUEST_ID
 
 
-class RequestIdFilter(logging.Filter):
-    """Adds ``record.request_id`` from the context of the task that logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
-
-
-def configure_logging(level: str) -> None:
-    """Send every record to stderr in one readable line. Called once, by ``__main__``."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter(_FORMAT, defaults={"request_id": "-"}))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+def configure_logging(level: str, fmt: LogFormat = "json") -> None:
+    """Install the process's log handler. Called once, by ``__main__``."""
+    _configure(level=level, service="users", fmt=fmt)

@@ -23,16 +23,24 @@ Valkey is an optimization: when it fails (down, slow past its socket timeout, ba
 once per outage and carry on against PostgreSQL. The one window that remains is a write whose
 cache update fails while Valkey is unreachable yet keeps its data; that entry then ages out
 within ``cache_ttl_s``.
+
+Telemetry: each Valkey round trip is a client span (``valkey HGET``, ``valkey fill``,
+``valkey tombstone``; valkey-py has no OpenTelemetry instrumentation of its own), reads carry
+``portico.users.cache_hit``, and ``portico_users_cache_requests_total{result=hit|miss|error}``
+counts the reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from functools import partial
 from uuid import UUID
 
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
+from prometheus_client import Counter
 from valkey.asyncio import Valkey
 from valkey.exceptions import ValkeyError
 
@@ -60,6 +68,26 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 _VALKEY_FAILURES = (ValkeyError, OSError, DecodeError, ValueError)
+_tracer = trace.get_tracer(__name__)  # a proxy: spans go to whichever provider is set later
+CACHE_HIT = "portico.users.cache_hit"
+
+
+@functools.cache
+def cache_requests() -> Counter:
+    """``portico_users_cache_requests_total{result}``: cache reads by outcome."""
+    return Counter(
+        "portico_users_cache_requests",
+        "Reads of the users cache, by result (hit, miss, error).",
+        ["result"],
+    )
+
+
+def _span(operation: str) -> trace.Span:
+    return _tracer.start_span(
+        f"valkey {operation}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"db.system.name": "valkey", "db.operation.name": operation},
+    )
 
 
 class CachedUsers:
@@ -114,12 +142,17 @@ class CachedUsers:
             flight.exception()  # retrieved: waiters re-raise it; nobody else must log it
 
     async def _read(self, user_id: UUID) -> User | None:
-        try:
-            data = await self._client.hget(self.key(user_id), "d")  # type: ignore[misc]
-            user = None if data is None else user_from_proto(users_pb2.User.FromString(data))
-        except _VALKEY_FAILURES as exc:
-            self._failed("read", exc)
-            return None
+        with trace.use_span(_span("HGET"), end_on_exit=True) as span:
+            try:
+                data = await self._client.hget(self.key(user_id), "d")  # type: ignore[misc]
+                user = None if data is None else user_from_proto(users_pb2.User.FromString(data))
+            except _VALKEY_FAILURES as exc:
+                span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+                cache_requests().labels("error").inc()
+                self._failed("read", exc)
+                return None
+            span.set_attribute(CACHE_HIT, user is not None)
+        cache_requests().labels("miss" if user is None else "hit").inc()
         self._succeeded()
         return user
 
@@ -161,9 +194,10 @@ class CachedUsers:
         """Cache ``user`` unless a newer version or a tombstone is held; True if stored."""
         data = user_to_proto(user).SerializeToString()
         try:
-            stored = await self._fill(
-                keys=[self.key(user.id)], args=[user.version, data, self._ttl_ms]
-            )
+            with trace.use_span(_span("fill"), end_on_exit=True):
+                stored = await self._fill(
+                    keys=[self.key(user.id)], args=[user.version, data, self._ttl_ms]
+                )
         except _VALKEY_FAILURES as exc:
             self._failed("write", exc)
             return False
@@ -173,7 +207,8 @@ class CachedUsers:
     async def forget(self, user_id: UUID) -> None:
         """Replace the user's entry by a tombstone (the user was deleted)."""
         try:
-            await self._bury(keys=[self.key(user_id)], args=[self._tombstone_ttl_ms])
+            with trace.use_span(_span("tombstone"), end_on_exit=True):
+                await self._bury(keys=[self.key(user_id)], args=[self._tombstone_ttl_ms])
         except _VALKEY_FAILURES as exc:
             self._failed("tombstone", exc)
             return

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from portico.users.v1 import users_pb2
 
@@ -42,7 +43,8 @@ class DatabaseHealth:
     async def probe(self) -> bool:
         """Ask PostgreSQL once and publish the answer; True when it answered."""
         try:
-            await self._ping()
+            with suppress_instrumentation():  # a probe every few seconds is not a trace
+                await self._ping()
         except Exception as exc:
             serving = False
             if self._serving is not False:

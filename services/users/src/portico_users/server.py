@@ -30,6 +30,8 @@ from grpc_reflection.v1alpha import reflection
 from valkey.asyncio import Valkey
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
+from portico_common.metrics import MetricsServer, record_build_info, track_pool
+from portico_common.telemetry import server_interceptors
 from portico_users.cache import CachedUsers
 from portico_users.config import PostgresSettings, UsersSettings
 from portico_users.health import DatabaseHealth
@@ -121,6 +123,7 @@ async def start(settings: UsersSettings) -> RunningServer:
     async with AsyncExitStack() as resources:
         pool = await _open_pool(settings.postgres)
         resources.push_async_callback(_close_pool, pool)
+        resources.callback(track_pool("users", pool))
         client = Valkey.from_url(
             vk.url.get_secret_value(),
             socket_timeout=vk.socket_timeout_s,
@@ -137,6 +140,7 @@ async def start(settings: UsersSettings) -> RunningServer:
         )
         server = grpc.aio.server(
             interceptors=[
+                *server_interceptors(),  # the server span, then RED metrics, outermost
                 RequestIdInterceptor(),
                 ErrorInterceptor(),
                 ValidationInterceptor(protovalidate.Validator()),
@@ -160,6 +164,12 @@ async def start(settings: UsersSettings) -> RunningServer:
         )
         await monitor.probe()  # the first status is known before the first call arrives
 
+        record_build_info("users", "portico-users")
+        if settings.metrics_port:  # bound before gRPC, so a taken port fails start-up cleanly
+            metrics = MetricsServer(settings.grpc_host, settings.metrics_port)
+            resources.push_async_callback(asyncio.to_thread, metrics.stop)
+            metrics_at = _bind_address(settings.grpc_host, metrics.port)
+            _log.info("metrics on http://%s/metrics", metrics_at)
         address = _bind_address(settings.grpc_host, settings.grpc_port)
         port = server.add_insecure_port(address)
         await server.start()

@@ -1,0 +1,53 @@
+"""Telemetry settings: the standard ``OTEL_*`` environment variables, read in one place.
+
+The OpenTelemetry SDK reads some of these by itself too (the OTLP exporter its endpoint, headers
+and TLS options; ``Resource`` ``OTEL_RESOURCE_ATTRIBUTES``); the ones below are the ones Portico
+acts on, validated at start-up so a typo stops the process instead of silently dropping traces.
+Nothing is built at import time: each process's ``__main__`` calls :func:`get_telemetry_settings`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Sampler = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+
+
+class TelemetrySettings(BaseSettings):
+    """OpenTelemetry configuration (standard names, no Portico prefix)."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore")
+
+    service_name: str = Field(
+        default="", description="service.name of this process's spans (default: its component)."
+    )
+    exporter_otlp_endpoint: str = Field(
+        default="",
+        description="OTLP/gRPC collector, e.g. http://otel-collector:4317; unset = no exporter.",
+    )
+    traces_sampler: Sampler = Field(default="parentbased_always_on", description="Head sampler.")
+    traces_sampler_arg: float = Field(
+        default=1.0, ge=0, le=1, description="Ratio for the *traceidratio samplers."
+    )
+    propagators: str = Field(
+        default="tracecontext,baggage,b3multi",
+        description="Comma-separated: tracecontext, baggage, b3, b3multi, none.",
+    )
+    sdk_disabled: bool = Field(default=False, description="true: no spans are recorded at all.")
+
+
+@functools.cache
+def get_telemetry_settings() -> TelemetrySettings:
+    """The process's telemetry settings, read from the environment once."""
+    return TelemetrySettings()
