@@ -35,7 +35,6 @@ from valkey.asyncio import Valkey
 
 from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico_auth.config import AuthSettings, PostgresSettings
-from portico_auth.health import DatabaseHealth
 from portico_auth.interceptors import (
     ErrorInterceptor,
     RequestIdInterceptor,
@@ -50,6 +49,7 @@ from portico_auth.sessions import Sessions
 from portico_auth.throttle import LoginThrottle
 from portico_auth.tokens import TokenIssuer
 from portico_auth.users_client import UsersClient
+from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.telemetry import client_interceptors, server_interceptors
 
@@ -205,7 +205,10 @@ async def start(settings: AuthSettings) -> RunningServer:
             health,
             partial(ping_database, dsn=dsn, time_limit_s=pg.connect_timeout_s),
             interval_s=settings.health_check_interval_s,
+            services=(auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,),
         )
+        # Valkey is not probed: JWKS and sign-up work without it; token, refresh and logout
+        # answer UNAVAILABLE while it is down, which callers may retry.
         await monitor.probe()  # the first status is known before the first call arrives
 
         record_build_info("auth", "portico-auth")

@@ -30,11 +30,11 @@ from grpc_reflection.v1alpha import reflection
 from valkey.asyncio import Valkey
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
+from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.telemetry import server_interceptors
 from portico_users.cache import CachedUsers
 from portico_users.config import PostgresSettings, UsersSettings
-from portico_users.health import DatabaseHealth
 from portico_users.interceptors import (
     ErrorInterceptor,
     RequestIdInterceptor,
@@ -161,7 +161,9 @@ async def start(settings: UsersSettings) -> RunningServer:
             health,
             partial(ping_database, dsn=dsn, time_limit_s=pg.connect_timeout_s),
             interval_s=settings.health_check_interval_s,
+            services=(users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,),
         )
+        # Valkey is not probed: the service works without it (reads fall back to PostgreSQL).
         await monitor.probe()  # the first status is known before the first call arrives
 
         record_build_info("users", "portico-users")

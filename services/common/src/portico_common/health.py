@@ -1,9 +1,8 @@
 """The health probe: ``grpc.health.v1`` says SERVING only while PostgreSQL answers.
 
-A background task asks PostgreSQL ``SELECT 1`` every ``interval_s`` and sets the status of the
-overall server ("") and of ``portico.auth.v1.AuthService`` on every change. Valkey is not
-probed, as in the users service: JWKS and sign-up work without it, and the calls that need it
-(token, refresh, logout) answer UNAVAILABLE while it is down, which callers may retry.
+A background task asks PostgreSQL (``ping``) every ``interval_s`` and sets the status of the
+overall server ("") and of each of the service's own names on every change. Shared by the users
+and auth services; what each deliberately does not probe (Valkey) is said where it is built.
 """
 
 from __future__ import annotations
@@ -16,12 +15,8 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from portico.auth.v1 import auth_pb2
-
 _log = logging.getLogger(__name__)
 
-#: The names whose status the probe sets.
-SERVICES = ("", auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -35,8 +30,11 @@ class DatabaseHealth:
         ping: Callable[[], Awaitable[None]],
         *,
         interval_s: float,
+        services: tuple[str, ...],
     ) -> None:
+        """``services``: the full names whose status follows PostgreSQL ("" is always added)."""
         self._health = health
+        self._services = ("", *services)
         self._ping = ping
         self._interval_s = interval_s
         self._serving: bool | None = None
@@ -56,7 +54,7 @@ class DatabaseHealth:
                 _log.info("PostgreSQL answers; health SERVING")
         if serving != self._serving:
             self._serving = serving
-            for service in SERVICES:
+            for service in self._services:
                 await self._health.set(service, SERVING if serving else NOT_SERVING)
         return serving
 
