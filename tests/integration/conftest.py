@@ -31,6 +31,7 @@ from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
 from portico_users.server import RunningServer, start
+from tests.integration.tokens import Tokens
 
 TEMPLATE = f"portico_template_{os.getpid()}"
 
@@ -145,6 +146,16 @@ async def valkey_url(valkey_server_url: str) -> str:
     finally:
         await client.aclose()
     return valkey_server_url
+
+
+@pytest.fixture
+async def tokens(valkey_url: str) -> AsyncIterator[Tokens]:
+    """Issues access tokens in real sessions in the test's Valkey (see tests/integration/tokens)."""
+    client: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
+    try:
+        yield Tokens(client)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -11,17 +11,24 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from google.protobuf.descriptor import ServiceDescriptor
 
 from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
+from portico_common.tokens import TokenVerifier
+from portico_gateway.auth import AuthenticationMiddleware
 from portico_gateway.config import GatewaySettings
 from portico_gateway.errors import install_error_handlers
+from portico_gateway.idempotency import IdempotencyMiddleware
 from portico_gateway.lifespan import make_lifespan
 from portico_gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from portico_gateway.routers import health
+from portico_gateway.ratelimit import Limit, RateLimitMiddleware
+from portico_gateway.routers import docs, health
+from portico_gateway.security import SecurityHeadersMiddleware, cors_options
 from portico_gateway.telemetry import AccessMiddleware, instrument, metrics_router
+from portico_gateway.transcoding.openapi import OAUTH2_PASSWORD, SECURITY_SCHEME
 from portico_gateway.transcoding.routes import add_routes, bindings_of, settle_paths
 
 DESCRIPTION = """\
@@ -53,9 +60,9 @@ class PorticoAPI(FastAPI):
                 routes=self.routes,
                 tags=self.openapi_tags,
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                self.proto_components
-            )
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(self.proto_components)
+            components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = OAUTH2_PASSWORD
             self.openapi_schema = schema
         return self.openapi_schema
 
@@ -64,21 +71,26 @@ def create_app(
     settings: GatewaySettings,
     *,
     upstreams: Mapping[str, tuple[str, ServiceDescriptor]] | None = None,
+    verifier: TokenVerifier | None = None,
 ) -> FastAPI:
     """The gateway application for ``settings``.
 
     ``upstreams`` (name → (gRPC target, service)) replaces :func:`upstream_services`; tests use it
     to serve a service of their own, which shows that an annotated RPC is all a route needs.
+    ``verifier`` replaces the token verifier the lifespan builds (JWKS from the auth service,
+    sessions in Valkey).
     """
     upstreams = upstream_services(settings) if upstreams is None else upstreams
     app = PorticoAPI(
         title="Portico API",
         version="1.0.0",
         description=DESCRIPTION,
-        lifespan=make_lifespan(settings, {n: target for n, (target, _) in upstreams.items()}),
-        docs_url="/docs",
+        lifespan=make_lifespan(
+            settings, {n: target for n, (target, _) in upstreams.items()}, verifier=verifier
+        ),
+        docs_url=None,  # served by routers.docs: open in dev, admins only in production
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url=None,
         redirect_slashes=False,  # like grpc-gateway: `/v1/users/` is an unknown route (404)
     )
     app.proto_components = {}
@@ -89,9 +101,30 @@ def create_app(
         )
     )
     app.include_router(metrics_router())
+    app.include_router(
+        docs.make_router(production=settings.environment == "production", title=app.title)
+    )
     bindings = [b for name, (_, svc) in upstreams.items() for b in bindings_of(name, svc)]
     add_routes(app, settle_paths(bindings), app.proto_components)
+    # Added innermost first: each add_middleware wraps everything added before it.
+    app.add_middleware(
+        IdempotencyMiddleware,  # innermost: replays answers of retried POSTs
+        ttl_s=settings.idempotency_ttl_s,
+        lock_ttl_s=settings.idempotency_lock_ttl_s,
+        wait_s=settings.idempotency_wait_s,
+        retry_after_s=settings.retry_after_s,
+    )
+    app.add_middleware(
+        RateLimitMiddleware,  # after authentication: limits per user too
+        address=Limit(settings.rate_limit_address_per_minute, settings.rate_limit_address_burst),
+        user=Limit(settings.rate_limit_user_per_minute, settings.rate_limit_user_burst),
+        warning_interval_s=settings.rate_limit_warning_interval_s,
+    )
+    app.add_middleware(AuthenticationMiddleware)  # principal for rate limits and routes
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware, hsts_max_age_s=settings.hsts_max_age_s)
+    if (cors := cors_options(settings)) is not None:
+        app.add_middleware(CORSMiddleware, **cors)  # preflights are answered before the rest
     app.add_middleware(AccessMiddleware)  # times and logs each request, with its request id
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer carries the id
     instrument(app)  # OpenTelemetry's middleware wraps all the rest: logs carry the trace id

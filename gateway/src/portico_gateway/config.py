@@ -7,10 +7,14 @@ Nothing is built at import time: ``__main__`` calls :func:`get_settings`, tests 
 from __future__ import annotations
 
 import functools
-from typing import Literal
+import json
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 class GatewaySettings(BaseSettings):
@@ -25,6 +29,66 @@ class GatewaySettings(BaseSettings):
     )
     auth_target: str = Field(
         default="127.0.0.1:50052", description="gRPC address of the auth service."
+    )
+    valkey_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="Valkey for sessions (token checks), rate limits and idempotency keys.",
+    )
+    valkey_timeout_s: float = Field(
+        default=0.25, gt=0, description="Socket and connect timeout of each Valkey command."
+    )
+    environment: Literal["dev", "production"] = Field(
+        default="dev",
+        description="production: /docs and /openapi.json need an admin token; dev: open.",
+    )
+    token_issuer: str = Field(default="portico", description="Required `iss` of access tokens.")
+    token_audience: str = Field(
+        default="portico-api", description="Required `aud` of access tokens."
+    )
+    session_key_prefix: str = Field(
+        default="portico:auth:v1:",
+        description="Sessions as the auth service keeps them: `EXISTS <prefix>session:<sid>`.",
+    )
+    jwks_max_age_s: float = Field(
+        default=300.0, gt=0, description="How long fetched signing keys are used before a refetch."
+    )
+    rate_limit_address_per_minute: int = Field(
+        default=600, ge=0, description="Requests per minute per client address; 0 turns it off."
+    )
+    rate_limit_address_burst: int = Field(
+        default=100, ge=1, description="Requests a client address may send at once."
+    )
+    rate_limit_user_per_minute: int = Field(
+        default=300, ge=0, description="Requests per minute per signed-in user; 0 turns it off."
+    )
+    rate_limit_user_burst: int = Field(
+        default=50, ge=1, description="Requests a signed-in user may send at once."
+    )
+    rate_limit_warning_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="While Valkey fails (limits fail open), at most one warning per this period.",
+    )
+    idempotency_ttl_s: int = Field(
+        default=86_400, ge=1, description="How long a stored Idempotency-Key response is replayed."
+    )
+    idempotency_lock_ttl_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a claimed Idempotency-Key blocks duplicates if its request never "
+        "finishes (a crashed gateway); must exceed rpc_timeout_s.",
+    )
+    idempotency_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a concurrent duplicate waits for the first answer before a 409.",
+    )
+    hsts_max_age_s: int = Field(
+        default=0, ge=0, description="Strict-Transport-Security max-age; 0 sends no HSTS header."
+    )
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Exact origins allowed by CORS (JSON list or comma-separated); empty: no CORS.",
     )
     rpc_timeout_s: float = Field(
         default=5.0, gt=0, description="Deadline of each upstream call (a client may shorten it)."
@@ -45,6 +109,36 @@ class GatewaySettings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one object per line (collectors); text: for humans."
     )
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        """Accept a JSON list or a comma-separated string (empty items dropped)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        """Only exact ``scheme://host[:port]`` origins: never ``*`` (requests carry credentials)."""
+        origins = []
+        for origin in value:
+            if origin.strip() == "*":
+                raise ValueError("'*' is not allowed: requests carry Authorization; list origins")
+            if not _ORIGIN.fullmatch(origin.strip()):
+                raise ValueError(f"not an origin (scheme://host[:port], no path): {origin!r}")
+            origins.append(origin.strip().lower())
+        return origins
+
+    @model_validator(mode="after")
+    def _lock_outlives_requests(self) -> GatewaySettings:
+        if self.idempotency_lock_ttl_s <= self.rpc_timeout_s:
+            raise ValueError("idempotency_lock_ttl_s must exceed rpc_timeout_s")
+        return self
 
 
 @functools.cache

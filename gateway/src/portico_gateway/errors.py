@@ -80,6 +80,7 @@ class RequestError(Exception):
     detail: str
     errors: Sequence[FieldError] = field(default_factory=tuple)
     kind: str | None = None  # the problem type's last segment; derived from status if None
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. WWW-Authenticate with 401
 
 
 def _title(status: int) -> str:
@@ -151,7 +152,9 @@ def upstream_problem(request: Request, error: grpc.aio.AioRpcError, *, retry_aft
         text = str(error.details())
     if status >= 500:
         _log.warning("upstream %s: %s", code.name, error.details())
-    headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 else {}
+    if status == 401:  # RFC 6750: a 401 names the scheme it wants
+        headers["WWW-Authenticate"] = 'Bearer realm="portico", error="invalid_token"'
     return problem(request, status=status, detail=text, errors=errors, kind=kind, headers=headers)
 
 
@@ -175,7 +178,12 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
     async def on_request_error(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, RequestError)  # noqa: S101
         return problem(
-            request, status=exc.status, detail=exc.detail, errors=exc.errors, kind=exc.kind
+            request,
+            status=exc.status,
+            detail=exc.detail,
+            errors=exc.errors,
+            kind=exc.kind,
+            headers=exc.headers,
         )
 
     async def on_http_error(request: Request, exc: Exception) -> Any:

@@ -1,4 +1,4 @@
-"""The gateway's lifespan: one long-lived grpc.aio channel per upstream, closed on shutdown.
+"""The gateway's lifespan: one long-lived grpc.aio channel per upstream and one Valkey client.
 
 Each channel carries the tracing and RED-metrics client interceptors (``portico_common``).
 
@@ -14,8 +14,10 @@ from typing import TypedDict
 
 import grpc
 from fastapi import FastAPI
+from valkey.asyncio import Valkey
 
 from portico_common.telemetry import client_interceptors
+from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions, jwks_from_auth_service
 from portico_gateway.clients.upstream import Upstream
 from portico_gateway.config import GatewaySettings
 
@@ -30,12 +32,24 @@ class State(TypedDict):
     """What every request sees as ``request.state``."""
 
     upstreams: dict[str, Upstream]
+    #: Sessions (token checks), rate limits and idempotency records; middleware finds it in
+    #: ``scope["state"]["valkey"]``.
+    valkey: Valkey
+    #: Checks access tokens (see :mod:`portico_gateway.auth`).
+    verifier: TokenVerifier
 
 
 def make_lifespan(
-    settings: GatewaySettings, targets: Mapping[str, str]
+    settings: GatewaySettings,
+    targets: Mapping[str, str],
+    *,
+    verifier: TokenVerifier | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
-    """The lifespan that opens a channel to each ``targets`` entry (name → host:port)."""
+    """The lifespan that opens a channel to each ``targets`` entry (name → host:port).
+
+    The token verifier fetches the JWKS from the ``auth`` upstream (``settings.auth_target``
+    when there is none) and checks sessions in Valkey; ``verifier`` replaces it (tests).
+    """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
@@ -47,6 +61,30 @@ def make_lifespan(
                 )
                 stack.push_async_callback(channel.close)
                 upstreams[name] = Upstream(name, channel, timeout_s=settings.rpc_timeout_s)
-            yield {"upstreams": upstreams}
+            client = Valkey.from_url(
+                settings.valkey_url.get_secret_value(),
+                socket_timeout=settings.valkey_timeout_s,
+                socket_connect_timeout=settings.valkey_timeout_s,
+            )
+            stack.push_async_callback(client.aclose)
+            if verifier is None:
+                auth = upstreams.get("auth")
+                if auth is not None:
+                    channel = auth.channel
+                else:
+                    channel = grpc.aio.insecure_channel(settings.auth_target)
+                    stack.push_async_callback(channel.close)
+                jwks = jwks_from_auth_service(channel)
+                checker = TokenVerifier(
+                    JwksCache(jwks, max_age_s=settings.jwks_max_age_s),
+                    ValkeySessions(client, key_prefix=settings.session_key_prefix),
+                    issuer=settings.token_issuer,
+                    audience=settings.token_audience,
+                )
+            yield {
+                "upstreams": upstreams,
+                "valkey": client,
+                "verifier": checker if verifier is None else verifier,
+            }
 
     return lifespan

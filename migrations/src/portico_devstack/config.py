@@ -28,6 +28,10 @@ class DevSettings(BaseSettings):
     valkey_port: int = Field(
         default=0, ge=0, le=65535, description="Embedded Valkey; 0 = free port"
     )
+    admin_email: str = Field(
+        default="admin@example.com",
+        description="Gets the admin role once signed up (AUTH_ADMIN_EMAILS, unless that is set).",
+    )
     ready_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=20.0, gt=0, description="Per child, after SIGTERM.")
     database_url: SecretStr | None = Field(

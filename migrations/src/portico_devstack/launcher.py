@@ -239,6 +239,7 @@ class Stack:
                 "USERS_GRPC_HOST": s.host,
                 "USERS_GRPC_PORT": str(s.users_port),
                 "USERS_METRICS_PORT": str(s.users_metrics_port),
+                "USERS_AUTH_TARGET": self.auth_target,  # JWKS, fetched on first use
             },
             color=_COLORS[0] if sys.stdout.isatty() else "",
         )
@@ -254,6 +255,7 @@ class Stack:
                 "AUTH_METRICS_PORT": str(s.auth_metrics_port),
                 "AUTH_USERS_TARGET": self.users_target,
                 "AUTH_ENVIRONMENT": "dev",
+                "AUTH_ADMIN_EMAILS": env.get("AUTH_ADMIN_EMAILS", s.admin_email),
                 "AUTH_SIGNING_KEY_FILES": str(await self._dev_signing_key()),
             },
             color=_COLORS[2] if sys.stdout.isatty() else "",
@@ -267,6 +269,8 @@ class Stack:
                 "GATEWAY_PORT": str(s.gateway_port),
                 "GATEWAY_USERS_TARGET": self.users_target,
                 "GATEWAY_AUTH_TARGET": self.auth_target,
+                "GATEWAY_VALKEY_URL": valkey_url,
+                "GATEWAY_ENVIRONMENT": "dev",
             },
             color=_COLORS[1] if sys.stdout.isatty() else "",
         )

@@ -3,10 +3,13 @@
     cd services/users/examples
     python reflection_client.py 127.0.0.1:50051 list
     python reflection_client.py 127.0.0.1:50051 describe portico.users.v1.UserService
-    python reflection_client.py 127.0.0.1:50051 call portico.users.v1.UserService/CreateUser \
+    PORTICO_TOKEN=<access token> python reflection_client.py 127.0.0.1:50051 \
+        call portico.users.v1.UserService/CreateUser \
         '{"email": "ada@example.com", "display_name": "Ada"}'
 
-Requests and responses are proto JSON. A failed call prints the status code and message to
+Requests and responses are proto JSON. ``call`` sends ``authorization: Bearer <token>`` metadata
+when ``--token`` (or ``PORTICO_TOKEN``) is given: Portico's RPCs need an access token, health and
+reflection do not. A failed call prints the status code and message to
 stderr and exits 1. grpcurl does the same job: ``grpcurl -plaintext 127.0.0.1:50051 list``.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import grpc
@@ -34,6 +38,11 @@ def main() -> int:
     call.add_argument("method", help="package.Service/Method")
     call.add_argument("request", nargs="?", default="{}", help="request as proto JSON")
     call.add_argument("--timeout", type=float, default=5.0)
+    call.add_argument(
+        "--token",
+        default=os.environ.get("PORTICO_TOKEN", ""),
+        help="access token (default: $PORTICO_TOKEN)",
+    )
     args = parser.parse_args()
 
     with grpc.insecure_channel(args.target) as channel:
@@ -60,7 +69,8 @@ def main() -> int:
             response_deserializer=response_class.FromString,
         )
         try:
-            response = stub(request, timeout=args.timeout)
+            metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+            response = stub(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1

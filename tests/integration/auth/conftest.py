@@ -12,10 +12,10 @@ import pytest
 import valkey.asyncio as valkey_asyncio
 
 from portico.auth.v1 import auth_pb2_grpc
-from portico_auth.keys import generate_key_file
 from portico_auth.server import RunningServer, start
 from portico_users.server import RunningServer as UsersServer
 from tests.integration.auth.support import auth_settings
+from tests.integration.tokens import signing_material
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
@@ -29,11 +29,9 @@ def _no_auth_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One Ed25519 signing key file for the session."""
-    path = tmp_path_factory.mktemp("keys") / "signing-key.pem"
-    generate_key_file(path)
-    return path
+def key_file() -> Path:
+    """The test process's signing key: the users servers trust it (tests.integration.tokens)."""
+    return signing_material().key_file
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_auth.config import Argon2Settings, ThrottleSettings
 from portico_users.server import RunningServer as UsersServer
 from tests.integration.auth.test_tokens import PASSWORD, login, sign_up
+from tests.integration.tokens import DefaultBearer, Tokens
 from tests.integration.users.support import field_violations, rich_status
 
 if TYPE_CHECKING:
@@ -149,12 +150,15 @@ async def test_requests_are_validated(auth: AuthServiceAsyncStub) -> None:
 
 
 async def test_the_credential_of_a_deleted_user_is_removed_at_login(
-    auth: AuthServiceAsyncStub, users_server: UsersServer, database_url: str
+    auth: AuthServiceAsyncStub, users_server: UsersServer, database_url: str, tokens: Tokens
 ) -> None:
     from tests.integration.auth.support import users_and_credentials
 
     user_id = await sign_up(auth, "gone@example.com")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{users_server.port}") as channel:
+    admin = [DefaultBearer(await tokens.admin())]
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{users_server.port}", interceptors=admin
+    ) as channel:
         users: Any = users_pb2_grpc.UserServiceStub(channel)
         await users.DeleteUser(users_pb2.DeleteUserRequest(id=user_id), timeout=5)
 

@@ -19,6 +19,7 @@ from portico_users.server import RunningServer as UsersServer
 from portico_users.server import start as start_users
 from tests.integration.auth.support import auth_settings, rows, users_and_credentials
 from tests.integration.auth.test_tokens import PASSWORD, login
+from tests.integration.tokens import DefaultBearer, Tokens
 from tests.integration.users.support import closed_port, users_settings
 
 if TYPE_CHECKING:
@@ -70,9 +71,12 @@ async def test_a_taken_email_or_a_reused_key_is_refused(
 
 
 async def test_an_email_of_a_user_without_credential_is_taken(
-    auth: AuthServiceAsyncStub, users_server: UsersServer, database_url: str
+    auth: AuthServiceAsyncStub, users_server: UsersServer, database_url: str, tokens: Tokens
 ) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{users_server.port}") as channel:
+    admin = [DefaultBearer(await tokens.admin())]
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{users_server.port}", interceptors=admin
+    ) as channel:
         users: Any = users_pb2_grpc.UserServiceStub(channel)
         await users.CreateUser(
             users_pb2.CreateUserRequest(email="old@example.com", display_name="Old"), timeout=5

@@ -7,14 +7,20 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from portico_gateway.app import create_app
-from portico_gateway.config import GatewaySettings
 from portico_users.server import RunningServer
-from tests.asgi import asgi_client
+from tests.integration.gateway_client import gateway_client
+from tests.integration.tokens import Tokens
 
 
 @pytest.fixture
-async def api(users_server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    settings = GatewaySettings(users_target=f"127.0.0.1:{users_server.port}", max_body_bytes=4096)
-    async with asgi_client(create_app(settings)) as client:
+async def api(
+    users_server: RunningServer, valkey_url: str, tokens: Tokens
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway, trusting the test signing key; every request carries an admin token."""
+    async with gateway_client(
+        users_port=users_server.port,
+        valkey_url=valkey_url,
+        token=await tokens.admin(),
+        max_body_bytes=4096,
+    ) as client:
         yield client

@@ -21,10 +21,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from portico_common.config import TelemetrySettings
 from portico_common.logs import JsonFormatter
 from portico_common.telemetry import setup_telemetry
-from portico_gateway.app import create_app
-from portico_gateway.config import GatewaySettings
 from portico_users.server import RunningServer
-from tests.asgi import asgi_client
+from tests.integration.gateway_client import gateway_client
+from tests.integration.tokens import Tokens
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +79,10 @@ def json_log(caplog: pytest.LogCaptureFixture) -> Iterator[JsonLog]:
 
 @pytest.fixture
 async def api(
-    spans: InMemorySpanExporter, users_server: RunningServer
+    spans: InMemorySpanExporter, users_server: RunningServer, valkey_url: str, tokens: Tokens
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The real gateway (in-process ASGI) in front of the real users service."""
-    settings = GatewaySettings(users_target=f"127.0.0.1:{users_server.port}")
-    async with asgi_client(create_app(settings)) as client:
+    """The real gateway (in-process ASGI) in front of the real users service, as an admin."""
+    async with gateway_client(
+        users_port=users_server.port, valkey_url=valkey_url, token=await tokens.admin()
+    ) as client:
         yield client

@@ -8,8 +8,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from tests.integration.observability.conftest import JsonLog
+from tests.integration.tokens import Tokens
 
-BEARER = "Bearer eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJlLXNlY3JldA"
 GET_USER = "/portico.users.v1.UserService/GetUser"
 
 
@@ -30,13 +30,15 @@ async def _create_user(api: httpx.AsyncClient, email: str) -> str:
 
 
 async def test_one_rest_call_yields_one_trace_from_gateway_to_sql_and_cache(
-    api: httpx.AsyncClient, spans: InMemorySpanExporter, json_log: JsonLog
+    api: httpx.AsyncClient, spans: InMemorySpanExporter, json_log: JsonLog, tokens: Tokens
 ) -> None:
     user_id = await _create_user(api, "trace@example.com")
+    token = await tokens.issue(user_id)  # the user reads themselves
     spans.clear()
 
     response = await api.get(
-        f"/v1/users/{user_id}", headers={"Authorization": BEARER, "X-Request-ID": "trace-test-1"}
+        f"/v1/users/{user_id}",
+        headers={"Authorization": f"Bearer {token}", "X-Request-ID": "trace-test-1"},
     )
 
     assert response.status_code == 200
@@ -71,7 +73,8 @@ async def test_one_rest_call_yields_one_trace_from_gateway_to_sql_and_cache(
     assert access[0]["status"] == 200
     assert access[0]["method"] == "GET"
     assert isinstance(access[0]["duration_ms"], float)
-    assert BEARER.split()[1] not in json_log.text
+    assert token not in json_log.text  # nor any part of it
+    assert token.split(".")[2] not in json_log.text
 
 
 async def test_a_second_read_is_a_cache_hit_without_sql(

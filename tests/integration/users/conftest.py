@@ -10,6 +10,7 @@ import pytest
 
 from portico.users.v1 import users_pb2_grpc
 from portico_users.server import RunningServer
+from tests.integration.tokens import DefaultBearer, Tokens
 
 if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub
@@ -21,8 +22,12 @@ def server(users_server: RunningServer) -> RunningServer:
 
 
 @pytest.fixture
-async def channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+async def channel(server: RunningServer, tokens: Tokens) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel whose calls carry an admin token unless they send their own."""
+    interceptors = [DefaultBearer(await tokens.admin())]
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.port}", interceptors=interceptors
+    ) as channel:
         yield channel
 
 

@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import SecretStr
 
 from portico_users.config import PostgresSettings, UsersSettings, ValkeySettings
+from tests.integration.tokens import signing_material
 
 
 def users_settings(*, database_url: str, valkey_url: str, **overrides: Any) -> UsersSettings:
@@ -28,6 +29,7 @@ def users_settings(*, database_url: str, valkey_url: str, **overrides: Any) -> U
             dsn=SecretStr(database_url), connect_timeout_s=1.0, query_timeout_s=5.0
         ),
         "valkey": ValkeySettings(url=SecretStr(valkey_url)),
+        "jwks_file": signing_material().jwks_file,  # tokens from tests.integration.tokens
     }
     values.update(overrides)
     return UsersSettings(**values)

@@ -134,7 +134,40 @@ async def test_concurrent_misses_share_a_not_found(stack: Stack) -> None:
     assert all(isinstance(r, NotFound) for r in results)
 
 
-async def test_rpcs_work_when_valkey_is_down(database_url: str) -> None:
+async def test_the_store_works_when_valkey_is_down(database_url: str) -> None:
+    """Cache operations that fail fall back to PostgreSQL: reads, writes and deletes work."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    client: Any = valkey_asyncio.from_url(  # type: ignore[no-untyped-call]
+        f"redis://127.0.0.1:{closed_port()}/0", socket_timeout=0.2, socket_connect_timeout=0.2
+    )
+    cache = CachedUsers(
+        UserRepository(pool, query_timeout_s=5),
+        client,
+        ttl_s=60,
+        tombstone_ttl_s=30,
+        key_prefix="t:",
+    )
+    try:
+        user = await cache.create_user(email="v@example.com", display_name="V")
+        for _ in range(2):
+            assert await cache.get_user(user_id=user.id) == user
+        changed = await cache.update_user(
+            user_id=user.id, changes=UserChanges(display_name="W"), etag=None
+        )
+        assert (await cache.get_user(user_id=user.id)).display_name == "W" == changed.display_name
+        await cache.delete_user(user_id=user.id, etag=None)
+        with pytest.raises(NotFound):
+            await cache.get_user(user_id=user.id)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+async def test_rpcs_fail_closed_when_sessions_cannot_be_checked(
+    database_url: str, tokens: Any
+) -> None:
+    """Valkey also holds the sessions: a token whose revocation cannot be checked is refused
+    with UNAVAILABLE (retryable), never accepted unchecked."""
     settings = users_settings(
         database_url=database_url, valkey_url=f"redis://127.0.0.1:{closed_port()}/0"
     )
@@ -142,22 +175,12 @@ async def test_rpcs_work_when_valkey_is_down(database_url: str) -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub: UserServiceAsyncStub = users_pb2_grpc.UserServiceStub(channel)
-            user = (
-                await stub.CreateUser(
-                    users_pb2.CreateUserRequest(email="v@example.com", display_name="V"), timeout=5
+            metadata = (("authorization", f"Bearer {await tokens.admin()}"),)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetUser(
+                    users_pb2.GetUserRequest(id=str(UUID(int=1))), timeout=5, metadata=metadata
                 )
-            ).user
-            for _ in range(2):
-                got = await stub.GetUser(users_pb2.GetUserRequest(id=user.id), timeout=5)
-                assert got.user == user
-            await stub.UpdateUser(
-                users_pb2.UpdateUserRequest(
-                    id=user.id, user=users_pb2.UserUpdate(display_name="W")
-                ),
-                timeout=5,
-            )
-            got = await stub.GetUser(users_pb2.GetUserRequest(id=user.id), timeout=5)
-            assert got.user.display_name == "W"
-            await stub.DeleteUser(users_pb2.DeleteUserRequest(id=user.id), timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert caught.value.details() == "cannot check the session; retry later"
     finally:
         await running.stop(0)

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_users.server import RunningServer, start
+from tests.integration.tokens import DefaultBearer, Tokens, bearer, signing_material
 from tests.integration.users.support import closed_port, relay, tcp_dsn, users_settings
 
 if TYPE_CHECKING:
@@ -60,13 +61,16 @@ async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
 
 
 async def test_without_postgresql_it_starts_not_serving_and_recovers(
-    database_url: str, valkey_url: str
+    database_url: str, valkey_url: str, tokens: Tokens
 ) -> None:
     port = closed_port()
     settings = users_settings(database_url=tcp_dsn(database_url, port), valkey_url=valkey_url)
     running = await start(settings)
+    admin = [DefaultBearer(await tokens.admin())]
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{running.port}", interceptors=admin
+        ) as channel:
             stub: UserServiceAsyncStub = users_pb2_grpc.UserServiceStub(channel)
             assert await health_of(channel) == NOT_SERVING
             assert await health_of(channel, SERVICE) == NOT_SERVING
@@ -178,9 +182,10 @@ async def test_graceful_stop_turns_health_off_and_finishes_in_flight_calls(
 
 
 async def test_the_process_logs_its_address_and_exits_0_on_sigterm(
-    database_url: str, valkey_url: str
+    database_url: str, valkey_url: str, tokens: Tokens
 ) -> None:
     env = {
+        "USERS_JWKS_FILE": str(signing_material().jwks_file),
         "PATH": os.environ.get("PATH", ""),
         "USERS_POSTGRES__DSN": database_url,
         "USERS_VALKEY__URL": valkey_url,
@@ -213,7 +218,9 @@ async def test_the_process_logs_its_address_and_exits_0_on_sigterm(
                 await asyncio.sleep(0.02)
             assert seen[-1] == NOT_SERVING, seen
             stub: UserServiceAsyncStub = users_pb2_grpc.UserServiceStub(channel)
-            listed = await stub.ListUsers(users_pb2.ListUsersRequest(), timeout=2)
+            listed = await stub.ListUsers(
+                users_pb2.ListUsersRequest(), timeout=2, metadata=bearer(await tokens.admin())
+            )
             assert list(listed.users) == []  # and calls are still served meanwhile
     finally:
         if not signalled:

@@ -3,6 +3,10 @@
 ``FakeUsers`` is a real UserService servicer on 127.0.0.1:0 whose answers are chosen by the
 request (an email ``code-NOT_FOUND`` aborts with NOT_FOUND, …), so each mapping of the gateway can
 be driven over the wire without a database. The integration tier runs the real service.
+
+The gateway trusts :data:`AUTHORITY`'s key (in-memory sessions); ``http`` sends an admin token
+with every request, so these tests are about transcoding. Authorization has its own tests, with
+the real auth service, in the integration tier.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from fastapi import FastAPI
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -23,6 +28,16 @@ from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
 from tests.asgi import asgi_client
+from tests.tokens import TokenAuthority, bearer
+
+AUTHORITY = TokenAuthority()
+ADMIN = bearer(AUTHORITY.admin_token())
+
+
+def gateway_app(settings: GatewaySettings, **kwargs: Any) -> FastAPI:
+    """``create_app`` trusting :data:`AUTHORITY`."""
+    return create_app(settings, verifier=AUTHORITY.verifier(), **kwargs)
+
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -65,6 +80,11 @@ class FakeUsers(users_pb2_grpc.UserServiceServicer):
             etag="e1",
         )
         return users_pb2.CreateUserResponse(user=user)
+
+    async def GetCurrentUser(  # noqa: N802
+        self, request: users_pb2.GetCurrentUserRequest, context: Context
+    ) -> users_pb2.GetCurrentUserResponse:
+        return users_pb2.GetCurrentUserResponse(user=users_pb2.User(id="me", etag="e1"))
 
     async def GetUser(  # noqa: N802
         self, request: users_pb2.GetUserRequest, context: Context
@@ -130,5 +150,5 @@ def settings_for(target: str, **overrides: Any) -> GatewaySettings:
 
 @pytest.fixture
 async def http(upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(create_app(settings_for(upstream.target))) as client:
+    async with asgi_client(gateway_app(settings_for(upstream.target)), headers=ADMIN) as client:
         yield client

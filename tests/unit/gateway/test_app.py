@@ -8,10 +8,9 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 
-from portico_gateway.app import create_app
 from portico_gateway.errors import GRPC_TO_HTTP
 from tests.asgi import asgi_client
-from tests.unit.gateway.conftest import Upstream, settings_for
+from tests.unit.gateway.conftest import ADMIN, Upstream, gateway_app, settings_for
 
 PROBLEM = "application/problem+json"
 CODES = [c for c in GRPC_TO_HTTP if c.name not in ("OK", "INVALID_ARGUMENT")]
@@ -166,7 +165,7 @@ async def test_unknown_routes_and_methods_are_problems(http: httpx.AsyncClient) 
 
 async def test_malformed_content_length_is_400() -> None:
     """Only ASCII digits: ``"²".isdigit()`` is true in Python, yet it is no length."""
-    app = create_app(settings_for("127.0.0.1:1"))
+    app = gateway_app(settings_for("127.0.0.1:1"))
     sent: list[dict[str, object]] = []
 
     async def receive() -> dict[str, object]:
@@ -205,8 +204,8 @@ async def test_health_and_readiness(http: httpx.AsyncClient, upstream: Upstream)
 
 
 async def test_readiness_fails_when_the_upstream_is_down() -> None:
-    app = create_app(settings_for("127.0.0.1:1", readiness_timeout_s=0.3, retry_after_s=7))
-    async with asgi_client(app) as client:
+    app = gateway_app(settings_for("127.0.0.1:1", readiness_timeout_s=0.3, retry_after_s=7))
+    async with asgi_client(app, headers=ADMIN) as client:
         not_ready = await client.get("/readyz")
         body = _is_problem(not_ready, 503)
         assert "users is" in str(body["detail"])
@@ -242,8 +241,8 @@ async def test_openapi_documents_the_proto_routes(http: httpx.AsyncClient) -> No
 async def test_caller_token_and_address_are_forwarded(
     http: httpx.AsyncClient, upstream: Upstream
 ) -> None:
-    headers = {"Authorization": "Bearer abc.def.ghi", "X-Forwarded-For": "203.0.113.7"}
+    headers = {"X-Forwarded-For": "203.0.113.7"}
     assert (await http.get("/v1/users/42", headers=headers)).status_code == 200
     seen = upstream.servicer.seen_metadata[-1]
-    assert seen["authorization"] == "Bearer abc.def.ghi"
+    assert seen["authorization"] == ADMIN["Authorization"]  # the services check it again
     assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"

@@ -14,9 +14,8 @@ import httpx
 import pytest
 from google.protobuf import message_factory
 
-from portico_gateway.app import create_app
 from tests.asgi import asgi_client
-from tests.unit.gateway.conftest import settings_for
+from tests.unit.gateway.conftest import ADMIN, gateway_app, settings_for
 from tests.unit.gateway.things import PACKAGE, thing_service
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -77,8 +76,8 @@ async def api() -> AsyncIterator[httpx.AsyncClient]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     target = f"127.0.0.1:{port}"
-    app = create_app(settings_for(target), upstreams={"things": (target, service)})
-    async with asgi_client(app) as client:
+    app = gateway_app(settings_for(target), upstreams={"things": (target, service)})
+    async with asgi_client(app, headers=ADMIN) as client:
         yield client
     await server.stop(None)
 

@@ -273,7 +273,7 @@ def test_forms_are_read_where_accepted() -> None:
 
 def test_comments_are_indexed_by_full_name() -> None:
     comments = proto_comments()
-    assert comments["portico.users.v1.UserService.GetUser"].startswith("Get one user by id.")
+    assert comments["portico.users.v1.UserService.GetUser"].startswith("Get one user by id:")
     assert "case-insensitive" in comments["portico.users.v1.User.email"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from portico_common.access import Rule, rule_of
 from portico_gateway.transcoding.comments import proto_comments
 from portico_gateway.transcoding.request import FORM, is_plain_message, resolve_path
 from portico_gateway.transcoding.schema import add_message, component_ref, field_schema
@@ -12,6 +13,17 @@ if TYPE_CHECKING:
     from portico_gateway.transcoding.routes import Binding
 
 PROBLEM = "Problem"
+SECURITY_SCHEME = "OAuth2"
+#: RFC 6749 §4.3 at the auth service's token route; Swagger UI's "Authorize" uses it.
+OAUTH2_PASSWORD: dict[str, Any] = {
+    "type": "oauth2",
+    "description": (
+        "Access tokens (JWT, 15 minutes) from the OAuth2 password grant: POST the form"
+        " `grant_type=password&username=<email>&password=<password>` to `/v1/auth/token`, then"
+        " send `Authorization: Bearer <access_token>`."
+    ),
+    "flows": {"password": {"tokenUrl": "/v1/auth/token", "refreshUrl": "/v1/auth/refresh"}},
+}
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "An RFC 9457 problem: every error answer has this shape.",
@@ -73,6 +85,18 @@ def _first_sentence(text: str) -> str:
     return head.split(". ", 1)[0].rstrip(".")
 
 
+def _access_note(rule: Rule) -> str:
+    """One line on who may call, from the RPC's ``portico.access.v1.rule``."""
+    if rule.public:
+        return "**Access:** public, no token needed."
+    if rule.authenticated:
+        return "**Access:** any valid access token."
+    who = [f"role `{r}`" for r in rule.roles]
+    if rule.owner_field:
+        who.insert(0, f"the user named by `{rule.owner_field}` (yourself)")
+    return "**Access:** access token of " + " or ".join(who) + "."
+
+
 def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
     """OpenAPI operation fields for ``binding`` (schemas are added to ``components``)."""
     notes = proto_comments()
@@ -124,11 +148,14 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
             "\n\nThe fields present in the body form the update mask; an explicit"
             " `?update_mask=a,b` (field paths) overrides it."
         )
+    rule = rule_of(method)
     result: dict[str, Any] = {
         "summary": _first_sentence(doc),
-        "description": doc,
+        "description": doc + "\n\n" + _access_note(rule),
         "parameters": parameters,
     }
+    if not rule.public:
+        result["security"] = [{SECURITY_SCHEME: []}]
     # 401/403/429 can come from any service (authentication, authorization, throttling).
     errors = [400, 401, 403, 404, 429, 500, 503, 504]
     if binding.body:

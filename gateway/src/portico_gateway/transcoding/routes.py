@@ -37,6 +37,8 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
+from portico_common.access import rule_of
+from portico_gateway.auth import enforce, enforce_authenticated
 from portico_gateway.clients.upstream import Upstream
 from portico_gateway.middleware import request_id_of
 from portico_gateway.transcoding import openapi
@@ -205,7 +207,10 @@ def forwarded_metadata(request: Request) -> tuple[tuple[str, str], ...]:
 def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
     """The FastAPI endpoint that serves ``binding``."""
 
+    rule = rule_of(binding.method)
+
     async def transcode(request: Request) -> Response:
+        principal = enforce_authenticated(rule, request.scope)  # 401 before the body is read
         body: Any = None
         if binding.body:
             body = read_body(
@@ -237,6 +242,7 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
             message.update_mask.paths.extend(derived)  # type: ignore[attr-defined]
         if binding.takes_etag and (tag := parse_if_match(request.headers.get("if-match"))):
             message.etag = tag  # type: ignore[attr-defined]
+        enforce(rule, principal, message)  # 403 unless the RPC's rule admits the caller
         timeout = parse_timeout(
             request.headers.get("grpc-timeout"), request.headers.get("request-timeout")
         )
@@ -254,9 +260,17 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
     return transcode
 
 
+def _specificity(binding: Binding) -> tuple[int, ...]:
+    return tuple(int(part.startswith("{")) for part in binding.template.route_path.split("/"))
+
+
 def add_routes(app: FastAPI, bindings: list[Binding], components: dict[str, Any]) -> None:
-    """Register ``bindings`` on ``app``; their schemas go into ``components``."""
-    for binding in bindings:
+    """Register ``bindings`` on ``app``; their schemas go into ``components``.
+
+    Literal segments are registered before variables in the same place, so ``/v1/users/me``
+    is matched before ``/v1/users/{id}`` whatever the order of the RPCs in the proto.
+    """
+    for binding in sorted(bindings, key=_specificity):
         service = binding.method.containing_service
         operation = openapi.operation(binding, components)
         app.add_api_route(

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
@@ -35,12 +36,13 @@ from valkey.asyncio import Valkey
 
 from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico_auth.config import AuthSettings, PostgresSettings
+from portico_auth.identity import ServiceIdentity
 from portico_auth.interceptors import (
     ErrorInterceptor,
     RequestIdInterceptor,
     ValidationInterceptor,
 )
-from portico_auth.keys import load_key_ring
+from portico_auth.keys import KeyRing, load_key_ring
 from portico_auth.passwords import Passwords
 from portico_auth.repository import CredentialRepository, ping_database
 from portico_auth.service import AuthService
@@ -49,9 +51,11 @@ from portico_auth.sessions import Sessions
 from portico_auth.throttle import LoginThrottle
 from portico_auth.tokens import TokenIssuer
 from portico_auth.users_client import UsersClient
+from portico_common.access import AccessInterceptor, rules_of
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.telemetry import client_interceptors, server_interceptors
+from portico_common.tokens import Jwk, JwksCache, TokenVerifier, ValkeySessions
 
 _log = logging.getLogger(__name__)
 
@@ -130,6 +134,15 @@ async def _open_pool(pg: PostgresSettings) -> asyncpg.Pool[asyncpg.Record]:
     return await asyncpg.create_pool(dsn, min_size=0, **options)
 
 
+def _own_jwks(keys: KeyRing) -> Callable[[], Awaitable[Sequence[Jwk]]]:
+    """The JWKS of this service's own keys, for its verifier (no network involved)."""
+
+    async def fetch() -> Sequence[Jwk]:
+        return [key.jwk() for key in keys.keys]
+
+    return fetch
+
+
 async def _reconcile_forever(service: AuthService, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
@@ -140,6 +153,13 @@ async def _reconcile_forever(service: AuthService, interval_s: float) -> None:
         else:
             if ended:
                 _log.info("reconciled %d pending sign-up(s)", ended)
+
+
+async def _end_identity(identity: ServiceIdentity) -> None:
+    try:
+        await identity.close()
+    except Exception:  # Valkey down at shutdown: the session expires by itself
+        _log.warning("could not end the service identity's session", exc_info=True)
 
 
 async def start(settings: AuthSettings) -> RunningServer:
@@ -172,21 +192,35 @@ async def start(settings: AuthSettings) -> RunningServer:
             audience=settings.audience,
             ttl_s=settings.access_token_ttl_s,
         )
+        sessions = Sessions(client, key_prefix=vk.key_prefix, ttl_s=settings.refresh_token_ttl_s)
+        identity = ServiceIdentity(tokens, sessions)
+        resources.push_async_callback(_end_identity, identity)
         service = AuthService(
             credentials=CredentialRepository(pool, query_timeout_s=pg.query_timeout_s),
-            users=UsersClient(users_channel, timeout_s=settings.signup.users_timeout_s),
+            users=UsersClient(users_channel, identity, timeout_s=settings.signup.users_timeout_s),
             passwords=await asyncio.to_thread(Passwords, settings.argon2),
-            sessions=Sessions(client, key_prefix=vk.key_prefix, ttl_s=settings.refresh_token_ttl_s),
+            sessions=sessions,
             throttle=LoginThrottle(client, settings.throttle, key_prefix=vk.key_prefix),
             tokens=tokens,
             admin_emails=settings.admin_emails,
             pending_timeout_s=settings.signup.pending_timeout_s,
+        )
+        # Every AuthService RPC is public (see auth.proto); the interceptor still closes any
+        # RPC added later without a rule, with the same verifier the other services use.
+        verifier = TokenVerifier(
+            JwksCache(_own_jwks(keys)),
+            ValkeySessions(client, key_prefix=vk.key_prefix),
+            issuer=settings.issuer,
+            audience=settings.audience,
         )
         server = grpc.aio.server(
             interceptors=[
                 *server_interceptors(),  # the server span, then RED metrics, outermost
                 RequestIdInterceptor(),
                 ErrorInterceptor(),
+                AccessInterceptor(
+                    verifier, rules_of([auth_pb2.DESCRIPTOR.services_by_name["AuthService"]])
+                ),
                 ValidationInterceptor(protovalidate.Validator()),
             ]
         )
@@ -207,8 +241,9 @@ async def start(settings: AuthSettings) -> RunningServer:
             interval_s=settings.health_check_interval_s,
             services=(auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,),
         )
-        # Valkey is not probed: JWKS and sign-up work without it; token, refresh and logout
-        # answer UNAVAILABLE while it is down, which callers may retry.
+        # Valkey is not probed: JWKS works without it; sign-up (whose calls to the users
+        # service need the service identity's session), token, refresh and logout answer
+        # UNAVAILABLE while it is down, which callers may retry.
         await monitor.probe()  # the first status is known before the first call arrives
 
         record_build_info("auth", "portico-auth")

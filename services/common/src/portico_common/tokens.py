@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
@@ -225,6 +226,30 @@ def bearer_token(authorization: str | None) -> str | None:
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+def jwks_from_file(path: Path) -> FetchJwks:
+    """A :data:`FetchJwks` that reads a JWK Set document (``{"keys": [...]}``) from ``path``.
+
+    For deployments that distribute the public keys as a file (a mounted ConfigMap) instead of
+    asking the auth service; the file is read again at every refresh, so a rotation lands.
+    """
+
+    def read() -> Sequence[Jwk]:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        keys = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(keys, list):
+            raise ValueError(f"{path}: not a JWK Set (no 'keys' list)")
+        return [
+            {k: v for k, v in key.items() if isinstance(v, str)}
+            for key in keys
+            if isinstance(key, dict)
+        ]
+
+    async def fetch() -> Sequence[Jwk]:
+        return await asyncio.to_thread(read)
+
+    return fetch
 
 
 def jwks_from_auth_service(channel: Any, *, timeout_s: float = 2.0) -> FetchJwks:

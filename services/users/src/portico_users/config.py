@@ -9,6 +9,7 @@ Nothing here is built at import time: ``__main__`` calls ``get_settings()``, tes
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
@@ -63,6 +64,19 @@ class UsersSettings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     #: Prometheus ``/metrics`` over HTTP on ``grpc_host``; 0 disables it.
     metrics_port: int = Field(default=9101, ge=0, le=65535)
+    #: gRPC address of the auth service, asked for the JWKS (signing keys) on first use and
+    #: then every ``jwks_max_age_s``; never per call.
+    auth_target: str = "127.0.0.1:50052"
+    #: Required ``iss`` and ``aud`` of access tokens (the auth service's AUTH_ISSUER/AUDIENCE).
+    token_issuer: str = "portico"  # noqa: S105 (a claim value, not a secret)
+    token_audience: str = "portico-api"  # noqa: S105
+    jwks_max_age_s: float = Field(default=300.0, gt=0)
+    #: A JWK Set file (e.g. a mounted ConfigMap) to read the keys from instead of asking
+    #: ``auth_target``; it is read again every ``jwks_max_age_s``.
+    jwks_file: Path | None = None
+    #: Where the auth service keeps sessions: a token is alive while
+    #: ``EXISTS <session_key_prefix>session:<sid>`` (same Valkey as ``valkey.url``).
+    session_key_prefix: str = "portico:auth:v1:"
     postgres: PostgresSettings
     valkey: ValkeySettings = ValkeySettings()
 

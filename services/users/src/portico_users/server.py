@@ -30,9 +30,17 @@ from grpc_reflection.v1alpha import reflection
 from valkey.asyncio import Valkey
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
+from portico_common.access import AccessInterceptor, rules_of
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
-from portico_common.telemetry import server_interceptors
+from portico_common.telemetry import client_interceptors, server_interceptors
+from portico_common.tokens import (
+    JwksCache,
+    TokenVerifier,
+    ValkeySessions,
+    jwks_from_auth_service,
+    jwks_from_file,
+)
 from portico_users.cache import CachedUsers
 from portico_users.config import PostgresSettings, UsersSettings
 from portico_users.interceptors import (
@@ -138,11 +146,28 @@ async def start(settings: UsersSettings) -> RunningServer:
             tombstone_ttl_s=vk.tombstone_ttl_s,
             key_prefix=vk.key_prefix,
         )
+        auth_channel = grpc.aio.insecure_channel(
+            settings.auth_target, interceptors=client_interceptors()
+        )
+        resources.push_async_callback(auth_channel.close)
+        jwks = (
+            jwks_from_file(settings.jwks_file)
+            if settings.jwks_file is not None
+            else jwks_from_auth_service(auth_channel)
+        )
+        verifier = TokenVerifier(
+            JwksCache(jwks, max_age_s=settings.jwks_max_age_s),
+            ValkeySessions(client, key_prefix=settings.session_key_prefix),
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+        )
+        service = users_pb2.DESCRIPTOR.services_by_name["UserService"]
         server = grpc.aio.server(
             interceptors=[
                 *server_interceptors(),  # the server span, then RED metrics, outermost
                 RequestIdInterceptor(),
                 ErrorInterceptor(),
+                AccessInterceptor(verifier, rules_of([service])),  # before validation: 401 first
                 ValidationInterceptor(protovalidate.Validator()),
             ]
         )

@@ -7,12 +7,15 @@ error interceptor; each call hands the store the time left to the caller's deadl
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import grpc
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
+from portico_common.access import PRINCIPAL
 from portico_users import codec
 from portico_users.domain import UserStore
+from portico_users.errors import NotFound
 from portico_users.page_token import decode_page_token, encode_page_token
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -33,6 +36,19 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             time_left=context.time_remaining(),
         )
         return users_pb2.CreateUserResponse(user=codec.user_to_proto(user))
+
+    async def GetCurrentUser(
+        self, request: users_pb2.GetCurrentUserRequest, context: Context
+    ) -> users_pb2.GetCurrentUserResponse:
+        principal = PRINCIPAL.get()  # set by the access interceptor: the rule needs a token
+        try:
+            user_id = UUID(principal.user_id) if principal is not None else None
+        except ValueError:  # a service identity ("service:auth") is no user
+            user_id = None
+        if user_id is None:
+            raise NotFound("the caller is not a user")
+        user = await self._store.get_user(user_id=user_id, time_left=context.time_remaining())
+        return users_pb2.GetCurrentUserResponse(user=codec.user_to_proto(user))
 
     async def GetUser(
         self, request: users_pb2.GetUserRequest, context: Context

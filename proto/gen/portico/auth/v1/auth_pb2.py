@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from portico.access.v1 import access_pb2 as portico_dot_access_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aportico/auth/v1/auth.proto\x12\x0fportico.auth.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\"\xe5\x01\n\rSignUpRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12x\n\x0c\x64isplay_name\x18\x02 \x01(\tBb\xbaH_r\x04\x10\x01\x18\x64\xba\x01V\n\x16\x64isplay_name.not_blank\x12\'must contain a non-whitespace character\x1a\x13this.matches(\'\\\\S\')\x12\x1c\n\x08password\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x0c\x18\x80\x01\x12!\n\x0fidempotency_key\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"0\n\x0eSignUpResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"\x8d\x01\n\x11IssueTokenRequest\x12#\n\ngrant_type\x18\x01 \x01(\tB\x0f\xbaH\x0cr\n\n\x08password\x12\x1c\n\x08username\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xfe\x01\x12\x1c\n\x08password\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x17\n\x05scope\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"x\n\x12IssueTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\"8\n\x13RefreshTokenRequest\x12!\n\rrefresh_token\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02\"z\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\"0\n\rLogoutRequest\x12\x1f\n\rrefresh_token\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"\x10\n\x0eLogoutResponse\"\x10\n\x0eGetJwksRequest\"<\n\x0fGetJwksResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.portico.auth.v1.JsonWebKey\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03use\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t2\xb5\x04\n\x0b\x41uthService\x12\x65\n\x06SignUp\x12\x1e.portico.auth.v1.SignUpRequest\x1a\x1f.portico.auth.v1.SignUpResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/signup:\x01*\x12p\n\nIssueToken\x12\".portico.auth.v1.IssueTokenRequest\x1a#.portico.auth.v1.IssueTokenResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth/token:\x01*\x12x\n\x0cRefreshToken\x12$.portico.auth.v1.RefreshTokenRequest\x1a%.portico.auth.v1.RefreshTokenResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth/refresh:\x01*\x12\x65\n\x06Logout\x12\x1e.portico.auth.v1.LogoutRequest\x1a\x1f.portico.auth.v1.LogoutResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/logout:\x01*\x12l\n\x07GetJwks\x12\x1f.portico.auth.v1.GetJwksRequest\x1a .portico.auth.v1.GetJwksResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aportico/auth/v1/auth.proto\x12\x0fportico.auth.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1eportico/access/v1/access.proto\"\xe5\x01\n\rSignUpRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12x\n\x0c\x64isplay_name\x18\x02 \x01(\tBb\xbaH_r\x04\x10\x01\x18\x64\xba\x01V\n\x16\x64isplay_name.not_blank\x12\'must contain a non-whitespace character\x1a\x13this.matches(\'\\\\S\')\x12\x1c\n\x08password\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x0c\x18\x80\x01\x12!\n\x0fidempotency_key\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"0\n\x0eSignUpResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"\x8d\x01\n\x11IssueTokenRequest\x12#\n\ngrant_type\x18\x01 \x01(\tB\x0f\xbaH\x0cr\n\n\x08password\x12\x1c\n\x08username\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xfe\x01\x12\x1c\n\x08password\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x17\n\x05scope\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"x\n\x12IssueTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\"8\n\x13RefreshTokenRequest\x12!\n\rrefresh_token\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02\"z\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\"0\n\rLogoutRequest\x12\x1f\n\rrefresh_token\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"\x10\n\x0eLogoutResponse\"\x10\n\x0eGetJwksRequest\"<\n\x0fGetJwksResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.portico.auth.v1.JsonWebKey\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03use\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t2\xd3\x04\n\x0b\x41uthService\x12k\n\x06SignUp\x12\x1e.portico.auth.v1.SignUpRequest\x1a\x1f.portico.auth.v1.SignUpResponse\" \xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/signup:\x01*\x12v\n\nIssueToken\x12\".portico.auth.v1.IssueTokenRequest\x1a#.portico.auth.v1.IssueTokenResponse\"\x1f\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth/token:\x01*\x12~\n\x0cRefreshToken\x12$.portico.auth.v1.RefreshTokenRequest\x1a%.portico.auth.v1.RefreshTokenResponse\"!\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth/refresh:\x01*\x12k\n\x06Logout\x12\x1e.portico.auth.v1.LogoutRequest\x1a\x1f.portico.auth.v1.LogoutResponse\" \xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/logout:\x01*\x12r\n\x07GetJwks\x12\x1f.portico.auth.v1.GetJwksRequest\x1a .portico.auth.v1.GetJwksResponse\"$\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,37 +55,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._loaded_options = None
   _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\272H\005r\003\030\200\002'
   _globals['_AUTHSERVICE'].methods_by_name['SignUp']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['SignUp']._serialized_options = b'\202\323\344\223\002\024\"\017/v1/auth/signup:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['SignUp']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\024\"\017/v1/auth/signup:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['IssueToken']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['IssueToken']._serialized_options = b'\202\323\344\223\002\023\"\016/v1/auth/token:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['IssueToken']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\023\"\016/v1/auth/token:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['RefreshToken']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['RefreshToken']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/auth/refresh:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['RefreshToken']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\025\"\020/v1/auth/refresh:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['Logout']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['Logout']._serialized_options = b'\202\323\344\223\002\024\"\017/v1/auth/logout:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['Logout']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\024\"\017/v1/auth/logout:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\202\323\344\223\002\030\022\026/.well-known/jwks.json'
-  _globals['_SIGNUPREQUEST']._serialized_start=107
-  _globals['_SIGNUPREQUEST']._serialized_end=336
-  _globals['_SIGNUPRESPONSE']._serialized_start=338
-  _globals['_SIGNUPRESPONSE']._serialized_end=386
-  _globals['_ISSUETOKENREQUEST']._serialized_start=389
-  _globals['_ISSUETOKENREQUEST']._serialized_end=530
-  _globals['_ISSUETOKENRESPONSE']._serialized_start=532
-  _globals['_ISSUETOKENRESPONSE']._serialized_end=652
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=654
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=710
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=712
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=834
-  _globals['_LOGOUTREQUEST']._serialized_start=836
-  _globals['_LOGOUTREQUEST']._serialized_end=884
-  _globals['_LOGOUTRESPONSE']._serialized_start=886
-  _globals['_LOGOUTRESPONSE']._serialized_end=902
-  _globals['_GETJWKSREQUEST']._serialized_start=904
-  _globals['_GETJWKSREQUEST']._serialized_end=920
-  _globals['_GETJWKSRESPONSE']._serialized_start=922
-  _globals['_GETJWKSRESPONSE']._serialized_end=982
-  _globals['_JSONWEBKEY']._serialized_start=984
-  _globals['_JSONWEBKEY']._serialized_end=1072
-  _globals['_AUTHSERVICE']._serialized_start=1075
-  _globals['_AUTHSERVICE']._serialized_end=1640
+  _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\030\022\026/.well-known/jwks.json'
+  _globals['_SIGNUPREQUEST']._serialized_start=139
+  _globals['_SIGNUPREQUEST']._serialized_end=368
+  _globals['_SIGNUPRESPONSE']._serialized_start=370
+  _globals['_SIGNUPRESPONSE']._serialized_end=418
+  _globals['_ISSUETOKENREQUEST']._serialized_start=421
+  _globals['_ISSUETOKENREQUEST']._serialized_end=562
+  _globals['_ISSUETOKENRESPONSE']._serialized_start=564
+  _globals['_ISSUETOKENRESPONSE']._serialized_end=684
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=686
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=742
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=744
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=866
+  _globals['_LOGOUTREQUEST']._serialized_start=868
+  _globals['_LOGOUTREQUEST']._serialized_end=916
+  _globals['_LOGOUTRESPONSE']._serialized_start=918
+  _globals['_LOGOUTRESPONSE']._serialized_end=934
+  _globals['_GETJWKSREQUEST']._serialized_start=936
+  _globals['_GETJWKSREQUEST']._serialized_end=952
+  _globals['_GETJWKSRESPONSE']._serialized_start=954
+  _globals['_GETJWKSRESPONSE']._serialized_end=1014
+  _globals['_JSONWEBKEY']._serialized_start=1016
+  _globals['_JSONWEBKEY']._serialized_end=1104
+  _globals['_AUTHSERVICE']._serialized_start=1107
+  _globals['_AUTHSERVICE']._serialized_end=1702
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,9 @@ class AuthServiceStub:
     (HTTP 401) with one generic message; too many login attempts are RESOURCE_EXHAUSTED (HTTP 429)
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
+
+    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
+    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
     """
 
     def __init__(self, channel):
@@ -100,6 +103,9 @@ class AuthServiceServicer:
     (HTTP 401) with one generic message; too many login attempts are RESOURCE_EXHAUSTED (HTTP 429)
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
+
+    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
+    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
     """
 
     def SignUp(self, request, context):
@@ -221,6 +227,9 @@ class AuthService:
     (HTTP 401) with one generic message; too many login attempts are RESOURCE_EXHAUSTED (HTTP 429)
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
+
+    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
+    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
     """
 
     @staticmethod

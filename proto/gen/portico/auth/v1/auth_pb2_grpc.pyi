@@ -46,6 +46,9 @@ class AuthServiceStub:
     (HTTP 401) with one generic message; too many login attempts are RESOURCE_EXHAUSTED (HTTP 429)
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
+
+    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
+    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
     """
 
     @_typing.overload
@@ -117,6 +120,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     (HTTP 401) with one generic message; too many login attempts are RESOURCE_EXHAUSTED (HTTP 429)
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
+
+    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
+    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -184,6 +190,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     (HTTP 401) with one generic message; too many login attempts are RESOURCE_EXHAUSTED (HTTP 429)
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
+
+    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
+    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
     """
 
     @_abc_1.abstractmethod

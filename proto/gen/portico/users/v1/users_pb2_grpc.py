@@ -30,6 +30,12 @@ class UserServiceStub:
 
     Every RPC is also exposed over REST by the gateway, which derives the route from the
     `google.api.http` option and the documentation from these comments.
+
+    Every RPC needs an access token (`authorization: Bearer <jwt>`, from
+    portico.auth.v1.AuthService): none or a bad one is UNAUTHENTICATED (HTTP 401). A user may
+    read, change and delete only their own account; role `admin` may do anything; who else may
+    call each RPC is its `portico.access.v1.rule` option. Not allowed is PERMISSION_DENIED
+    (HTTP 403).
     """
 
     def __init__(self, channel):
@@ -42,6 +48,11 @@ class UserServiceStub:
                 '/portico.users.v1.UserService/CreateUser',
                 request_serializer=portico_dot_users_dot_v1_dot_users__pb2.CreateUserRequest.SerializeToString,
                 response_deserializer=portico_dot_users_dot_v1_dot_users__pb2.CreateUserResponse.FromString,
+                _registered_method=True)
+        self.GetCurrentUser = channel.unary_unary(
+                '/portico.users.v1.UserService/GetCurrentUser',
+                request_serializer=portico_dot_users_dot_v1_dot_users__pb2.GetCurrentUserRequest.SerializeToString,
+                response_deserializer=portico_dot_users_dot_v1_dot_users__pb2.GetCurrentUserResponse.FromString,
                 _registered_method=True)
         self.GetUser = channel.unary_unary(
                 '/portico.users.v1.UserService/GetUser',
@@ -70,18 +81,34 @@ class UserServiceServicer:
 
     Every RPC is also exposed over REST by the gateway, which derives the route from the
     `google.api.http` option and the documentation from these comments.
+
+    Every RPC needs an access token (`authorization: Bearer <jwt>`, from
+    portico.auth.v1.AuthService): none or a bad one is UNAUTHENTICATED (HTTP 401). A user may
+    read, change and delete only their own account; role `admin` may do anything; who else may
+    call each RPC is its `portico.access.v1.rule` option. Not allowed is PERMISSION_DENIED
+    (HTTP 403).
     """
 
     def CreateUser(self, request, context):
         """Create a user. The email must not belong to another user; emails are compared
-        case-insensitively. Answers ALREADY_EXISTS (HTTP 409) for a taken email.
+        case-insensitively. Answers ALREADY_EXISTS (HTTP 409) for a taken email. Admins only (and
+        the auth service); the user has no password: people sign up through AuthService.SignUp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCurrentUser(self, request, context):
+        """Get the caller's own account: the user named by the access token's `sub`. Answers
+        NOT_FOUND (HTTP 404) when that user no longer exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
-        """Get one user by id. Answers NOT_FOUND (HTTP 404) for an unknown id.
+        """Get one user by id: yourself, or anyone for admins. Answers NOT_FOUND (HTTP 404) for an
+        unknown id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +117,7 @@ class UserServiceServicer:
     def ListUsers(self, request, context):
         """List users, oldest first, one page at a time. Pass the returned `next_page_token`
         as `page_token` to get the next page; an empty `next_page_token` means the last page.
+        Admins only (and the auth service).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,7 +127,7 @@ class UserServiceServicer:
         """Change some fields of a user. Only the fields named in `update_mask` change; over
         REST the fields present in the body form the mask. With an `etag` (REST: `If-Match`)
         the update applies only if the user is still at that version, else FAILED_PRECONDITION
-        (HTTP 412).
+        (HTTP 412). Yourself, or anyone for admins.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,7 +135,8 @@ class UserServiceServicer:
 
     def DeleteUser(self, request, context):
         """Delete a user. With an `etag` (REST: `If-Match`) the delete applies only if the user
-        is still at that version. Answers NOT_FOUND (HTTP 404) for an unknown id.
+        is still at that version. Answers NOT_FOUND (HTTP 404) for an unknown id. Yourself, or
+        anyone for admins (and the auth service, which undoes a failed sign-up).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +149,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.CreateUser,
                     request_deserializer=portico_dot_users_dot_v1_dot_users__pb2.CreateUserRequest.FromString,
                     response_serializer=portico_dot_users_dot_v1_dot_users__pb2.CreateUserResponse.SerializeToString,
+            ),
+            'GetCurrentUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCurrentUser,
+                    request_deserializer=portico_dot_users_dot_v1_dot_users__pb2.GetCurrentUserRequest.FromString,
+                    response_serializer=portico_dot_users_dot_v1_dot_users__pb2.GetCurrentUserResponse.SerializeToString,
             ),
             'GetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUser,
@@ -154,6 +188,12 @@ class UserService:
 
     Every RPC is also exposed over REST by the gateway, which derives the route from the
     `google.api.http` option and the documentation from these comments.
+
+    Every RPC needs an access token (`authorization: Bearer <jwt>`, from
+    portico.auth.v1.AuthService): none or a bad one is UNAUTHENTICATED (HTTP 401). A user may
+    read, change and delete only their own account; role `admin` may do anything; who else may
+    call each RPC is its `portico.access.v1.rule` option. Not allowed is PERMISSION_DENIED
+    (HTTP 403).
     """
 
     @staticmethod
@@ -173,6 +213,33 @@ class UserService:
             '/portico.users.v1.UserService/CreateUser',
             portico_dot_users_dot_v1_dot_users__pb2.CreateUserRequest.SerializeToString,
             portico_dot_users_dot_v1_dot_users__pb2.CreateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCurrentUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/portico.users.v1.UserService/GetCurrentUser',
+            portico_dot_users_dot_v1_dot_users__pb2.GetCurrentUserRequest.SerializeToString,
+            portico_dot_users_dot_v1_dot_users__pb2.GetCurrentUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,12 @@ class UserServiceStub:
 
     Every RPC is also exposed over REST by the gateway, which derives the route from the
     `google.api.http` option and the documentation from these comments.
+
+    Every RPC needs an access token (`authorization: Bearer <jwt>`, from
+    portico.auth.v1.AuthService): none or a bad one is UNAUTHENTICATED (HTTP 401). A user may
+    read, change and delete only their own account; role `admin` may do anything; who else may
+    call each RPC is its `portico.access.v1.rule` option. Not allowed is PERMISSION_DENIED
+    (HTTP 403).
     """
 
     @_typing.overload
@@ -39,23 +45,32 @@ class UserServiceStub:
     def __new__(cls, channel: _aio.Channel) -> UserServiceAsyncStub: ...
     CreateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.CreateUserRequest, _users_pb2.CreateUserResponse]
     """Create a user. The email must not belong to another user; emails are compared
-    case-insensitively. Answers ALREADY_EXISTS (HTTP 409) for a taken email.
+    case-insensitively. Answers ALREADY_EXISTS (HTTP 409) for a taken email. Admins only (and
+    the auth service); the user has no password: people sign up through AuthService.SignUp.
+    """
+    GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetCurrentUserRequest, _users_pb2.GetCurrentUserResponse]
+    """Get the caller's own account: the user named by the access token's `sub`. Answers
+    NOT_FOUND (HTTP 404) when that user no longer exists.
     """
     GetUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.GetUserResponse]
-    """Get one user by id. Answers NOT_FOUND (HTTP 404) for an unknown id."""
+    """Get one user by id: yourself, or anyone for admins. Answers NOT_FOUND (HTTP 404) for an
+    unknown id.
+    """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.ListUsersResponse]
     """List users, oldest first, one page at a time. Pass the returned `next_page_token`
     as `page_token` to get the next page; an empty `next_page_token` means the last page.
+    Admins only (and the auth service).
     """
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.UpdateUserRequest, _users_pb2.UpdateUserResponse]
     """Change some fields of a user. Only the fields named in `update_mask` change; over
     REST the fields present in the body form the mask. With an `etag` (REST: `If-Match`)
     the update applies only if the user is still at that version, else FAILED_PRECONDITION
-    (HTTP 412).
+    (HTTP 412). Yourself, or anyone for admins.
     """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]
     """Delete a user. With an `etag` (REST: `If-Match`) the delete applies only if the user
-    is still at that version. Answers NOT_FOUND (HTTP 404) for an unknown id.
+    is still at that version. Answers NOT_FOUND (HTTP 404) for an unknown id. Yourself, or
+    anyone for admins (and the auth service, which undoes a failed sign-up).
     """
 
 @_typing.type_check_only
@@ -64,28 +79,43 @@ class UserServiceAsyncStub(UserServiceStub):
 
     Every RPC is also exposed over REST by the gateway, which derives the route from the
     `google.api.http` option and the documentation from these comments.
+
+    Every RPC needs an access token (`authorization: Bearer <jwt>`, from
+    portico.auth.v1.AuthService): none or a bad one is UNAUTHENTICATED (HTTP 401). A user may
+    read, change and delete only their own account; role `admin` may do anything; who else may
+    call each RPC is its `portico.access.v1.rule` option. Not allowed is PERMISSION_DENIED
+    (HTTP 403).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.CreateUserRequest, _users_pb2.CreateUserResponse]  # type: ignore[assignment]
     """Create a user. The email must not belong to another user; emails are compared
-    case-insensitively. Answers ALREADY_EXISTS (HTTP 409) for a taken email.
+    case-insensitively. Answers ALREADY_EXISTS (HTTP 409) for a taken email. Admins only (and
+    the auth service); the user has no password: people sign up through AuthService.SignUp.
+    """
+    GetCurrentUser: _aio.UnaryUnaryMultiCallable[_users_pb2.GetCurrentUserRequest, _users_pb2.GetCurrentUserResponse]  # type: ignore[assignment]
+    """Get the caller's own account: the user named by the access token's `sub`. Answers
+    NOT_FOUND (HTTP 404) when that user no longer exists.
     """
     GetUser: _aio.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.GetUserResponse]  # type: ignore[assignment]
-    """Get one user by id. Answers NOT_FOUND (HTTP 404) for an unknown id."""
+    """Get one user by id: yourself, or anyone for admins. Answers NOT_FOUND (HTTP 404) for an
+    unknown id.
+    """
     ListUsers: _aio.UnaryUnaryMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.ListUsersResponse]  # type: ignore[assignment]
     """List users, oldest first, one page at a time. Pass the returned `next_page_token`
     as `page_token` to get the next page; an empty `next_page_token` means the last page.
+    Admins only (and the auth service).
     """
     UpdateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.UpdateUserRequest, _users_pb2.UpdateUserResponse]  # type: ignore[assignment]
     """Change some fields of a user. Only the fields named in `update_mask` change; over
     REST the fields present in the body form the mask. With an `etag` (REST: `If-Match`)
     the update applies only if the user is still at that version, else FAILED_PRECONDITION
-    (HTTP 412).
+    (HTTP 412). Yourself, or anyone for admins.
     """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """Delete a user. With an `etag` (REST: `If-Match`) the delete applies only if the user
-    is still at that version. Answers NOT_FOUND (HTTP 404) for an unknown id.
+    is still at that version. Answers NOT_FOUND (HTTP 404) for an unknown id. Yourself, or
+    anyone for admins (and the auth service, which undoes a failed sign-up).
     """
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -93,6 +123,12 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC is also exposed over REST by the gateway, which derives the route from the
     `google.api.http` option and the documentation from these comments.
+
+    Every RPC needs an access token (`authorization: Bearer <jwt>`, from
+    portico.auth.v1.AuthService): none or a bad one is UNAUTHENTICATED (HTTP 401). A user may
+    read, change and delete only their own account; role `admin` may do anything; who else may
+    call each RPC is its `portico.access.v1.rule` option. Not allowed is PERMISSION_DENIED
+    (HTTP 403).
     """
 
     @_abc_1.abstractmethod
@@ -102,7 +138,18 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.CreateUserResponse, _abc.Awaitable[_users_pb2.CreateUserResponse]]:
         """Create a user. The email must not belong to another user; emails are compared
-        case-insensitively. Answers ALREADY_EXISTS (HTTP 409) for a taken email.
+        case-insensitively. Answers ALREADY_EXISTS (HTTP 409) for a taken email. Admins only (and
+        the auth service); the user has no password: people sign up through AuthService.SignUp.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCurrentUser(
+        self,
+        request: _users_pb2.GetCurrentUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.GetCurrentUserResponse, _abc.Awaitable[_users_pb2.GetCurrentUserResponse]]:
+        """Get the caller's own account: the user named by the access token's `sub`. Answers
+        NOT_FOUND (HTTP 404) when that user no longer exists.
         """
 
     @_abc_1.abstractmethod
@@ -111,7 +158,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.GetUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.GetUserResponse, _abc.Awaitable[_users_pb2.GetUserResponse]]:
-        """Get one user by id. Answers NOT_FOUND (HTTP 404) for an unknown id."""
+        """Get one user by id: yourself, or anyone for admins. Answers NOT_FOUND (HTTP 404) for an
+        unknown id.
+        """
 
     @_abc_1.abstractmethod
     def ListUsers(
@@ -121,6 +170,7 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_users_pb2.ListUsersResponse, _abc.Awaitable[_users_pb2.ListUsersResponse]]:
         """List users, oldest first, one page at a time. Pass the returned `next_page_token`
         as `page_token` to get the next page; an empty `next_page_token` means the last page.
+        Admins only (and the auth service).
         """
 
     @_abc_1.abstractmethod
@@ -132,7 +182,7 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         """Change some fields of a user. Only the fields named in `update_mask` change; over
         REST the fields present in the body form the mask. With an `etag` (REST: `If-Match`)
         the update applies only if the user is still at that version, else FAILED_PRECONDITION
-        (HTTP 412).
+        (HTTP 412). Yourself, or anyone for admins.
         """
 
     @_abc_1.abstractmethod
@@ -142,7 +192,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.DeleteUserResponse, _abc.Awaitable[_users_pb2.DeleteUserResponse]]:
         """Delete a user. With an `etag` (REST: `If-Match`) the delete applies only if the user
-        is still at that version. Answers NOT_FOUND (HTTP 404) for an unknown id.
+        is still at that version. Answers NOT_FOUND (HTTP 404) for an unknown id. Yourself, or
+        anyone for admins (and the auth service, which undoes a failed sign-up).
         """
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
