@@ -17,7 +17,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.e2e.conftest import Stack, start_stack
+from tests.e2e.conftest import Stack, admin_token, start_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "services" / "users" / "examples"
@@ -50,6 +50,8 @@ def run_bash(script: str, stack: Stack) -> str:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README examples use curl")
 def test_readme_rest_walkthrough_works_as_printed(stack: Stack) -> None:
     out = run_bash(readme_block("e2e:rest"), stack)
+    assert '401 Bearer realm="portico"' in out  # no token
+    assert '"email":"admin@example.com"' in out  # /v1/users/me
     assert re.search(r"^/v1/users/[0-9a-f-]{36}$", out, re.MULTILINE), out
     assert re.search(r"(?i)^etag: \"", out, re.MULTILINE), out
     assert '"display_name":"Ada King"' in out
@@ -79,6 +81,7 @@ def test_reflection_client_reports_errors_as_status(stack: Stack) -> None:
             "call",
             "portico.users.v1.UserService/GetUser",
             '{"id": "not-a-uuid"}',
+            f"--token={admin_token(stack)}",
         ],
         capture_output=True,
         text=True,
@@ -98,7 +101,9 @@ def test_rest_and_grpc_see_the_same_user(stack: Stack, http: httpx.Client) -> No
         from portico.users.v1 import users_pb2, users_pb2_grpc
 
         reply = users_pb2_grpc.UserServiceStub(channel).GetUser(
-            users_pb2.GetUserRequest(id=user_id), timeout=5
+            users_pb2.GetUserRequest(id=user_id),
+            timeout=5,
+            metadata=(("authorization", http.headers["authorization"]),),
         )
     assert reply.user.email == email
     assert created.headers["etag"] == f'"{reply.user.etag}"'
@@ -134,7 +139,8 @@ def test_stack_stops_cleanly_on_sigterm_and_keeps_data(tmp_path: Path) -> None:
     children = stack.children()
     assert len(children) >= 2
     assert _health(stack.grpc_target) == "SERVING"
-    with httpx.Client(base_url=stack.base_url, timeout=5) as http:
+    admin = {"Authorization": f"Bearer {admin_token(stack)}"}
+    with httpx.Client(base_url=stack.base_url, timeout=5, headers=admin) as http:
         email = f"kept-{uuid.uuid4().hex[:8]}@example.com"
         assert http.post("/v1/users", json={"email": email, "display_name": "K"}).status_code == 201
     assert stack.stop() == 0, "\n".join(stack.output)
@@ -147,7 +153,8 @@ def test_stack_stops_cleanly_on_sigterm_and_keeps_data(tmp_path: Path) -> None:
     again = start_stack(data)  # warm start: same data folder, no initdb, no migrations left
     try:
         assert any("migrations: 0 applied" in line for line in again.output)
-        with httpx.Client(base_url=again.base_url, timeout=5) as http:
+        admin = {"Authorization": f"Bearer {admin_token(again)}"}  # the account was kept
+        with httpx.Client(base_url=again.base_url, timeout=5, headers=admin) as http:
             listed = http.get("/v1/users", params={"page_size": 100}).json()
         assert email in {u["email"] for u in listed["users"]}
     finally:
@@ -164,20 +171,14 @@ def test_launcher_exits_nonzero_when_a_service_dies(tmp_path: Path) -> None:
     gateway.wait(timeout=5)  # stopped by the launcher, not orphaned
 
 
-def test_openapi_contract_holds_under_fuzzing(stack: Stack, tmp_path: Path) -> None:
-    """schemathesis against the live stack: no 5xx, responses match the documented schemas.
-
-    ``positive_data_acceptance`` is left out: some schema-valid requests are refused by design
-    (an opaque ``page_token`` the server never issued, a random ``If-Match``), which no JSON
-    Schema can express. Bounded: 40 cases per operation, fixed seed.
-    """
-    schemathesis = Path(sys.executable).with_name("schemathesis")
+def schemathesis(stack: Stack, cwd: Path, *options: str, examples: int) -> str:
+    """Run schemathesis on the live stack's OpenAPI document; its output when it passes."""
     result = subprocess.run(
         [
-            str(schemathesis),
+            str(Path(sys.executable).with_name("schemathesis")),
             "run",
             f"{stack.base_url}/openapi.json",
-            "--max-examples=40",
+            f"--max-examples={examples}",
             "--seed=1",
             "--workers=1",
             "--checks=all",
@@ -185,14 +186,40 @@ def test_openapi_contract_holds_under_fuzzing(stack: Stack, tmp_path: Path) -> N
             "--generation-database=none",
             "--phases=examples,coverage,fuzzing",
             "--request-timeout=10",
+            *options,
         ],
         capture_output=True,
         text=True,
-        timeout=240,
-        cwd=tmp_path,
+        timeout=300,
+        cwd=cwd,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def test_openapi_contract_holds_under_fuzzing(stack: Stack, tmp_path: Path) -> None:
+    """schemathesis against the live stack, as an admin: no 5xx, responses match the schemas.
+
+    ``positive_data_acceptance`` is left out: some schema-valid requests are refused by design
+    (an opaque ``page_token`` the server never issued, a random ``If-Match``), which no JSON
+    Schema can express. Bounded: 40 cases per operation, fixed seed. Logout is fuzzed in a run
+    of its own without the token (with it, a generated logout would end the admin's session and
+    leave the rest of the run at 401). Then a short anonymous run: every protected operation
+    must answer its documented 401.
+    """
+    token = admin_token(stack)
+    schemathesis(
+        stack,
+        tmp_path,
+        f"--header=Authorization: Bearer {token}",
+        "--exclude-path=/v1/auth/logout",
+        examples=40,
+    )
+    # The authenticated run got past authorization (the access log names route and status):
+    assert any("GET /v1/users/me 200" in line for line in stack.output), stack.output[-20:]
+    schemathesis(stack, tmp_path, "--include-path=/v1/auth/logout", examples=20)
+    schemathesis(stack, tmp_path, "--exclude-path=/v1/auth/logout", examples=5)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README examples use curl")
@@ -202,4 +229,6 @@ def test_readme_auth_walkthrough_works_as_printed(stack: Stack) -> None:
     assert '"token_type":"Bearer"' in out
     assert re.search(r"^204$", out, re.MULTILINE), out
     assert '"status":401' in out  # the spent refresh token no longer works
+    assert '"status":403' in out  # someone else's account
+    assert "after logout: 401" in out  # the access token died with the session
     assert '"kty":"OKP"' in out

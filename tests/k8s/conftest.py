@@ -61,3 +61,21 @@ def of_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
 def one(docs: list[Manifest], kind: str, name: str) -> Manifest:
     (doc,) = (d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
     return doc
+
+
+@pytest.fixture(params=OVERLAYS)
+def docs(request: pytest.FixtureRequest, rendered: dict[str, list[Manifest]]) -> list[Manifest]:
+    """One overlay's documents (a test taking ``docs`` runs once per overlay)."""
+    result: list[Manifest] = rendered[request.param]
+    return result
+
+
+def pod_template(workload: Manifest) -> Any:
+    return workload["spec"]["template"]["spec"]
+
+
+def config_of(docs: list[Manifest], deployment: Manifest) -> dict[str, str]:
+    """The ConfigMap the Deployment's first container loads with envFrom."""
+    (ref,) = pod_template(deployment)["containers"][0]["envFrom"]
+    data: dict[str, str] = one(docs, "ConfigMap", ref["configMapRef"]["name"])["data"]
+    return data

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import re
 import subprocess
-from typing import Any
 
-import pytest
-
-from tests.k8s.conftest import OVERLAYS, ROOT, TOOLS_PYTHON, Manifest, of_kind, one, yaml_to_json
+from tests.k8s.conftest import (
+    ROOT,
+    TOOLS_PYTHON,
+    Manifest,
+    config_of,
+    of_kind,
+    one,
+    pod_template,
+    yaml_to_json,
+)
 
 #: The process and the setting that holds its listening port.
 PORT_SETTINGS = {"gateway": "GATEWAY_PORT", "users": "USERS_GRPC_PORT", "auth": "AUTH_GRPC_PORT"}
@@ -18,23 +24,6 @@ SHUTDOWN_S = 1 + 10
 TMP = "/tmp"  # noqa: S108
 #: Images not built here (pinned upstream images).
 THIRD_PARTY = re.compile(r"^(valkey/valkey|oliver006/redis_exporter):[\w.-]+$")
-
-
-def pod_template(workload: Manifest) -> Any:
-    return workload["spec"]["template"]["spec"]
-
-
-def config_of(docs: list[Manifest], deployment: Manifest) -> dict[str, str]:
-    """The ConfigMap the Deployment's first container loads with envFrom."""
-    (ref,) = pod_template(deployment)["containers"][0]["envFrom"]
-    data: dict[str, str] = one(docs, "ConfigMap", ref["configMapRef"]["name"])["data"]
-    return data
-
-
-@pytest.fixture(params=OVERLAYS)
-def docs(request: pytest.FixtureRequest, rendered: dict[str, list[Manifest]]) -> list[Manifest]:
-    result: list[Manifest] = rendered[request.param]
-    return result
 
 
 def test_every_overlay_renders_every_component(docs: list[Manifest]) -> None:
@@ -78,6 +67,9 @@ def test_upstream_targets_point_at_services(docs: list[Manifest]) -> None:
     assert gateway["GATEWAY_USERS_TARGET"] == f"users:{ports['users']}"
     assert gateway["GATEWAY_AUTH_TARGET"] == f"auth:{ports['auth']}"
     assert auth["AUTH_USERS_TARGET"] == f"users:{ports['users']}"
+    # users fetches the JWKS (token signing keys) from auth's gRPC port.
+    users = config_of(docs, one(docs, "Deployment", "users"))
+    assert users["USERS_AUTH_TARGET"] == f"auth:{ports['auth']}"
     assert auth["AUTH_ENVIRONMENT"] == "production"
     for app, host in (("gateway", "GATEWAY_HOST"), ("users", "USERS_GRPC_HOST")):
         assert config_of(docs, one(docs, "Deployment", app))[host] == "0.0.0.0"

@@ -159,12 +159,18 @@ def upstream_problem(request: Request, error: grpc.aio.AioRpcError, *, retry_aft
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
+    """The methods routed at this path; a literal path (``/v1/users/me``) hides variable ones."""
+    matching: list[Any] = []
     for route in request.app.router.routes:
         match, _ = route.matches({**request.scope, "method": "GET"})
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods |= set(route_methods)
+        if match != Match.NONE and getattr(route, "methods", None):
+            matching.append(route)
+    literal = [r for r in matching if getattr(r, "path", None) == request.url.path]
+    served = [r for r in (literal or matching) if getattr(r, "endpoint", None) is not None]
+    methods: set[str] = set()
+    for route in served:
+        if getattr(route, "name", "") != "portico.method-not-allowed":  # not a 405 shim
+            methods |= set(route.methods)
     return sorted(methods)
 
 

@@ -246,3 +246,14 @@ async def test_caller_token_and_address_are_forwarded(
     seen = upstream.servicer.seen_metadata[-1]
     assert seen["authorization"] == ADMIN["Authorization"]  # the services check it again
     assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+
+
+async def test_a_literal_path_is_not_served_by_a_variable_route(http: httpx.AsyncClient) -> None:
+    """``/v1/users/me`` (GetCurrentUser) is GET only: PATCH there is 405, not UpdateUser("me")."""
+    assert (await http.get("/v1/users/me")).json()["id"] == "me"
+    for method in ("PATCH", "DELETE"):
+        response = await http.request(method, "/v1/users/me", json={"display_name": "x"})
+        _is_problem(response, 405)
+        assert response.headers["allow"] == "GET"
+    response = await http.put("/v1/users/42", json={})
+    assert response.headers["allow"] == "DELETE, GET, PATCH"  # variable routes unaffected

@@ -36,6 +36,8 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from portico_common.access import rule_of
 from portico_gateway.auth import enforce, enforce_authenticated
@@ -260,6 +262,28 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
     return transcode
 
 
+METHOD_NOT_ALLOWED = "portico.method-not-allowed"  # route name of the 405 shims
+
+
+async def _method_not_allowed() -> Response:
+    raise StarletteHTTPException(405)
+
+
+def _shadowed_verbs(bindings: Sequence[Binding]) -> dict[str, set[str]]:
+    """Literal route path → verbs that only a variable route would serve there."""
+    served: dict[str, set[str]] = {}
+    for binding in bindings:
+        served.setdefault(binding.template.route_path, set()).add(binding.verb.upper())
+    shadowed: dict[str, set[str]] = {}
+    for path, verbs in served.items():
+        if "{" in path:
+            continue
+        for other, other_verbs in served.items():
+            if other != path and "{" in other and compile_path(other)[0].match(path):
+                shadowed.setdefault(path, set()).update(other_verbs - verbs)
+    return {path: verbs for path, verbs in shadowed.items() if verbs}
+
+
 def _specificity(binding: Binding) -> tuple[int, ...]:
     return tuple(int(part.startswith("{")) for part in binding.template.route_path.split("/"))
 
@@ -268,9 +292,20 @@ def add_routes(app: FastAPI, bindings: list[Binding], components: dict[str, Any]
     """Register ``bindings`` on ``app``; their schemas go into ``components``.
 
     Literal segments are registered before variables in the same place, so ``/v1/users/me``
-    is matched before ``/v1/users/{id}`` whatever the order of the RPCs in the proto.
+    is matched before ``/v1/users/{id}`` whatever the order of the RPCs in the proto; and a verb
+    the literal path does not serve (``PATCH /v1/users/me``) is 405 there, not a call of the
+    variable route with ``id = "me"``.
     """
-    for binding in sorted(bindings, key=_specificity):
+    ordered = sorted(bindings, key=_specificity)
+    for path, verbs in _shadowed_verbs(ordered).items():
+        app.add_api_route(
+            path,
+            _method_not_allowed,
+            methods=sorted(verbs),
+            include_in_schema=False,
+            name=METHOD_NOT_ALLOWED,
+        )
+    for binding in ordered:
         service = binding.method.containing_service
         operation = openapi.operation(binding, components)
         app.add_api_route(

@@ -1,0 +1,280 @@
+"""The rendered settings against the apps: real settings only, valid values, reachable upstreams.
+
+Each app's environment is rebuilt the way the kubelet builds it (``envFrom`` ConfigMap, then
+``env`` in order, ``$(NAME)`` expanded, Secret values replaced by placeholders) and read by the
+app's own settings class, so a misspelt name (silently ignored: ``extra="ignore"``), a value the
+app refuses, or an upstream the NetworkPolicies block fails here rather than in a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import pytest
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings
+
+from portico_auth.config import AuthSettings
+from portico_common.config import TelemetrySettings
+from portico_gateway.config import GatewaySettings
+from portico_migrations.config import MigrateSettings
+from portico_users.config import UsersSettings
+from tests.k8s.conftest import Manifest, of_kind, one, pod_template
+
+#: The settings class of each workload (OTEL_* is read by every one of them too).
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "gateway": GatewaySettings,
+    "users": UsersSettings,
+    "auth": AuthSettings,
+    "migrations": MigrateSettings,
+}
+#: Overlays with NetworkPolicies (default deny).
+POLICED = ("staging", "prod")
+#: Connections that must be allowed (source, Service), besides whatever the settings name.
+REQUIRED_EDGES = {("users", "auth"), ("gateway", "valkey")}
+_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def env_names(settings: type[BaseSettings]) -> set[str]:
+    """Every environment variable a settings class reads (nested groups joined with ``__``)."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    names: set[str] = set()
+
+    def walk(model: type[BaseModel], path: str) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{path}{name.upper()}__")
+            elif info.validation_alias is not None:
+                names.update(str(c) for c in info.validation_alias.choices)  # type: ignore[union-attr]
+            else:
+                names.add(f"{path}{name.upper()}")
+
+    walk(settings, prefix)
+    return names
+
+
+def container_env(docs: list[Manifest], workload: Manifest) -> tuple[dict[str, str], set[str]]:
+    """The first container's environment as the kubelet builds it, and the names only used inside
+    other values (``VALKEY_PASSWORD`` in ``redis://:$(VALKEY_PASSWORD)@…``)."""
+    container = pod_template(workload)["containers"][0]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    referenced: set[str] = set()
+    for var in container.get("env", []):
+        if "value" in var:
+            value: str = var["value"]
+            for ref in _REF.findall(value):
+                assert ref in env, f"{workload['metadata']['name']}: $({ref}) is not defined before"
+                referenced.add(ref)
+            env[var["name"]] = _REF.sub(lambda m: env[m.group(1)], value)
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            # URL-safe, like the real ones (hex passwords; CNPG's uri is a full DSN).
+            env[var["name"]] = (
+                "postgresql://portico:secret@postgres-rw:5432/portico"
+                if ref["key"] == "uri"
+                else f"secret-{ref['name']}-{ref['key']}"
+            )
+    return env, referenced
+
+
+def app_settings(
+    docs: list[Manifest], name: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[BaseSettings, dict[str, str]]:
+    """The workload's settings object, read from its rendered environment."""
+    workload = next(
+        w
+        for w in [*of_kind(docs, "Deployment"), *of_kind(docs, "Job")]
+        if w["metadata"]["name"] == name
+    )
+    env, _ = container_env(docs, workload)
+    with monkeypatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return SETTINGS[name](), env
+
+
+def test_every_variable_is_a_setting_of_its_app(docs: list[Manifest]) -> None:
+    telemetry = env_names(TelemetrySettings)
+    for workload in [*of_kind(docs, "Deployment"), *of_kind(docs, "Job")]:
+        name = workload["metadata"]["name"]
+        env, referenced = container_env(docs, workload)
+        unknown = set(env) - env_names(SETTINGS[name]) - telemetry - referenced
+        assert not unknown, f"{name} sets variables no setting reads: {sorted(unknown)}"
+
+
+def test_every_app_accepts_its_settings(
+    docs: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in SETTINGS:
+        app_settings(docs, name, monkeypatch)  # raises ValidationError on a refused value
+
+
+def test_token_checks_agree_with_the_issuer(
+    docs: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth, _ = app_settings(docs, "auth", monkeypatch)
+    assert isinstance(auth, AuthSettings)
+    for name in ("gateway", "users"):
+        verifier, _ = app_settings(docs, name, monkeypatch)
+        assert isinstance(verifier, GatewaySettings | UsersSettings)
+        assert (verifier.token_issuer, verifier.token_audience) == (auth.issuer, auth.audience)
+        assert verifier.session_key_prefix == auth.valkey.key_prefix, name
+
+
+def test_browser_facing_settings(
+    rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for overlay, docs in rendered.items():
+        gateway, _ = app_settings(docs, "gateway", monkeypatch)
+        assert isinstance(gateway, GatewaySettings)
+        # dev opens /docs; everywhere else they need an admin token.
+        assert gateway.environment == ("dev" if overlay == "dev" else "production"), overlay
+        assert all(o.startswith("https://") for o in gateway.cors_allow_origins), overlay
+    prod, _ = app_settings(rendered["prod"], "gateway", monkeypatch)
+    assert isinstance(prod, GatewaySettings)
+    assert prod.hsts_max_age_s >= 31_536_000
+
+
+def _selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a label set."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_allows(peer: Manifest, labels: dict[str, str], namespace: str) -> bool:
+    """A ``from``/``to`` peer against a pod of the policy's own namespace (ipBlock never
+    matches: pod addresses are not known in advance)."""
+    if "ipBlock" in peer:
+        return False
+    if "namespaceSelector" in peer:
+        ns_labels = {"kubernetes.io/metadata.name": namespace}
+        if not _selects(peer["namespaceSelector"], ns_labels):
+            return False
+    return _selects(peer.get("podSelector", {}), labels)
+
+
+def _port_allows(ports: list[Manifest] | None, number: int, name: str) -> bool:
+    if not ports:
+        return True
+    for port in ports:
+        if port.get("protocol", "TCP") != "TCP":
+            continue
+        if "port" not in port or port["port"] in (number, name):
+            return True
+        if isinstance(port["port"], int) and port["port"] <= number <= port.get("endPort", -1):
+            return True
+    return False
+
+
+def allows(
+    docs: list[Manifest],
+    direction: str,
+    pod: dict[str, str],
+    peer: dict[str, str],
+    port: tuple[int, str],
+) -> bool:
+    """Whether the NetworkPolicies let ``pod`` send to (Egress) / receive from (Ingress) ``peer``
+    on the pod port ``(number, name)`` of the receiving side (NetworkPolicy semantics: a pod no
+    policy selects for a direction is open in it; else the union of the rules applies)."""
+    key = "to" if direction == "Egress" else "from"
+    isolating = []
+    for policy in of_kind(docs, "NetworkPolicy"):
+        spec = policy["spec"]
+        types = spec.get("policyTypes") or ["Ingress", *(["Egress"] if "egress" in spec else [])]
+        if direction in types and _selects(spec["podSelector"], pod):
+            isolating.append(policy)
+    if not isolating:
+        return True
+    for policy in isolating:
+        namespace = policy["metadata"].get("namespace", "default")
+        for rule in policy["spec"].get(direction.lower(), []):
+            peers = rule.get(key)
+            if (not peers or any(_peer_allows(p, peer, namespace) for p in peers)) and _port_allows(
+                rule.get("ports"), *port
+            ):
+                return True
+    return False
+
+
+def _pod_labels(workload: Manifest) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _backend(docs: list[Manifest], service_name: str, port: int) -> tuple[Manifest, int, str]:
+    """The workload behind ``service_name:port`` and the container port (number, name) it hits."""
+    service = one(docs, "Service", service_name)
+    matching = [p for p in service["spec"]["ports"] if p["port"] == port]
+    assert len(matching) == 1, f"Service {service_name} has no port {port}"
+    service_port = matching[0]
+    (workload,) = (
+        w
+        for w in [*of_kind(docs, "Deployment"), *of_kind(docs, "StatefulSet")]
+        if _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(w))
+    )
+    target = service_port.get("targetPort", port)
+    for container in pod_template(workload)["containers"]:
+        for cport in container.get("ports", []):
+            if target in (cport["containerPort"], cport.get("name")):
+                return workload, cport["containerPort"], cport.get("name", "")
+    raise AssertionError(f"{service_name}:{port}: no container port {target!r}")
+
+
+def upstreams(docs: list[Manifest]) -> list[tuple[Manifest, str, int]]:
+    """Every (workload, Service, port) an app's ``*_TARGET`` / ``*_URL`` setting points at."""
+    services = {s["metadata"]["name"] for s in of_kind(docs, "Service")}
+    found = []
+    for workload in of_kind(docs, "Deployment"):
+        env, _ = container_env(docs, workload)
+        for name, value in env.items():
+            if not name.endswith(("_TARGET", "_URL")):
+                continue
+            parts = urlsplit(value if "://" in value else f"grpc://{value}")
+            host = parts.hostname or ""
+            if host in services and parts.port:
+                found.append((workload, host, parts.port))
+    return found
+
+
+@pytest.mark.parametrize("overlay", POLICED)
+def test_network_policies_allow_every_configured_upstream(
+    overlay: str, rendered: dict[str, list[Manifest]]
+) -> None:
+    docs = rendered[overlay]
+    edges = upstreams(docs)
+    assert {(w["metadata"]["name"], s) for w, s, _ in edges} >= REQUIRED_EDGES
+    for source, service, port in edges:
+        target, number, name = _backend(docs, service, port)
+        src, dst = _pod_labels(source), _pod_labels(target)
+        edge = f"{source['metadata']['name']} -> {service}:{port}"
+        assert allows(docs, "Egress", src, dst, (number, name)), f"{overlay}: egress {edge}"
+        assert allows(docs, "Ingress", dst, src, (number, name)), f"{overlay}: ingress {edge}"
+
+
+def test_policy_check_refuses_what_default_deny_blocks(rendered: dict[str, list[Manifest]]) -> None:
+    """The evaluator above is not vacuous: gateway -> PostgreSQL stays closed, and a peer no
+    allow rule names is refused."""
+    docs = rendered["prod"]
+    gateway = _pod_labels(one(docs, "Deployment", "gateway"))
+    postgres = {"cnpg.io/cluster": "postgres"}
+    assert not allows(docs, "Egress", gateway, postgres, (5432, "postgresql"))
+    assert not allows(docs, "Ingress", postgres, gateway, (5432, "postgresql"))
+    _, number, name = _backend(docs, "auth", 50052)
+    stranger = {"app.kubernetes.io/name": "stranger"}
+    auth = _pod_labels(one(docs, "Deployment", "auth"))
+    assert not allows(docs, "Ingress", auth, stranger, (number, name))
