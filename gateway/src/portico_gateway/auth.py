@@ -62,7 +62,9 @@ class AuthenticationMiddleware:
             state["principal"] = state["auth_problem"] = None  # this request's verdict only
             authorization = Headers(scope=scope).get("authorization")
             verifier: TokenVerifier | None = state.get("verifier")
-            if authorization is not None and verifier is not None:
+            # Other schemes (Basic …) are no bearer credentials at all: RFC 6750 section 3.1
+            # then wants a bare challenge, without an error code.
+            if bearer_token(authorization) is not None and verifier is not None:
                 try:
                     state["principal"] = await authenticate(verifier, authorization)
                 except (Unauthenticated, SessionCheckUnavailable) as exc:

@@ -22,7 +22,9 @@ OAUTH2_PASSWORD: dict[str, Any] = {
         " `grant_type=password&username=<email>&password=<password>` to `/v1/auth/token`, then"
         " send `Authorization: Bearer <access_token>`."
     ),
-    "flows": {"password": {"tokenUrl": "/v1/auth/token", "refreshUrl": "/v1/auth/refresh"}},
+    "flows": {
+        "password": {"tokenUrl": "/v1/auth/token", "refreshUrl": "/v1/auth/refresh", "scopes": {}}
+    },
 }
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",

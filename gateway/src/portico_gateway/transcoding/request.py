@@ -188,7 +188,11 @@ def read_body(raw: bytes, content_type: str | None, *, form_ok: bool) -> Any:
 
     A form (``application/x-www-form-urlencoded``, as RFC 6749 requires for the token endpoint)
     becomes an object of strings; a field given twice becomes a list. Other media types: 415.
+    Where the whole message is the body (``form_ok``), no body at all is the empty message, as
+    in grpc-gateway (``POST /v1/auth/logout`` with just a bearer token).
     """
+    if form_ok and not raw:
+        return {}
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if form_ok and media_type == FORM:
         try:

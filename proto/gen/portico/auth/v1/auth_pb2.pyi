@@ -90,6 +90,8 @@ class IssueTokenRequest(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
     grant_type: _builtins.str
     """Must be "password"."""
     username: _builtins.str
@@ -100,6 +102,12 @@ class IssueTokenRequest(_message.Message):
     """Requested scope (space-separated). Accepted and ignored: Portico authorizes by the
     `roles` claim, not by OAuth scopes.
     """
+    client_id: _builtins.str
+    """OAuth2 client id (RFC 6749 section 2.3.1), as tools like Swagger UI may send it. Accepted
+    and ignored: Portico's clients are public clients without credentials of their own.
+    """
+    client_secret: _builtins.str
+    """OAuth2 client secret (RFC 6749 section 2.3.1). Accepted and ignored, like `client_id`."""
     def __init__(
         self,
         *,
@@ -107,10 +115,12 @@ class IssueTokenRequest(_message.Message):
         username: _builtins.str = ...,
         password: _builtins.str = ...,
         scope: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        client_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_type", b"grant_type", "password", b"password", "scope", b"scope", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "password", b"password", "scope", b"scope", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -161,16 +171,34 @@ class RefreshTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    GRANT_TYPE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
     """The refresh token of the last IssueToken or RefreshToken response."""
+    grant_type: _builtins.str
+    """"refresh_token" when sent as an OAuth2 refresh request (RFC 6749 section 6, form fields);
+    may be left out.
+    """
+    scope: _builtins.str
+    """Requested scope (RFC 6749 section 6). Accepted and ignored, as in IssueTokenRequest."""
+    client_id: _builtins.str
+    """OAuth2 client id. Accepted and ignored, as in IssueTokenRequest."""
+    client_secret: _builtins.str
+    """OAuth2 client secret. Accepted and ignored, as in IssueTokenRequest."""
     def __init__(
         self,
         *,
         refresh_token: _builtins.str = ...,
+        grant_type: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        client_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token", b"refresh_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "refresh_token", b"refresh_token", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
