@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,  # the gateway logs one access line per request itself
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),  # uvicorn takes an int
         server_header=False,
+        # The client address behind a trusted proxy (ingress, Istio sidecar at 127.0.0.6): what
+        # per-address rate limits and login throttling key on.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     _Server(config).run()
 

@@ -90,6 +90,14 @@ class GatewaySettings(BaseSettings):
         default_factory=list,
         description="Exact origins allowed by CORS (JSON list or comma-separated); empty: no CORS.",
     )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description=(
+            "Comma-separated proxy addresses (or CIDRs) whose X-Forwarded-For is believed for the"
+            " client address (rate limits, login throttling); set it to the ingress or mesh"
+            " proxy's, never '*'."
+        ),
+    )
     rpc_timeout_s: float = Field(
         default=5.0, gt=0, description="Deadline of each upstream call (a client may shorten it)."
     )
