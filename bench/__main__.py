@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, wrk
+from bench import report, token_verification, wrk
 from bench.cases import CASES
-from bench.harness import DATA, REPO, Bench, Options, say, stdout_to, utc_stamp
+from bench.harness import DATA, REPO, STACK_ENV, Bench, Options, need, say, stdout_to, utc_stamp
 
 QUICK = Options(
     duration_s=1.0,
@@ -23,6 +23,7 @@ QUICK = Options(
     miss_pool=1_500,
     patch_pool=128,
     startup_repeats=1,
+    token_samples=1_000,
     quick=True,
 )
 
@@ -80,6 +81,7 @@ async def _measure(options: Options, *, make_run: bool) -> dict[str, Any]:
         stdout_to(log),
     ):
         bench = Bench(options, log, Path(tmp))
+        token_cost: dict[str, float] = {}
         try:
             say(f"starting the stack (logs: {log_path.relative_to(REPO)})")
             await bench.start_stack()
@@ -89,6 +91,9 @@ async def _measure(options: Options, *, make_run: bool) -> dict[str, Any]:
             await bench.measure_process_startup()
             await asyncio.sleep(1)
             bench.rss["idle"] = bench.watched.rss_mb()
+            say("timing TokenVerifier.verify against the stack's Valkey")
+            valkey = need(need(bench.stack, "the stack").valkey, "embedded Valkey")
+            token_cost = await token_verification.measure(valkey.url, options.token_samples)
             await bench.run_cases()
             bench.rss["after_load"] = bench.watched.rss_mb()
         finally:
@@ -104,6 +109,10 @@ async def _measure(options: Options, *, make_run: bool) -> dict[str, Any]:
         "options": _fields(options) | {"concurrency": list(options.concurrency)},
         "wall_s": time.perf_counter() - started,
         "checks": bench.checks,
+        "failures": bench.failures,
+        "stack_env": STACK_ENV,
+        "token_verification": token_cost,
+        "logins": need(bench.tokens, "the tokens").logins_done,
         "summary": rows,
         "ratios": report.ratios(rows, options.concurrency),
         "targets": report.targets(rows, bench.startup, bench.rss),
@@ -124,11 +133,13 @@ def render(result: dict[str, Any]) -> str:
             f"{result['timestamp']}; {o['duration_s']:g} s cells, median of {o['rounds']} "
             "interleaved round(s)",
             report.table(result["summary"]),
+            report.auth_lines(result),
             "Ratios (full path ÷ baseline):",
             report.ratio_lines(result["ratios"]),
             report.startup_lines(result["startup"], result["rss_mb"]),
             report.target_lines(result["targets"]),
             f"checks: {result['checks']}",
+            report.failure_lines(result["failures"]),
         ]
     )
 
@@ -143,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(render(result))
     print(f"wrote {path} in {result['wall_s']:.0f} s")
+    if result["failures"]:
+        say(f"{len(result['failures'])} cell(s) FAILED: see the report above")
+        return 1
     return 0
 
 

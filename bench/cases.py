@@ -4,12 +4,19 @@ Adding a variant (say, the gateway with tracing on, once observability lands) is
 ``Variant`` entry in a case, plus, if it needs its own process, one entry in
 ``bench.harness.SERVERS``. ``server`` names the process that receives the load (``users`` means
 direct gRPC, driven by :mod:`bench.grpc_load`; the others are HTTP, driven by wrk).
+
+Every request carries an access token (``Authorization: Bearer``, gRPC ``authorization``
+metadata) of the case's ``caller`` (:mod:`bench.tokens`): the owner reading their own account in
+the cached GET, the dev admin elsewhere. ``TOKEN_CHECKS`` says how many times each server's path
+verifies it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from bench.tokens import Caller
 
 Fixture = Literal["cached_id", "miss_ids", "patch_pool", "tag"]
 Hook = Literal["warm_cached", "flush_cache", "refresh_etags"]
@@ -23,7 +30,17 @@ PATHS: dict[str, tuple[str, ...]] = {
     "gateway": ("gateway", "users", "valkey", "postgres"),
     "users": ("users", "valkey", "postgres"),
     "monolith": ("monolith", "valkey"),
+    "monolith_verify": ("monolith_verify", "valkey"),
     "floor": ("floor",),
+}
+
+#: How many times a request to each server has its access token verified on the way.
+TOKEN_CHECKS: dict[str, int] = {
+    "gateway": 2,  # the gateway, then the users service (each service checks it again)
+    "users": 1,
+    "monolith_verify": 1,
+    "monolith": 0,
+    "floor": 0,
 }
 
 
@@ -40,12 +57,18 @@ class Variant:
     def processes(self) -> tuple[str, ...]:
         return PATHS[self.server]
 
+    @property
+    def token_checks(self) -> int:
+        return TOKEN_CHECKS[self.server]
+
 
 @dataclass(frozen=True, slots=True)
 class Case:
     name: str
     title: str
     variants: tuple[Variant, ...]
+    #: Whose access token every request of the case carries.
+    caller: Caller = "admin"
     before_cell: Hook | None = None
     #: Count the Valkey entries a cell fills (after an emptied cache: its cache misses).
     count_fills: bool = False
@@ -54,18 +77,20 @@ class Case:
 CASES: tuple[Case, ...] = (
     Case(
         "get_cached",
-        "GET /v1/users/{id}, served from the Valkey cache",
+        "GET /v1/users/{id} by its owner, served from the Valkey cache",
         (
             Variant("gateway", "gateway", path="/v1/users/{user}"),
             Variant("grpc", "users", grpc_op="get", fixture="cached_id"),
+            Variant("mono+verify", "monolith_verify", path="/v1/users/{user}"),
             Variant("monolith", "monolith", path="/v1/users/{user}"),
             Variant("floor", "floor", path="/v1/users/{user}"),
         ),
+        caller="owner",
         before_cell="warm_cached",
     ),
     Case(
         "get_miss",
-        "GET /v1/users/{id}, cache miss: read from PostgreSQL, then fill Valkey",
+        "GET /v1/users/{id} by the admin, cache miss: read from PostgreSQL, then fill Valkey",
         (
             Variant("gateway", "gateway", script="get_each.lua", fixture="miss_ids"),
             Variant("grpc", "users", grpc_op="get", fixture="miss_ids"),

@@ -9,6 +9,10 @@ its CPU per request is reported next to the servers'.
 Operations: ``get`` (GetUser of the ids in ``--ids``, in turn), ``list`` (ListUsers, 20 per
 page), ``create`` (CreateUser with unique emails), ``patch`` (UpdateUser with the etag of the
 user's latest version; ``--ids`` lines are ``<id> <etag>``).
+
+Every call carries ``authorization: Bearer <token>`` metadata, the token read from the
+environment variable :data:`TOKEN_VARIABLE` (kept out of the command line); without it the calls
+go unauthenticated, and the users service refuses them (counted as UNAUTHENTICATED errors).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub
 
 Call = Callable[[], Awaitable[None]]
+Metadata = tuple[tuple[str, str], ...]
+
+TOKEN_VARIABLE = "BENCH_ACCESS_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -43,19 +51,23 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank]
 
 
-def _operation(stub: UserServiceAsyncStub, op: str, ids_file: Path | None, tag: str) -> Call:
+def _operation(
+    stub: UserServiceAsyncStub, op: str, ids_file: Path | None, tag: str, metadata: Metadata
+) -> Call:
     lines = ids_file.read_text().split() if ids_file is not None else []
     if op == "get":
         ids = itertools.cycle(lines)
 
         async def get() -> None:
-            await stub.GetUser(users_pb2.GetUserRequest(id=next(ids)), timeout=5)
+            request = users_pb2.GetUserRequest(id=next(ids))
+            await stub.GetUser(request, timeout=5, metadata=metadata)
 
         return get
     if op == "list":
 
         async def list_page() -> None:
-            await stub.ListUsers(users_pb2.ListUsersRequest(page_size=20), timeout=5)
+            request = users_pb2.ListUsersRequest(page_size=20)
+            await stub.ListUsers(request, timeout=5, metadata=metadata)
 
         return list_page
     if op == "create":
@@ -66,7 +78,7 @@ def _operation(stub: UserServiceAsyncStub, op: str, ids_file: Path | None, tag: 
             request = users_pb2.CreateUserRequest(
                 email=f"bench-{tag}-{n}@example.com", display_name=f"Bench User {n}"
             )
-            await stub.CreateUser(request, timeout=5)
+            await stub.CreateUser(request, timeout=5, metadata=metadata)
 
         return create
     if op == "patch":
@@ -87,7 +99,7 @@ def _operation(stub: UserServiceAsyncStub, op: str, ids_file: Path | None, tag: 
                 etag=etags[user_id],
             )
             try:
-                reply = await stub.UpdateUser(request, timeout=5)
+                reply = await stub.UpdateUser(request, timeout=5, metadata=metadata)
             finally:
                 busy.discard(user_id)
             etags[user_id] = reply.user.etag
@@ -97,12 +109,21 @@ def _operation(stub: UserServiceAsyncStub, op: str, ids_file: Path | None, tag: 
 
 
 async def drive(
-    target: str, op: str, *, concurrency: int, duration_s: float, ids_file: Path | None, tag: str
+    target: str,
+    op: str,
+    *,
+    concurrency: int,
+    duration_s: float,
+    ids_file: Path | None,
+    tag: str,
+    token: str | None,
 ) -> dict[str, object]:
     """Run the closed loop and return the summary."""
+    metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), 5)
-        call = _operation(users_pb2_grpc.UserServiceStub(channel), op, ids_file, tag)
+        stub = users_pb2_grpc.UserServiceStub(channel)
+        call = _operation(stub, op, ids_file, tag, metadata)
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         deadline = 0.0
@@ -153,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             duration_s=args.duration,
             ids_file=args.ids,
             tag=args.tag,
+            token=os.environ.get(TOKEN_VARIABLE),
         )
     )
     sys.stdout.write(json.dumps(result) + "\n")

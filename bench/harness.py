@@ -3,6 +3,13 @@
 Everything listens on 127.0.0.1 on free ports, so a ``make run`` stack on the default ports can
 keep running. The stack's own data folder (``.data/bench/``) is emptied at the start of each run,
 so every run measures the same number of rows. Only processes started here are stopped, by pid.
+
+The stack runs with the gateway's rate limits and the auth service's login throttle off
+(:data:`STACK_ENV`, as the e2e tier runs it): they are a per-client policy, and every request
+here comes from one address and two users, so they would answer 429 at once; the benchmark
+measures the cost of serving requests, not a client's quota. Every request carries a valid
+access token (:mod:`bench.tokens`), and a cell with any error (an HTTP status of 400 or more, a
+gRPC error, a socket error or timeout) is marked failed, said loudly, and fails the run.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from valkey.asyncio import Valkey
 from bench import startup, wrk
 from bench.baselines import DEFAULT_KEY_PREFIX
 from bench.cases import CASES, Case, Variant
+from bench.grpc_load import TOKEN_VARIABLE
 from bench.procstats import Watched, cpu_us_per_request
+from bench.tokens import Caller, Tokens
 from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_devstack.config import DevSettings
 from portico_devstack.launcher import Stack
@@ -43,12 +52,21 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / ".data" / "bench"
 STARTUP_DATA = REPO / ".data" / "bench-startup"
 
-#: Launcher children timed from exec to ready as copies on a free port: port variable, probe
-#: kind, extra environment (no shutdown delay: the copies are stopped at once).
-COPIES: dict[str, tuple[str, str, dict[str, str]]] = {
-    "users": ("USERS_GRPC_PORT", "grpc", {"USERS_SHUTDOWN_DELAY_S": "0"}),
-    "auth": ("AUTH_GRPC_PORT", "grpc", {"AUTH_SHUTDOWN_DELAY_S": "0"}),
-    "gateway": ("GATEWAY_PORT", "http", {}),
+#: Set in the environment the launcher gives the stack's services (tests/e2e/conftest.py sets the
+#: same): rate limits per client address and per user, and the login throttle, off.
+STACK_ENV: dict[str, str] = {
+    "GATEWAY_RATE_LIMIT_ADDRESS_PER_MINUTE": "0",
+    "GATEWAY_RATE_LIMIT_USER_PER_MINUTE": "0",
+    "AUTH_THROTTLE__ADDRESS_LIMIT": "1000000",
+}
+
+#: Launcher children timed from exec to ready as copies on free ports: port variables (the
+#: service's, then any other it binds, such as its metrics port), probe kind, extra environment
+#: (no shutdown delay: the copies are stopped at once).
+COPIES: dict[str, tuple[tuple[str, ...], str, dict[str, str]]] = {
+    "users": (("USERS_GRPC_PORT", "USERS_METRICS_PORT"), "grpc", {"USERS_SHUTDOWN_DELAY_S": "0"}),
+    "auth": (("AUTH_GRPC_PORT", "AUTH_METRICS_PORT"), "grpc", {"AUTH_SHUTDOWN_DELAY_S": "0"}),
+    "gateway": (("GATEWAY_PORT",), "http", {}),
 }
 
 
@@ -62,6 +80,7 @@ class Options:
     miss_pool: int = 10_000
     patch_pool: int = 256
     startup_repeats: int = 3
+    token_samples: int = 5_000  # timed TokenVerifier.verify calls (bench.token_verification)
     quick: bool = False
 
 
@@ -83,6 +102,10 @@ class Cell:
     cpu_us_per_req: dict[str, float]
     cache_fills: int | None = None
     error_codes: dict[str, int] = field(default_factory=dict)
+    caller: str = ""
+    token_checks: int = 0
+    #: Why the cell failed ("" when every request got a 2xx / OK).
+    failure: str = ""
 
 
 @dataclass(slots=True)
@@ -110,6 +133,21 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment (which the launcher's children inherit)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class Bench:
     def __init__(self, options: Options, log: IO[str], workdir: Path) -> None:
         self.options = options
@@ -125,6 +163,8 @@ class Bench:
         self.startup: dict[str, Any] = {}
         self.rss: dict[str, dict[str, float]] = {}
         self.checks: dict[str, Any] = {}
+        self.failures: list[str] = []
+        self.tokens: Tokens | None = None
         self._channel: grpc.aio.Channel | None = None
         self._valkey: Valkey | None = None
         self._cell_no = 0
@@ -138,6 +178,12 @@ class Bench:
     @property
     def stub(self) -> UserServiceAsyncStub:
         return users_pb2_grpc.UserServiceStub(need(self._channel, "the gRPC channel"))
+
+    def metadata(self, caller: Caller) -> tuple[tuple[str, str], ...]:
+        return need(self.tokens, "the tokens").metadata(caller)
+
+    def header(self, caller: Caller) -> dict[str, str]:
+        return need(self.tokens, "the tokens").header(caller)
 
     async def start_stack(self) -> None:
         shutil.rmtree(DATA, ignore_errors=True)
@@ -154,7 +200,8 @@ class Bench:
         settings = DevSettings().model_copy(update=update)
         self.stack = Stack(settings)
         started = time.perf_counter()
-        await self.stack.start()
+        with environment(STACK_ENV):  # the launcher builds its children's environment in start()
+            await self.stack.start()
         self.startup["stack_start_s"] = time.perf_counter() - started
         valkey = need(self.stack.valkey, "embedded Valkey")
         for child in self.stack.children:
@@ -165,6 +212,10 @@ class Bench:
         self.urls["gateway"] = self.stack.gateway_url
         self._channel = grpc.aio.insecure_channel(self.users_target)
         self._valkey = Valkey.from_url(valkey.url)
+        # A token must outlive the cell it is handed to (and the hook before it).
+        margin = max(180.0, self.options.duration_s + 60)
+        self.tokens = Tokens(self.stack.gateway_url, self.tag, min_left_s=margin)
+        await self.tokens.start()
 
     async def _create(self, n: int, label: str) -> list[users_pb2.User]:
         gate = asyncio.Semaphore(32)
@@ -174,7 +225,9 @@ class Bench:
                 request = users_pb2.CreateUserRequest(
                     email=f"{label}-{self.tag}-{i}@example.com", display_name=f"Seed {label} {i}"
                 )
-                reply = await self.stub.CreateUser(request, timeout=10)
+                reply = await self.stub.CreateUser(
+                    request, timeout=10, metadata=self.metadata("admin")
+                )
                 return reply.user
 
         return list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -182,10 +235,10 @@ class Bench:
     async def seed(self) -> None:
         o, f = self.options, self.fixtures
         started = time.perf_counter()
-        (cached,) = await self._create(1, "cached")
-        f.cached_id = cached.id
+        # The cached GET reads the owner's own account (signed up by Tokens.start).
+        f.cached_id = need(self.tokens, "the tokens").logins["owner"].user_id
         f.cached_file = self.workdir / "cached_ids.txt"
-        f.cached_file.write_text(cached.id + "\n")
+        f.cached_file.write_text(f.cached_id + "\n")
         pool = await self._create(o.patch_pool, "patch")
         f.pool_ids = [u.id for u in pool]
         f.pool_file = self.workdir / "patch_pool.txt"
@@ -193,21 +246,23 @@ class Bench:
         f.miss_file = self.workdir / "miss_ids.txt"
         f.miss_file.write_text("".join(u.id + "\n" for u in misses))
         elapsed = time.perf_counter() - started
-        say(f"seeded {1 + o.patch_pool + o.miss_pool} users in {elapsed:.1f} s")
+        say(f"seeded {o.patch_pool + o.miss_pool} users in {elapsed:.1f} s (and the owner)")
 
     async def start_baselines(self) -> None:
-        async with httpx.AsyncClient() as client:
-            reply = await client.get(f"{self.urls['gateway']}/v1/users/{self.fixtures.cached_id}")
+        owner = self.header("owner")
+        user_path = f"/v1/users/{self.fixtures.cached_id}"
+        async with httpx.AsyncClient(headers=owner) as client:
+            reply = await client.get(f"{self.urls['gateway']}{user_path}")
         reply.raise_for_status()
         body_file = self.workdir / "user.json"
         body_file.write_bytes(reply.content)
-        valkey_url = need(need(self.stack, "the stack").valkey, "embedded Valkey").url
+        stack = need(self.stack, "the stack")
+        valkey_url = need(stack.valkey, "embedded Valkey").url
+        monolith = ["--valkey-url", valkey_url, "--key-prefix", DEFAULT_KEY_PREFIX]
         for kind, extra in (
             ("floor", ["--body-file", str(body_file)]),
-            (
-                "monolith",
-                ["--valkey-url", valkey_url, "--key-prefix", DEFAULT_KEY_PREFIX],
-            ),
+            ("monolith", monolith),
+            ("monolith_verify", [*monolith, "--auth-target", stack.auth_target]),
         ):
             port = startup.free_port()
             url = f"http://127.0.0.1:{port}"
@@ -215,17 +270,29 @@ class Bench:
             t0 = time.perf_counter()
             proc = await startup.spawn(argv, env=dict(os.environ), log=self.log, cwd=REPO)
             self.baselines[kind] = proc
-            ready = startup.http_ok(f"{url}/v1/users/{self.fixtures.cached_id}")
+            ready = startup.http_ok(f"{url}{user_path}", headers=owner)
             await startup.wait_ready(proc, ready, 30)
             self.startup.setdefault("exec_to_ready_s", {})[kind] = [time.perf_counter() - t0]
             self.watched.add(kind, proc.pid)
             self.urls[kind] = url
+        async with httpx.AsyncClient(headers=owner) as client:
+            mono = await client.get(f"{self.urls['monolith']}{user_path}")
+            verifying = await client.get(f"{self.urls['monolith_verify']}{user_path}")
+            refused = await client.get(
+                f"{self.urls['monolith_verify']}{user_path}", headers={"Authorization": "Bearer x"}
+            )
         async with httpx.AsyncClient() as client:
-            mono = await client.get(f"{self.urls['monolith']}/v1/users/{self.fixtures.cached_id}")
+            anonymous = await client.get(f"{self.urls['gateway']}{user_path}")
         self.checks["monolith_json_equals_gateway"] = mono.json() == reply.json()
         self.checks["monolith_etag_equals_gateway"] = mono.headers.get("etag") == reply.headers.get(
             "etag"
         )
+        self.checks["monolith_verify_json_equals_gateway"] = verifying.json() == reply.json()
+        # The tokens are what let the load in: without one, both refuse.
+        self.checks["monolith_verify_refuses_bad_token"] = refused.status_code == 401
+        self.checks["gateway_refuses_no_token"] = anonymous.status_code == 401
+        # Limits on would add RateLimit headers (and Valkey calls) to every answer.
+        self.checks["gateway_rate_limits_off"] = "ratelimit" not in reply.headers
 
     async def measure_process_startup(self) -> None:
         """Copies of each service on another port, against the running backends and services."""
@@ -236,9 +303,10 @@ class Bench:
             for child in children:
                 if child.name not in COPIES:
                     continue
-                variable, kind, extra = COPIES[child.name]
-                port = startup.free_port()
-                env = child.env | extra | {variable: str(port)}
+                variables, kind, extra = COPIES[child.name]
+                ports = {v: str(startup.free_port()) for v in variables}
+                port = int(ports[variables[0]])
+                env = child.env | extra | ports
                 probe = (
                     startup.grpc_serving(port)
                     if kind == "grpc"
@@ -249,24 +317,32 @@ class Bench:
                 rss.setdefault(child.name, []).append(r)
 
     async def measure_make_run(self) -> None:
+        """`make run` → first authenticated ``GET /v1/users`` (and → first answer, a 401)."""
         runs: list[float] = []
+        answers: list[float] = []
         if not (STARTUP_DATA / "postgres").exists():
-            cold = await startup.make_run_to_first_request(
+            _, cold = await startup.make_run_to_first_request(
                 REPO, data_dir=STARTUP_DATA, log=self.log
             )
             self.startup["make_run_cold_s"] = cold
         for _ in range(self.options.startup_repeats):
-            runs.append(
-                await startup.make_run_to_first_request(REPO, data_dir=STARTUP_DATA, log=self.log)
+            answered, served = await startup.make_run_to_first_request(
+                REPO, data_dir=STARTUP_DATA, log=self.log
             )
+            answers.append(answered)
+            runs.append(served)
+        self.startup["make_run_to_first_answer_s"] = answers
         self.startup["make_run_to_first_request_s"] = runs
 
     # ------------------------------------------------------------ cells
 
     async def _hook(self, case: Case) -> None:
         f = self.fixtures
+        await need(self.tokens, "the tokens").fresh()  # log in again if a token nears its expiry
+        metadata = self.metadata(case.caller)
         if case.before_cell == "warm_cached":
-            await self.stub.GetUser(users_pb2.GetUserRequest(id=f.cached_id), timeout=5)
+            request = users_pb2.GetUserRequest(id=f.cached_id)
+            await self.stub.GetUser(request, timeout=5, metadata=metadata)
         elif case.before_cell == "flush_cache":
             valkey = need(self._valkey, "the Valkey client")
             keys = [k async for k in valkey.scan_iter(match=f"{DEFAULT_KEY_PREFIX}*")]
@@ -279,7 +355,8 @@ class Bench:
 
             async def etag(user_id: str) -> str:
                 async with gate:
-                    reply = await self.stub.GetUser(users_pb2.GetUserRequest(id=user_id), timeout=5)
+                    request = users_pb2.GetUserRequest(id=user_id)
+                    reply = await self.stub.GetUser(request, timeout=5, metadata=metadata)
                     return str(reply.user.etag)
 
             tags = await asyncio.gather(*(etag(i) for i in f.pool_ids))
@@ -295,8 +372,8 @@ class Bench:
         }.get(variant.fixture or "")
 
     async def _grpc_load(
-        self, variant: Variant, concurrency: int, duration_s: float, tag: str
-    ) -> tuple[wrk.LoadResult, float, dict[str, int]]:
+        self, variant: Variant, concurrency: int, duration_s: float, tag: str, caller: Caller
+    ) -> tuple[wrk.LoadResult, float]:
         op = need(variant.grpc_op, "the gRPC operation")
         argv = [
             sys.executable, "-m", "bench.grpc_load", "--target", self.users_target,
@@ -306,8 +383,13 @@ class Bench:
         ids = self._fixture_file(variant)
         if ids is not None:
             argv += ["--ids", str(ids)]
+        token = need(self.tokens, "the tokens").token(caller)
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=self.log
+            *argv,
+            cwd=REPO,
+            env=os.environ | {TOKEN_VARIABLE: token},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self.log,
         )
         out, _ = await proc.communicate()
         if proc.returncode != 0:
@@ -322,16 +404,18 @@ class Bench:
             p99_ms=float(data["p99_ms"]),
             mean_ms=float(data["mean_ms"]),
             max_ms=float(data["max_ms"]),
+            error_codes=dict(data["error_codes"]),
         )
-        return result, float(data["cpu_s"]), dict(data["error_codes"])
+        return result, float(data["cpu_s"])
 
     async def _load(
-        self, variant: Variant, concurrency: int, duration_s: float
-    ) -> tuple[wrk.LoadResult, float | None, dict[str, int]]:
+        self, case: Case, variant: Variant, concurrency: int, duration_s: float
+    ) -> tuple[wrk.LoadResult, float | None]:
         self._cell_no += 1
         tag = f"{self.tag}-{self._cell_no}"
+        await need(self.tokens, "the tokens").fresh()
         if variant.grpc_op is not None:
-            return await self._grpc_load(variant, concurrency, duration_s, tag)
+            return await self._grpc_load(variant, concurrency, duration_s, tag, case.caller)
         path = variant.path.replace("{user}", self.fixtures.cached_id)
         args: tuple[str, ...] = ()
         if variant.fixture == "tag":
@@ -344,20 +428,47 @@ class Bench:
             duration_s=duration_s,
             scenario=variant.script,
             args=args,
+            headers=self.header(case.caller),
         )
-        return result, None, {"http_or_socket": result.errors} if result.errors else {}
+        return result, None
+
+    async def _failure(self, case: Case, variant: Variant, load: wrk.LoadResult) -> str:
+        """Why a cell failed, with the status of one plain request when wrk cannot tell it."""
+        if not load.errors:
+            return "" if load.requests else "no request completed"
+        share = load.errors / max(load.requests, 1)
+        why = (
+            f"{load.errors} error(s) in {load.requests} requests ({share:.1%}): {load.error_codes}"
+        )
+        if (
+            variant.grpc_op is None
+            and variant.script is None
+            and "http_4xx_5xx" in load.error_codes
+        ):
+            url = self.urls[variant.server] + variant.path.replace(
+                "{user}", self.fixtures.cached_id
+            )
+            async with httpx.AsyncClient(headers=self.header(case.caller), timeout=5) as client:
+                probe = await client.get(url)
+            why += f"; one GET now answers {probe.status_code} {probe.text[:200]!r}"
+        return why
 
     async def cell(self, case: Case, variant: Variant, concurrency: int, rnd: int) -> Cell:
         await self._hook(case)
         valkey = need(self._valkey, "the Valkey client")
         fills_before = int(await valkey.dbsize()) if case.count_fills else 0
         before = self.watched.sample()
-        load, driver_cpu_s, codes = await self._load(variant, concurrency, self.options.duration_s)
+        load, driver_cpu_s = await self._load(case, variant, concurrency, self.options.duration_s)
         after = self.watched.sample()
         cpu = cpu_us_per_request(before, after, load.requests)
         if driver_cpu_s is not None:  # the driver's own loop, not its interpreter start-up
             cpu["loadgen"] = driver_cpu_s * 1e6 / max(load.requests, 1)
         fills = int(await valkey.dbsize()) - fills_before if case.count_fills else None
+        failure = await self._failure(case, variant, load)
+        if failure:
+            message = f"{case.name} {variant.name} c={concurrency} r{rnd}: {failure}"
+            self.failures.append(message)
+            say(f"FAILED CELL {message}")
         return Cell(
             case=case.name,
             variant=variant.name,
@@ -374,7 +485,10 @@ class Bench:
             max_ms=load.max_ms,
             cpu_us_per_req=cpu,
             cache_fills=fills,
-            error_codes=codes,
+            error_codes=load.error_codes,
+            caller=case.caller,
+            token_checks=variant.token_checks,
+            failure=failure,
         )
 
     async def run_cases(self) -> None:
@@ -385,7 +499,9 @@ class Bench:
             say(f"{case.name}: warm-up")
             for variant in case.variants:
                 await self._hook(case)
-                await self._load(variant, 16, o.warmup_s)
+                warm, _ = await self._load(case, variant, 16, o.warmup_s)
+                if warm.errors:
+                    say(f"warning: {case.name} {variant.name} warm-up errors {warm.error_codes}")
             for c in o.concurrency:
                 for rnd in range(o.rounds):
                     # A B C, then C B A: drift over time hits every variant alike.
@@ -394,7 +510,7 @@ class Bench:
                         cell = await self.cell(case, variant, c, rnd)
                         self.cells.append(cell)
                         say(
-                            f"{case.name:<10} {variant.name:<8} c={c:<3} r{rnd} "
+                            f"{case.name:<10} {variant.name:<11} c={c:<3} r{rnd} "
                             f"{cell.rps:>8.0f} req/s  p50 {cell.p50_ms:.2f} ms  "
                             f"p99 {cell.p99_ms:.2f} ms  errors {cell.errors}"
                         )
@@ -432,10 +548,13 @@ class Bench:
                         "concurrency": c,
                         "rounds": len(cells),
                         "processes": list(variant.processes),
+                        "caller": case.caller,
+                        "token_checks": variant.token_checks,
                     }
                     for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms"):
                         row[key] = _median([getattr(x, key) for x in cells])
                     row["errors"] = sum(x.errors for x in cells)
+                    row["failed_rounds"] = sum(1 for x in cells if x.failure)
                     row["requests"] = sum(x.requests for x in cells)
                     names = cells[0].cpu_us_per_req.keys()
                     row["cpu_us_per_req"] = {

@@ -15,7 +15,14 @@ from bench.cases import CASES, FULL_PATH
 
 #: The product's processes (targets on start-up and memory apply to each).
 SERVICES = ("users", "auth", "gateway")
-_SHORT = {"gateway": "gw", "users": "users", "valkey": "vk", "postgres": "pg", "monolith": "mono"}
+_SHORT = {
+    "gateway": "gw",
+    "users": "users",
+    "valkey": "vk",
+    "postgres": "pg",
+    "monolith": "mono",
+    "monolith_verify": "mono+v",
+}
 
 
 def machine(repo: Path, wrk_version: str) -> dict[str, Any]:
@@ -53,9 +60,9 @@ def _row(rows: list[dict[str, Any]], case: str, variant: str, c: int) -> dict[st
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one line per case, variant and concurrency (medians over rounds)."""
     lines = [
-        "| case | variant | c | req/s | p50 ms | p90 ms | p99 ms | errors "
+        "| case | variant | c | token checks | req/s | p50 ms | p90 ms | p99 ms | errors "
         "| CPU µs/req (path) | per process µs/req | loadgen µs/req |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|",
     ]
     for r in rows:
         cpu = r["cpu_us_per_req"]
@@ -64,12 +71,48 @@ def table(rows: list[dict[str, Any]]) -> str:
             parts.append(f"(log relay {cpu['launcher']:.0f})")
         total = sum(cpu.get(p, 0.0) for p in r["processes"])
         extra = f" (miss {r['cache_miss_ratio']:.0%})" if "cache_miss_ratio" in r else ""
+        errors = f"**{r['errors']} FAILED**" if r.get("failed_rounds") else f"{r['errors']}"
         lines.append(
-            f"| {r['case']}{extra} | {r['variant']} | {r['concurrency']} | {r['rps']:,.0f} "
-            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} "
+            f"| {r['case']}{extra} | {r['variant']} | {r['concurrency']} "
+            f"| {r.get('token_checks', '-')} | {r['rps']:,.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {errors} "
             f"| {total:,.0f} | {' · '.join(parts)} | {cpu.get('loadgen', 0):.0f} |"
         )
     return "\n".join(lines)
+
+
+def auth_lines(result: dict[str, Any]) -> str:
+    """What the run did about access tokens and rate limits, and what a token check costs."""
+    env = " ".join(f"{k}={v}" for k, v in result.get("stack_env", {}).items())
+    cost = result.get("token_verification") or {}
+    lines = [
+        f"Rate limits off in the stack ({env}): they are a per-client policy (by default 600/min "
+        "per address, 300/min per user), and all this load comes from 127.0.0.1 as two users, so "
+        "they would answer 429 at once. The benchmark measures serving requests, not a quota.",
+        "Access tokens: every request carries a valid one (get_cached: the user reading their "
+        'own account; other cases: the dev admin), and a cell with any error fails. "token '
+        "checks\" is how many times a request's token is verified: the gateway path twice (the "
+        "gateway, then the users service), direct gRPC and mono+verify once, monolith and floor "
+        "never (mono+verify is the monolith plus one check with GetUser's access rule).",
+    ]
+    if cost:
+        verify, exists = cost["verify_median_us"], cost["exists_median_us"]
+        lines.append(
+            f"TokenVerifier.verify this run (bench/token_verification.py, against the stack's "
+            f"Valkey): median {verify:.0f} µs, of which a Valkey EXISTS {exists:.0f} µs and "
+            f"{cost['local_median_us']:.0f} µs local (signature, claims). Two checks ≈ "
+            f"{2 * verify / 1000:.2f} ms of each gateway request."
+        )
+    return "\n".join(lines)
+
+
+def failure_lines(failures: list[str]) -> str:
+    if not failures:
+        return "All cells: every request answered 2xx / OK."
+    return "\n".join(
+        [f"**{len(failures)} FAILED CELL(S)** (any error fails a cell):"]
+        + [f"- {f}" for f in failures]
+    )
 
 
 def ratios(rows: list[dict[str, Any]], concurrency: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -223,10 +266,16 @@ def startup_lines(startup: dict[str, Any], rss: dict[str, Any]) -> str:
             f"| {n} | {t} | {r} | {'-' if idle is None else f'{idle:.0f}'} "
             f"| {'-' if loaded is None else f'{loaded:.0f}'} |"
         )
+    answers = startup.get("make_run_to_first_answer_s")
+    if answers:
+        lines.append(
+            f"| `make run` → first answer (401, no token; warm, median of {len(answers)}) "
+            f"| {statistics.median(answers):.2f} | | | |"
+        )
     runs = startup.get("make_run_to_first_request_s")
     if runs:
         lines.append(
-            f"| `make run` → first request (warm, median of {len(runs)}) "
+            f"| `make run` → first request (admin login + GET 200; warm, median of {len(runs)}) "
             f"| {statistics.median(runs):.2f} | | | |"
         )
     if "make_run_cold_s" in startup:

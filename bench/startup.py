@@ -17,6 +17,8 @@ import httpx
 import psutil
 from grpc_health.v1 import health_pb2
 
+from bench import tokens
+
 Probe = Callable[[], Awaitable[bool]]
 _POLL_S = 0.005
 
@@ -53,15 +55,29 @@ def grpc_serving(port: int) -> Probe:
     return probe
 
 
-def http_ok(url: str) -> Probe:
-    """Ready when ``url`` answers 200."""
+def http_ok(url: str, *, headers: dict[str, str] | None = None) -> Probe:
+    """Ready when ``url`` answers 200 (to a request with ``headers``)."""
 
     async def probe() -> bool:
-        async with httpx.AsyncClient(timeout=1) as client:
+        async with httpx.AsyncClient(timeout=1, headers=headers) as client:
             try:
                 return (await client.get(url)).status_code == 200
             except httpx.HTTPError:
                 return False
+
+    return probe
+
+
+def http_answers(url: str) -> Probe:
+    """Ready when ``url`` gives any HTTP answer (401 for a route that needs a token)."""
+
+    async def probe() -> bool:
+        async with httpx.AsyncClient(timeout=1) as client:
+            try:
+                await client.get(url)
+            except httpx.HTTPError:
+                return False
+            return True
 
     return probe
 
@@ -127,19 +143,39 @@ async def exec_to_ready(
 
 async def make_run_to_first_request(
     repo: Path, *, data_dir: Path, log: IO[Any], timeout_s: float = 120.0
-) -> float:
-    """``make run`` (own ports, ``data_dir``) until ``GET /v1/users`` answers 200; then stop it."""
+) -> tuple[float, float]:
+    """``make run`` (own ports, ``data_dir``) to its first served ``GET /v1/users``; then stop it.
+
+    Two times from exec: the first answer of any kind (401 without a token: the stack is up), and
+    the first 200, which needs the dev admin to log in first (signed up on a new data folder;
+    the login, an Argon2 check, is part of that time).
+    """
     ports = {name: free_port() for name in ("GATEWAY", "USERS", "AUTH")}
     env = dict(os.environ) | {f"PORTICO_DEV_{n}_PORT": str(p) for n, p in ports.items()}
     env |= {"PORTICO_DEV_DATA_DIR": str(data_dir), "PORTICO_DEV_VALKEY_PORT": "0"}
     for name in ("DATABASE_URL", "VALKEY_URL", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
         env.pop(name, None)
-    url = f"http://127.0.0.1:{ports['GATEWAY']}/v1/users?page_size=1"
+    base = f"http://127.0.0.1:{ports['GATEWAY']}"
     started = time.perf_counter()
     make = await spawn(["make", "--no-print-directory", "run"], env=env, log=log, cwd=repo)
     try:
-        await wait_ready(make, http_ok(url), timeout_s)
-        return time.perf_counter() - started
+        await wait_ready(make, http_answers(f"{base}/v1/users?page_size=1"), timeout_s)
+        answered = time.perf_counter() - started
+        admin = tokens.Login(tokens.ADMIN_EMAIL, tokens.ADMIN_PASSWORD)
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            try:
+                await tokens.log_in(client, admin)
+            except tokens.TokenError:  # a new data folder: no admin yet
+                await tokens.sign_up(client, admin.email, "Admin", admin.password)
+                await tokens.log_in(client, admin)
+            reply = await client.get(
+                "/v1/users",
+                params={"page_size": 1},
+                headers={"Authorization": f"Bearer {admin.token}"},
+            )
+        if reply.status_code != 200:
+            raise RuntimeError(f"`make run`: GET /v1/users answered {reply.status_code}")
+        return answered, time.perf_counter() - started
     finally:
         # Stop the launcher as Ctrl-C would: SIGTERM to make's children (portico-dev), by pid.
         with contextlib.suppress(psutil.NoSuchProcess):

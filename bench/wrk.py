@@ -6,7 +6,7 @@ import asyncio
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -29,6 +29,8 @@ class LoadResult:
     p99_ms: float
     mean_ms: float
     max_ms: float
+    #: What the errors were: HTTP status class or gRPC code → count (empty when none).
+    error_codes: dict[str, int] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -62,9 +64,17 @@ async def run(
     duration_s: float,
     scenario: str | None = None,
     args: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
     threads: int = 1,
 ) -> LoadResult:
-    """One wrk run: ``connections`` keep-alive connections for ``duration_s`` against ``url``."""
+    """One wrk run: ``connections`` keep-alive connections for ``duration_s`` against ``url``.
+
+    ``headers`` go on every request (``-H``; the scenario scripts copy ``wrk.headers`` into the
+    headers they pass to ``wrk.format``). wrk counts a response with a status of 400 or more as a
+    status error; which status it cannot tell without a Lua ``response`` hook on every request,
+    which would cost the floor baseline much of its speed. They are ``"http_4xx_5xx"`` in
+    ``error_codes``.
+    """
     threads = max(1, min(threads, connections))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="bench-") as script:
         script.write(_script_text(scenario))
@@ -78,6 +88,7 @@ async def run(
             "5s",
             "-s",
             script.name,
+            *(a for n, v in (headers or {}).items() for a in ("-H", f"{n}: {v}")),
             url,
             "--",
             *args,
@@ -92,17 +103,20 @@ async def run(
     if proc.returncode != 0 or line is None:
         raise WrkError(f"wrk failed (exit {proc.returncode}): {text.strip()[-800:]}")
     data = json.loads(line.removeprefix(_MARK))
-    errors = sum(
-        int(data[k])
-        for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
-    )
+    codes = {
+        "http_4xx_5xx": int(data["status_errors"]),
+        "socket": sum(int(data[k]) for k in ("connect_errors", "read_errors", "write_errors")),
+        "timeout": int(data["timeouts"]),
+    }
+    codes = {k: v for k, v in codes.items() if v}
     return LoadResult(
         requests=int(data["requests"]),
         duration_s=int(data["duration_us"]) / 1e6,
-        errors=errors,
+        errors=sum(codes.values()),
         p50_ms=data["p50_us"] / 1000,
         p90_ms=data["p90_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
         mean_ms=data["mean_us"] / 1000,
         max_ms=data["max_us"] / 1000,
+        error_codes=codes,
     )

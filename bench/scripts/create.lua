@@ -1,11 +1,16 @@
 -- POST /v1/users with a unique email per request. Arguments: <run tag> <nthreads>.
+-- The -H headers (the access token) are in wrk.headers; wrk.format uses only the table it is given.
 local tag = ""
 local n = 0
-local headers = { ["Content-Type"] = "application/json" }
+local headers = {}
 
 function init(args)
   tag = args[1] .. "-" .. tid
   nthreads = tonumber(args[#args])
+  for name, value in pairs(wrk.headers) do
+    headers[name] = value
+  end
+  headers["Content-Type"] = "application/json"
 end
 
 function request()

@@ -1,5 +1,6 @@
 -- GET /v1/users/{id}, each request the next id of a file (one id a line): cache misses when the
 -- cache was emptied first. Arguments: <ids file> <nthreads>. Threads take interleaved ids.
+-- No headers table is passed, so wrk.format sends the -H headers (the access token).
 local ids = {}
 local n = 0
 

@@ -3,6 +3,7 @@
 -- t+nthreads, ...), and each response's body gives the user's new etag, so a user is patched
 -- again only with the etag of its latest version. A user whose patch is still in flight is
 -- skipped (the pool is much larger than the number of connections), so no user ever has two.
+-- The -H headers (the access token) are in wrk.headers; wrk.format uses only the table it is given.
 local ids = {}
 local etags = {}
 local busy = {}
@@ -27,7 +28,12 @@ function request()
     end
   end
   busy[id] = true
-  local headers = { ["Content-Type"] = "application/json", ["If-Match"] = '"' .. etags[id] .. '"' }
+  local headers = {}
+  for name, value in pairs(wrk.headers) do
+    headers[name] = value
+  end
+  headers["Content-Type"] = "application/json"
+  headers["If-Match"] = '"' .. etags[id] .. '"'
   return wrk.format("PATCH", "/v1/users/" .. id, headers,
     string.format('{"display_name":"Bench Patch %d"}', n))
 end

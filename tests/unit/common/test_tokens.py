@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -83,6 +84,20 @@ class Jwks:
     async def __call__(self) -> Sequence[Jwk]:
         self.fetches += 1
         return [k.jwk for k in self.keys]
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens whose signature gets checked (a spy around PyJWT's real ``decode``)."""
+    seen: list[str] = []
+    real = jwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    return seen
 
 
 @pytest.fixture
@@ -221,3 +236,53 @@ def test_only_ed25519_okp_keys_are_used() -> None:
 )
 def test_bearer_token(header: str | None, token: str | None) -> None:
     assert bearer_token(header) == token
+
+
+async def test_a_verified_token_is_remembered_but_still_expires(
+    key: Key, sessions: Sessions, decoded: list[str]
+) -> None:
+    verifier = TokenVerifier(JwksCache(Jwks(key)), sessions, issuer=ISS, audience=AUD, leeway_s=0)
+    expires = int(time.time()) + 1
+    token = sign(key, claims(exp=expires))
+    await verifier.verify(token)
+    for _ in range(3):
+        await verifier.verify(token)
+    assert decoded == [token]  # remembered: the signature was checked once
+    await asyncio.sleep(expires - time.time() + 1.05)
+    with pytest.raises(InvalidToken, match="expired"):
+        await verifier.verify(token)
+
+
+async def test_a_remembered_token_still_needs_its_session(
+    key: Key, sessions: Sessions, verifier: TokenVerifier
+) -> None:
+    payload = claims()
+    token = sign(key, payload)
+    await verifier.verify(token)
+    sessions.ended.add(payload["sid"])
+    with pytest.raises(InvalidToken, match="session ended"):
+        await verifier.verify(token)
+
+
+async def test_a_remembered_token_dies_with_its_key(key: Key, sessions: Sessions) -> None:
+    source = Jwks(key)
+    clock = [0.0]
+    cache = JwksCache(source, max_age_s=10, min_refresh_s=1, clock=lambda: clock[0])
+    verifier = TokenVerifier(cache, sessions, issuer=ISS, audience=AUD)
+    token = sign(key, claims())
+    await verifier.verify(token)
+    source.keys = [Key("rotated-in")]  # the key was rotated out of the JWKS
+    clock[0] = 11.0  # the JWKS is stale: refetched
+    with pytest.raises(InvalidToken, match="unknown key"):
+        await verifier.verify(token)
+
+
+async def test_the_memory_is_bounded(key: Key, sessions: Sessions, decoded: list[str]) -> None:
+    verifier = TokenVerifier(JwksCache(Jwks(key)), sessions, issuer=ISS, audience=AUD, cache_size=2)
+    tokens = [sign(key, claims()) for _ in range(3)]
+    for token in tokens:
+        await verifier.verify(token)
+    decoded.clear()
+    await verifier.verify(tokens[0])  # the oldest was forgotten: checked again
+    await verifier.verify(tokens[2])
+    assert decoded == [tokens[0]]

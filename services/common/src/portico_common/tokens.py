@@ -14,6 +14,12 @@ accepts it when, in this order:
 4. the session is alive: ``EXISTS <prefix>session:<sid>`` in Valkey (O(1)); logout and
    refresh-token reuse delete that key, so the token stops working at once.
 
+Steps 1–3 are pure functions of the token and the key, so their result is remembered per token
+(up to ``cache_size`` tokens, oldest forgotten first) until the token expires: a client sends
+the same token for many requests, and the Ed25519 check is most of the local cost (measured by
+``bench/token_verification.py``). A remembered token is still refused once it expires, once its
+key leaves the JWKS, and — step 4 runs on every call — once its session ends.
+
 Errors are :class:`InvalidToken` with a short, client-safe ``reason``; details stay in logs.
 No per-request call reaches the auth service.
 """
@@ -155,14 +161,40 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         leeway_s: float = 5.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._jwks = jwks
         self._sessions = sessions
         self._issuer = issuer
         self._audience = audience
         self._leeway_s = leeway_s
+        self._cache_size = cache_size
+        self._clock = clock
+        self._verified: dict[str, tuple[str, Principal]] = {}  # token → (kid, principal)
 
     async def verify(self, token: str) -> Principal:
+        principal = await self._signed_principal(token)
+        if not await self._sessions.alive(principal.session_id):
+            raise InvalidToken("session ended")
+        return principal
+
+    async def _signed_principal(self, token: str) -> Principal:
+        """Steps 1–3, remembered per token while it is valid (see the module docstring)."""
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            kid, principal = remembered
+            if self._clock() < principal.expires_at + self._leeway_s and await self._jwks.key(kid):
+                return principal
+            del self._verified[token]  # expired, or its key was rotated out: check afresh
+        kid, principal = await self._check_signature_and_claims(token)
+        if self._cache_size > 0:
+            if len(self._verified) >= self._cache_size:
+                del self._verified[next(iter(self._verified))]  # the oldest entry
+            self._verified[token] = (kid, principal)
+        return principal
+
+    async def _check_signature_and_claims(self, token: str) -> tuple[str, Principal]:
         parts = token.split(".")
         if len(parts) != 3 or not all(parts):
             raise InvalidToken("malformed token")
@@ -197,10 +229,7 @@ class TokenVerifier:
             raise InvalidToken("bad token signature") from None
         except jwt.PyJWTError:
             raise InvalidToken("invalid token") from None
-        principal = _principal(claims)
-        if not await self._sessions.alive(principal.session_id):
-            raise InvalidToken("session ended")
-        return principal
+        return kid, _principal(claims)
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
