@@ -24,6 +24,7 @@ K8S_VERSION := 1.32.0
 K8S_TOOLS  := $(TOOLS)/k8s
 K8S_NODE   := $(TOOLS)/k8s-node
 K8S_OUT    := $(K8S_TOOLS)/rendered
+OBS_OUT    := $(TOOLS)/obs
 OVERLAYS   := dev staging prod
 DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile migrations/Dockerfile
 
@@ -38,7 +39,7 @@ run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless 
 	exec $(BIN)/portico-dev
 
 .PHONY: test
-test: lint proto-check k8s-check test-unit test-integration test-e2e ## Everything CI runs: lint, proto drift, manifests, all test tiers
+test: lint proto-check k8s-check obs-check test-unit test-integration test-e2e ## Everything CI runs: lint, proto drift, manifests, alert rules, all test tiers
 
 .PHONY: migrate
 migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
@@ -115,11 +116,31 @@ k8s-check: sync $(K8S_TOOLS)/.installed $(K8S_NODE)/.installed ## Render + valid
 	$(K8S_TOOLS)/bin/docker-compose -f docker-compose.yaml config --quiet
 	PORTICO_K8S_TOOLS=$(K8S_TOOLS) $(BIN)/pytest tests/k8s $(PYTEST_ARGS)
 
+##@ Observability
+
+# promtool comes from Debian's `prometheus` package (on a host that runs systemd the package also
+# starts a Prometheus server; CI containers have no init system). Debian builds it without
+# Kubernetes discovery, so the scrape config is checked as a copy with static targets instead.
+.PHONY: obs-check
+obs-check: $(K8S_TOOLS)/.installed ## promtool check + test the SLO rules and alerts, check the scrape config, yamllint observability/
+	@command -v promtool >/dev/null || { \
+	  if test "$$(id -u)" = 0; then sudo=; \
+	  elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "obs-check needs promtool: run as root or with sudo, or apt-get install --no-install-recommends prometheus"; exit 2; fi; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	promtool check rules observability/prometheus/rules/*.yaml
+	promtool test rules observability/prometheus/tests/*.yaml
+	@rm -rf $(OBS_OUT) && mkdir -p $(OBS_OUT)/rules && cp observability/prometheus/rules/*.yaml $(OBS_OUT)/rules/
+	sed -e 's/kubernetes_sd_configs:/static_configs:/' -e 's/- role: pod/- targets: ["kubernetes-sd.invalid:80"]/' \
+	  observability/prometheus/prometheus.yaml > $(OBS_OUT)/prometheus.yaml
+	promtool check config $(OBS_OUT)/prometheus.yaml
+	$(K8S_TOOLS)/bin/yamllint --strict -c .yamllint.yaml observability
+
 ##@ Tests
 
 .PHONY: test-unit
-test-unit: sync ## Unit tier
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+test-unit: sync ## Unit tier (tests/unit, tests/observability)
+	$(BIN)/pytest tests/unit tests/observability $(PYTEST_ARGS)
 
 .PHONY: test-integration
 test-integration: sync ## Integration tier: real embedded PostgreSQL + Valkey, real gRPC servers

@@ -17,6 +17,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
+from portico_common.metrics import record_build_info
 from portico_common.tokens import TokenVerifier
 from portico_gateway.auth import AuthenticationMiddleware
 from portico_gateway.config import GatewaySettings
@@ -94,6 +95,7 @@ def create_app(
         redirect_slashes=False,  # like grpc-gateway: `/v1/users/` is an unknown route (404)
     )
     app.proto_components = {}
+    record_build_info("gateway", "portico-gateway")
     install_error_handlers(app, retry_after_s=settings.retry_after_s)
     app.include_router(
         health.make_router(

@@ -50,6 +50,7 @@ async def test_gateway_metrics_expose_red_by_route_template_cache_and_pool(
     assert 'portico_db_pool_in_use_connections{pool="users"}' in text
     assert re.search(r'portico_db_pool_idle_connections\{pool="users"\} [1-9]', text)
     assert 'portico_build_info{component="users",version="' in text
+    assert 'portico_build_info{component="gateway",version="' in text
     assert "/metrics" not in (await api.get("/openapi.json")).json()["paths"]
 
 

@@ -14,7 +14,7 @@ accepts it when, in this order:
 4. the session is alive: ``EXISTS <prefix>session:<sid>`` in Valkey (O(1)); logout and
    refresh-token reuse delete that key, so the token stops working at once.
 
-Steps 1–3 are pure functions of the token and the key, so their result is remembered per token
+Steps 1-3 are pure functions of the token and the key, so their result is remembered per token
 (up to ``cache_size`` tokens, oldest forgotten first) until the token expires: a client sends
 the same token for many requests, and the Ed25519 check is most of the local cost (measured by
 ``bench/token_verification.py``). A remembered token is still refused once it expires, once its
@@ -180,7 +180,7 @@ class TokenVerifier:
         return principal
 
     async def _signed_principal(self, token: str) -> Principal:
-        """Steps 1–3, remembered per token while it is valid (see the module docstring)."""
+        """Steps 1-3, remembered per token while it is valid (see the module docstring)."""
         remembered = self._verified.get(token)
         if remembered is not None:
             kid, principal = remembered
