@@ -195,6 +195,9 @@ def schemathesis(stack: Stack, cwd: Path, *options: str, examples: int) -> str:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    for line in result.stdout.splitlines():  # shown with `pytest -s`: how many cases ran
+        if "generated" in line:
+            print("schemathesis", " ".join(options[-1:]), line.strip())  # noqa: T201
     return result.stdout
 
 
