@@ -19,6 +19,7 @@ BUF        := $(TOOLS)/node_modules/.bin/buf
 VENV       := $(CURDIR)/.venv
 BIN        := $(VENV)/bin
 PYTEST_ARGS ?=
+OBSERVE    ?=
 BENCH_ARGS ?=
 K8S_VERSION := 1.32.0
 K8S_TOOLS  := $(TOOLS)/k8s
@@ -26,6 +27,7 @@ K8S_NODE   := $(TOOLS)/k8s-node
 K8S_OUT    := $(K8S_TOOLS)/rendered
 OBS_OUT    := $(TOOLS)/obs
 OVERLAYS   := dev staging prod
+CHECKOV    := $(TOOLS)/checkov
 DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile migrations/Dockerfile
 
 ##@ Everyday
@@ -35,8 +37,8 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-17s %s\n", $$1, $$2} /^##@ / {printf "\n%s\n", substr($$0, 5)}' $(MAKEFILE_LIST)
 
 .PHONY: run
-run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless DATABASE_URL/VALKEY_URL)
-	exec $(BIN)/portico-dev
+run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless DATABASE_URL/VALKEY_URL); OBSERVE=1 adds Prometheus
+	$(if $(OBSERVE),PORTICO_DEV_OBSERVE=$(OBSERVE) )exec $(BIN)/portico-dev
 
 .PHONY: test
 test: lint proto-check k8s-check obs-check test-unit test-integration test-e2e ## Everything CI runs: lint, proto drift, manifests, alert rules, all test tiers
@@ -103,18 +105,31 @@ $(K8S_NODE)/.installed: k8s/tools/package.json
 	npm install --prefix $(K8S_NODE) --no-save --no-package-lock --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# checkov has a virtualenv of its own: it pins old versions of packages the tools above need newer.
+$(CHECKOV)/.installed: k8s/tools/requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV)
+	$(CHECKOV)/bin/pip install --quiet --disable-pip-version-check -r k8s/tools/requirements-checkov.txt
+	@touch $@
+
 .PHONY: k8s-check
-k8s-check: sync $(K8S_TOOLS)/.installed $(K8S_NODE)/.installed ## Render + validate every overlay, hadolint, yamllint, compose config, tests/k8s (offline)
+k8s-check: sync $(K8S_TOOLS)/.installed $(K8S_NODE)/.installed $(CHECKOV)/.installed ## Render + validate every overlay and argocd/, checkov, hadolint, yamllint, compose config, tests/k8s (offline)
 	@command -v kubectl >/dev/null || { echo "k8s-check needs kubectl (kustomize is built in)"; exit 2; }
 	@mkdir -p $(K8S_OUT)
 	@for env in $(OVERLAYS); do kubectl kustomize k8s/overlays/$$env > $(K8S_OUT)/$$env.yaml; done
-	$(K8S_TOOLS)/bin/kubernetes-validate --strict -k $(K8S_VERSION) --quiet --no-warn $(K8S_OUT)/*.yaml
-	$(K8S_TOOLS)/bin/python k8s/tools/validate_crs.py $(K8S_OUT)/dev.yaml $(K8S_OUT)/staging.yaml $(K8S_OUT)/prod.yaml
+	@kubectl kustomize argocd > $(K8S_OUT)/argocd.yaml && cp argocd/root.yaml $(K8S_OUT)/argocd-root.yaml
+	$(K8S_TOOLS)/bin/kubernetes-validate --strict -k $(K8S_VERSION) --quiet --no-warn $(K8S_OUT)/*.yaml argocd/argocd-cm-health.yaml
+	$(K8S_TOOLS)/bin/python k8s/tools/validate_crs.py $(addprefix $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root))
 	cp k8s/tools/validate-crs.mjs $(K8S_NODE)/ && node $(K8S_NODE)/validate-crs.mjs $(K8S_OUT)/*.crs.json
 	$(K8S_TOOLS)/bin/hadolint $(DOCKERFILES)
-	$(K8S_TOOLS)/bin/yamllint --strict -c .yamllint.yaml k8s skaffold.yaml docker-compose.yaml .hadolint.yaml .yamllint.yaml
+	BC_SKIP_MAPPING=TRUE $(CHECKOV)/bin/checkov --framework kubernetes dockerfile --skip-download --quiet --compact \
+	  $(addprefix -f $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root)) $(addprefix -f ,$(DOCKERFILES))
+	$(K8S_TOOLS)/bin/yamllint --strict -c .yamllint.yaml k8s argocd skaffold.yaml docker-compose.yaml .hadolint.yaml .yamllint.yaml
 	$(K8S_TOOLS)/bin/docker-compose -f docker-compose.yaml config --quiet
 	PORTICO_K8S_TOOLS=$(K8S_TOOLS) $(BIN)/pytest tests/k8s $(PYTEST_ARGS)
+
+.PHONY: image-sizes
+image-sizes: sync ## Estimate each image's size without Docker (needs Debian 12's apt-get and binutils)
+	UV=$(UV) k8s/tools/image-sizes.sh
 
 ##@ Observability
 

@@ -87,6 +87,7 @@ async def _measure(options: Options, *, make_run: bool) -> dict[str, Any]:
             await bench.start_stack()
             await bench.seed()
             await bench.start_baselines()
+            await bench.start_otel_pairs()
             say("timing exec → ready of users and gateway copies")
             await bench.measure_process_startup()
             await asyncio.sleep(1)
@@ -115,6 +116,7 @@ async def _measure(options: Options, *, make_run: bool) -> dict[str, Any]:
         "logins": need(bench.tokens, "the tokens").logins_done,
         "summary": rows,
         "ratios": report.ratios(rows, options.concurrency),
+        "otel": bench.otel_stats,
         "targets": report.targets(rows, bench.startup, bench.rss),
         "startup": bench.startup,
         "rss_mb": bench.rss,
@@ -126,22 +128,22 @@ def render(result: dict[str, Any]) -> str:
     """The printed report: machine line, table, ratios, start-up and memory, targets."""
     m, o = result["machine"], result["options"]
     dirty = " (dirty)" if m["git_dirty"] else ""
-    return "\n\n".join(
-        [
-            f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GiB, "
-            f"Python {m['python']}, {m['load_generator']}; commit {m['git_commit'][:10]}{dirty}; "
-            f"{result['timestamp']}; {o['duration_s']:g} s cells, median of {o['rounds']} "
-            "interleaved round(s)",
-            report.table(result["summary"]),
-            report.auth_lines(result),
-            "Ratios (full path ÷ baseline):",
-            report.ratio_lines(result["ratios"]),
-            report.startup_lines(result["startup"], result["rss_mb"]),
-            report.target_lines(result["targets"]),
-            f"checks: {result['checks']}",
-            report.failure_lines(result["failures"]),
-        ]
-    )
+    parts = [
+        f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GiB, "
+        f"Python {m['python']}, {m['load_generator']}; commit {m['git_commit'][:10]}{dirty}; "
+        f"{result['timestamp']}; {o['duration_s']:g} s cells, median of {o['rounds']} "
+        "interleaved round(s)",
+        report.table(result["summary"]),
+        report.auth_lines(result),
+        "Ratios (full path ÷ baseline):",
+        report.ratio_lines(result["ratios"]),
+        report.otel_lines(result["summary"], result.get("otel") or {}),
+        report.startup_lines(result["startup"], result["rss_mb"]),
+        report.target_lines(result["targets"]),
+        f"checks: {result['checks']}",
+        report.failure_lines(result["failures"]),
+    ]
+    return "\n\n".join(p for p in parts if p)
 
 
 def main(argv: list[str] | None = None) -> int:

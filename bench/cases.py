@@ -1,9 +1,9 @@
 """What is measured: each case, and its variants run interleaved in the same cells.
 
-Adding a variant (say, the gateway with tracing on, once observability lands) is one
-``Variant`` entry in a case, plus, if it needs its own process, one entry in
-``bench.harness.SERVERS``. ``server`` names the process that receives the load (``users`` means
-direct gRPC, driven by :mod:`bench.grpc_load`; the others are HTTP, driven by wrk).
+Adding a variant is one ``Variant`` entry in a case, plus, if it needs processes of its own,
+their start in :mod:`bench.harness` (as the ``otel_overhead`` pairs have). ``server`` names the
+process that receives the load (``users`` means direct gRPC, driven by :mod:`bench.grpc_load`; the
+others are HTTP, driven by wrk).
 
 Every request carries an access token (``Authorization: Bearer``, gRPC ``authorization``
 metadata) of the case's ``caller`` (:mod:`bench.tokens`): the owner reading their own account in
@@ -32,6 +32,29 @@ PATHS: dict[str, tuple[str, ...]] = {
     "monolith": ("monolith", "valkey"),
     "monolith_verify": ("monolith_verify", "valkey"),
     "floor": ("floor",),
+    # otel_overhead: a gateway + users pair each, started next to the stack (bench.harness).
+    "gateway_otel_on": ("gateway_otel_on", "users_otel_on", "valkey", "postgres"),
+    "gateway_otel_off": ("gateway_otel_off", "users_otel_off", "valkey", "postgres"),
+}
+
+#: The tracing-overhead pairs: gateway server → its mode. Both run the same code, against the
+#: stack's Valkey, PostgreSQL and auth service; only their ``OTEL_*`` environment differs
+#: (:data:`OTEL_ENV`). Metrics are recorded in both (no setting turns them off); nothing scrapes
+#: them during the cells.
+OTEL_PAIRS: dict[str, Literal["on", "off"]] = {
+    "gateway_otel_on": "on",
+    "gateway_otel_off": "off",
+}
+#: ``on``: every request sampled (``always_on``), spans batched and exported over OTLP/gRPC to
+#: :mod:`bench.otlp_sink` (``{sink}`` is its address), as to a collector. ``off``: the SDK off,
+#: so no span is recorded (the instrumentation's wrappers still run, with no-op spans).
+OTEL_ENV: dict[str, dict[str, str]] = {
+    "on": {
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://{sink}",
+    },
+    "off": {"OTEL_SDK_DISABLED": "true"},
 }
 
 #: How many times a request to each server has its access token verified on the way.
@@ -41,6 +64,8 @@ TOKEN_CHECKS: dict[str, int] = {
     "monolith_verify": 1,
     "monolith": 0,
     "floor": 0,
+    "gateway_otel_on": 2,
+    "gateway_otel_off": 2,
 }
 
 
@@ -72,6 +97,8 @@ class Case:
     before_cell: Hook | None = None
     #: Count the Valkey entries a cell fills (after an emptied cache: its cache misses).
     count_fills: bool = False
+    #: The variant the case's ratios are taken over the others of.
+    full_path: str = FULL_PATH
 
 
 CASES: tuple[Case, ...] = (
@@ -87,6 +114,18 @@ CASES: tuple[Case, ...] = (
         ),
         caller="owner",
         before_cell="warm_cached",
+    ),
+    Case(
+        "otel_overhead",
+        "GET /v1/users/{id} by its owner, cached, through gateway + users with tracing on "
+        "(always_on, OTLP export) and off (OTEL_SDK_DISABLED); metrics on in both",
+        (
+            Variant("otel on", "gateway_otel_on", path="/v1/users/{user}"),
+            Variant("otel off", "gateway_otel_off", path="/v1/users/{user}"),
+        ),
+        caller="owner",
+        before_cell="warm_cached",
+        full_path="otel on",
     ),
     Case(
         "get_miss",

@@ -10,6 +10,11 @@ here comes from one address and two users, so they would answer 429 at once; the
 measures the cost of serving requests, not a client's quota. Every request carries a valid
 access token (:mod:`bench.tokens`), and a cell with any error (an HTTP status of 400 or more, a
 gRPC error, a socket error or timeout) is marked failed, said loudly, and fails the run.
+
+The tracing-overhead case (``otel_overhead``) runs on two more gateway + users pairs, started
+here from the launcher's own command lines and environments and differing only in ``OTEL_*``
+(:data:`bench.cases.OTEL_ENV`); the traced pair exports to :mod:`bench.otlp_sink`, whose span
+counts end up in the results (``checks``, ``otel``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,9 +39,9 @@ import grpc
 import httpx
 from valkey.asyncio import Valkey
 
-from bench import startup, wrk
+from bench import otlp_sink, startup, wrk
 from bench.baselines import DEFAULT_KEY_PREFIX
-from bench.cases import CASES, Case, Variant
+from bench.cases import CASES, OTEL_ENV, OTEL_PAIRS, Case, Variant
 from bench.grpc_load import TOKEN_VARIABLE
 from bench.procstats import Watched, cpu_us_per_request
 from bench.tokens import Caller, Tokens
@@ -168,6 +174,13 @@ class Bench:
         self._channel: grpc.aio.Channel | None = None
         self._valkey: Valkey | None = None
         self._cell_no = 0
+        #: Processes of the otel_overhead case (pairs and sink), by watched name.
+        self.otel: dict[str, asyncio.subprocess.Process] = {}
+        self.sink_port = 0
+        #: Requests answered per server (warm-ups included): what the sink's counts are put over.
+        self.sent: Counter[str] = Counter()
+        #: What the OTLP sink received (bench.otlp_sink), read after the traced pair stopped.
+        self.otel_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------ set-up
 
@@ -294,6 +307,101 @@ class Bench:
         # Limits on would add RateLimit headers (and Valkey calls) to every answer.
         self.checks["gateway_rate_limits_off"] = "ratelimit" not in reply.headers
 
+    async def start_otel_pairs(self) -> None:
+        """The gateway + users pairs of the tracing-overhead case, and the OTLP sink."""
+        selected = [c for c in CASES if c.name in self.options.cases]
+        servers = [v.server for c in selected for v in c.variants if v.server in OTEL_PAIRS]
+        if not servers:
+            return
+        stack = need(self.stack, "the stack")
+        children = {c.name: c for c in stack.children}
+        if "on" in (OTEL_PAIRS[s] for s in servers):
+            self.sink_port = startup.free_port()
+            argv = [sys.executable, "-m", "bench.otlp_sink", "--port", str(self.sink_port)]
+            sink = await startup.spawn(argv, env=dict(os.environ), log=self.log, cwd=REPO)
+            self.otel["otlp_sink"] = sink
+            await startup.wait_ready(sink, self._sink_ready, 30)
+            self.watched.add("otlp_sink", sink.pid)
+        for server in dict.fromkeys(servers):
+            mode = OTEL_PAIRS[server]
+            telemetry = {
+                k: v.format(sink=f"127.0.0.1:{self.sink_port}") for k, v in OTEL_ENV[mode].items()
+            }
+            users, gateway = children["users"], children["gateway"]
+            grpc_port, metrics_port, http_port = (startup.free_port() for _ in range(3))
+            for child, name, env, probe in (
+                (
+                    users,
+                    f"users_otel_{mode}",
+                    {
+                        "USERS_GRPC_PORT": str(grpc_port),
+                        "USERS_METRICS_PORT": str(metrics_port),
+                        "USERS_SHUTDOWN_DELAY_S": "0",
+                    },
+                    startup.grpc_serving(grpc_port),
+                ),
+                (
+                    gateway,
+                    server,
+                    {
+                        "GATEWAY_PORT": str(http_port),
+                        "GATEWAY_USERS_TARGET": f"127.0.0.1:{grpc_port}",
+                    },
+                    startup.http_ok(f"http://127.0.0.1:{http_port}/readyz"),
+                ),
+            ):
+                base = {k: v for k, v in child.env.items() if not k.startswith("OTEL_")}
+                proc = await startup.spawn(
+                    child.argv, env=base | env | telemetry, log=self.log, cwd=REPO
+                )
+                self.otel[name] = proc
+                await startup.wait_ready(proc, probe, 30)
+                self.watched.add(name, proc.pid)
+            self.urls[server] = f"http://127.0.0.1:{http_port}"
+        await self._check_otel_pairs()
+
+    async def _sink_ready(self) -> bool:
+        try:
+            await otlp_sink.stats(self.sink_port)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    async def _check_otel_pairs(self) -> None:
+        """Each pair answers what the stack's gateway answers; only the traced one has traces."""
+        owner = self.header("owner")
+        user_path = f"/v1/users/{self.fixtures.cached_id}"
+        async with httpx.AsyncClient(headers=owner, timeout=5) as client:
+            expected = (await client.get(self.urls["gateway"] + user_path)).json()
+            for server, mode in OTEL_PAIRS.items():
+                if server not in self.urls:
+                    continue
+                answer = await client.get(self.urls[server] + user_path)
+                self.checks[f"otel_{mode}_json_equals_gateway"] = answer.json() == expected
+                # A problem names its trace only when the request was traced (errors.problem).
+                problem = (await client.get(self.urls[server] + "/v1/no-such-route")).json()
+                traced = "trace_id" in problem
+                key = "has" if mode == "on" else "has_no"
+                self.checks[f"otel_{mode}_problem_{key}_trace_id"] = traced == (mode == "on")
+
+    async def finish_otel(self) -> None:
+        """Stop the pairs (the traced one flushes its last spans on exit), then read the sink."""
+        for name in sorted(self.otel, key=lambda n: (n == "otlp_sink", n.startswith("users"))):
+            if name == "otlp_sink":
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    self.otel_stats = await otlp_sink.stats(self.sink_port)
+            await startup.terminate(self.otel[name])
+        if self.otel_stats:
+            stats = self.otel_stats
+            traced = self.sent["gateway_otel_on"]
+            gateway_spans = int(stats["server_spans"].get("gateway", 0))
+            self.otel_stats |= {
+                "requests_to_traced_gateway": traced,
+                "spans_per_request": sum(stats["spans"].values()) / max(gateway_spans, 1),
+                "exported_share": gateway_spans / max(traced, 1),
+            }
+            self.checks["otel_on_spans_exported"] = gateway_spans > 0
+
     async def measure_process_startup(self) -> None:
         """Copies of each service on another port, against the running backends and services."""
         children = need(self.stack, "the stack").children
@@ -416,13 +524,20 @@ class Bench:
         await need(self.tokens, "the tokens").fresh()
         if variant.grpc_op is not None:
             return await self._grpc_load(variant, concurrency, duration_s, tag, case.caller)
+        result = await self._wrk(case, variant, concurrency, duration_s, tag)
+        self.sent[variant.server] += result.requests
+        return result, None
+
+    async def _wrk(
+        self, case: Case, variant: Variant, concurrency: int, duration_s: float, tag: str
+    ) -> wrk.LoadResult:
         path = variant.path.replace("{user}", self.fixtures.cached_id)
         args: tuple[str, ...] = ()
         if variant.fixture == "tag":
             args = (tag,)
         elif (fixture := self._fixture_file(variant)) is not None:
             args = (str(fixture),)
-        result = await wrk.run(
+        return await wrk.run(
             self.urls[variant.server] + path,
             connections=concurrency,
             duration_s=duration_s,
@@ -430,7 +545,6 @@ class Bench:
             args=args,
             headers=self.header(case.caller),
         )
-        return result, None
 
     async def _failure(self, case: Case, variant: Variant, load: wrk.LoadResult) -> str:
         """Why a cell failed, with the status of one plain request when wrk cannot tell it."""
@@ -522,6 +636,7 @@ class Bench:
             await self._channel.close()
         if self._valkey is not None:
             await self._valkey.aclose()
+        await self.finish_otel()
         for proc in self.baselines.values():
             await startup.terminate(proc)
         if self.stack is not None:

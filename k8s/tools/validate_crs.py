@@ -8,7 +8,8 @@ Run by ``make k8s-check`` with the tools venv (``.tools/k8s``: PyYAML + jsonsche
   ``openAPIV3Schema`` of the CRDs vendored in ``k8s/crds/cloudnative-pg``, with
   ``additionalProperties: false`` added wherever a schema lists its properties (catches typos).
 * Every other custom resource is written to ``RENDERED.crs.json`` for ``validate-crs.mjs``
-  (npm ``@kubernetes-models/*``); a kind that neither knows fails the check.
+  (npm ``@kubernetes-models/*``: schema, and unknown fields); a kind that neither knows fails
+  the check.
 """
 
 from __future__ import annotations
@@ -33,6 +34,23 @@ NPM_KINDS = {
     ("external-secrets.io/v1", "ExternalSecret"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    # Istio (istio/): @kubernetes-models/istio
+    ("security.istio.io/v1", "PeerAuthentication"),
+    ("security.istio.io/v1", "AuthorizationPolicy"),
+    ("security.istio.io/v1", "RequestAuthentication"),
+    ("networking.istio.io/v1", "DestinationRule"),
+    ("networking.istio.io/v1", "VirtualService"),
+    ("networking.istio.io/v1", "Gateway"),
+    ("telemetry.istio.io/v1", "Telemetry"),
+    # Argo Rollouts (k8s/components/rollouts): @kubernetes-models/argo-rollouts
+    ("argoproj.io/v1alpha1", "Rollout"),
+    ("argoproj.io/v1alpha1", "AnalysisTemplate"),
+    # cert-manager (istio/certificate.yaml): @kubernetes-models/cert-manager
+    ("cert-manager.io/v1", "Certificate"),
+    # Argo CD (argocd/): @kubernetes-models/argo-cd
+    ("argoproj.io/v1alpha1", "Application"),
+    ("argoproj.io/v1alpha1", "AppProject"),
+    ("argoproj.io/v1alpha1", "ApplicationSet"),
 }
 
 

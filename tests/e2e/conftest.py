@@ -69,8 +69,10 @@ class Stack:
         return code
 
 
-def start_stack(data_dir: Path, *, timeout_s: float = 90.0) -> Stack:
-    """Run ``portico-dev`` on free ports; return once the gateway is ready."""
+def start_stack(
+    data_dir: Path, *, timeout_s: float = 90.0, extra_env: dict[str, str] | None = None
+) -> Stack:
+    """Run ``portico-dev`` on free ports (plus ``extra_env``); return once the gateway is ready."""
     gateway_port, users_port, auth_port = free_port(), free_port(), free_port()
     env = {
         k: v
@@ -94,6 +96,7 @@ def start_stack(data_dir: Path, *, timeout_s: float = 90.0) -> Stack:
         # the integration tier, and the README walkthroughs that log in run after it.
         "AUTH_THROTTLE__ADDRESS_LIMIT": "1000000",
     }
+    env |= extra_env or {}
     process = subprocess.Popen(
         [sys.executable, "-m", "portico_devstack"],
         env=env,

@@ -41,10 +41,12 @@ def test_service_ports_and_probes_match_the_configured_port(docs: list[Manifest]
         deployment = one(docs, "Deployment", app)
         port = int(config_of(docs, deployment)[setting])
         container = pod_template(deployment)["containers"][0]
-        (container_port,) = container["ports"]
-        assert container_port["containerPort"] == port
         expected_name = "http" if app == "gateway" else "grpc"
-        assert container_port["name"] == expected_name
+        ports = {p["name"]: p for p in container["ports"]}
+        container_port = ports.pop(expected_name)
+        assert container_port["containerPort"] == port
+        # Besides: the services' /metrics port (the gateway serves it on http; test_wiring.py).
+        assert set(ports) == (set() if app == "gateway" else {"metrics"}), app
         (service_port,) = one(docs, "Service", app)["spec"]["ports"]
         assert service_port["name"] == expected_name
         assert service_port["port"] == port
@@ -105,6 +107,8 @@ def test_every_image_is_a_skaffold_artifact_or_a_pinned_upstream(
             image: str = container["image"]
             if THIRD_PARTY.match(image):
                 continue
+            if image == "auto" and _istio_gateway(workload):
+                continue  # the injector sets the control plane's proxy image (istio/)
             # Overlays may retag/rename: the last two path segments name the artifact.
             bare = "/".join(image.split(":")[0].split("/")[-2:])
             assert bare in artifacts, f"{workload['metadata']['name']}: {image}"
@@ -220,14 +224,19 @@ def test_pdbs_and_hpas_select_their_deployment(docs: list[Manifest]) -> None:
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert one(docs, "PodDisruptionBudget", name)["spec"]["selector"]["matchLabels"] == selector
         target = one(docs, "HorizontalPodAutoscaler", name)["spec"]["scaleTargetRef"]
-        assert (target["kind"], target["name"]) == ("Deployment", name)
+        # With k8s/components/rollouts, the Rollout that runs the Deployment's pods is scaled.
+        rollout = _rollout_of(docs, name)
+        scaled = deployment if rollout is None else rollout
+        assert (target["kind"], target["name"]) == (scaled["kind"], name)
+        assert scaled["metadata"]["name"] == name
 
 
 def test_prod_is_highly_available(rendered: dict[str, list[Manifest]]) -> None:
     docs = rendered["prod"]
     for deployment in of_kind(docs, "Deployment"):
         name = deployment["metadata"]["name"]
-        assert deployment["spec"]["replicas"] >= 2, name
+        rollout = _rollout_of(docs, name)  # runs the pods instead (k8s/components/rollouts)
+        assert (deployment if rollout is None else rollout)["spec"]["replicas"] >= 2, name
         assert one(docs, "HorizontalPodAutoscaler", name)["spec"]["minReplicas"] >= 2, name
     cluster = one(docs, "Cluster", "postgres")["spec"]
     assert cluster["instances"] == 3
@@ -237,6 +246,21 @@ def test_prod_is_highly_available(rendered: dict[str, list[Manifest]]) -> None:
     assert sync.get("dataDurability", "required") == "required"
     assert cluster["backup"]["barmanObjectStore"]["wal"]
     assert of_kind(docs, "ScheduledBackup")
+
+
+def _istio_gateway(workload: Manifest) -> bool:
+    """An Envoy deployed by Istio's gateway injection (istio/ingress-gateway.yaml)."""
+    annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+    return bool(annotations.get("inject.istio.io/templates") == "gateway")
+
+
+def _rollout_of(docs: list[Manifest], deployment: str) -> Manifest | None:
+    """The Rollout whose workloadRef is the Deployment ``deployment``, if any."""
+    for rollout in of_kind(docs, "Rollout"):
+        ref = rollout["spec"].get("workloadRef", {})
+        if (ref.get("kind"), ref.get("name")) == ("Deployment", deployment):
+            return rollout
+    return None
 
 
 def test_dev_needs_no_operator_besides_cloudnative_pg(rendered: dict[str, list[Manifest]]) -> None:

@@ -33,6 +33,14 @@ SETTINGS: dict[str, type[BaseSettings]] = {
 POLICED = ("staging", "prod")
 #: Connections that must be allowed (source, Service), besides whatever the settings name.
 REQUIRED_EDGES = {("users", "auth"), ("gateway", "valkey")}
+#: Read by the OpenTelemetry SDK itself (``Resource.create``), not by a settings class.
+SDK_VARIABLES = {"OTEL_RESOURCE_ATTRIBUTES"}
+#: The platform's telemetry, installed separately (README "Observability"): its namespace, and the
+#: labels of the Prometheus and collector pods.
+OBSERVABILITY = "observability"
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+COLLECTOR = {"app.kubernetes.io/name": "otel-collector"}
+APPS = ("gateway", "users", "auth")
 _REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -98,9 +106,12 @@ def app_settings(
 
 
 def test_every_variable_is_a_setting_of_its_app(docs: list[Manifest]) -> None:
-    telemetry = env_names(TelemetrySettings)
+    telemetry = env_names(TelemetrySettings) | SDK_VARIABLES
     for workload in [*of_kind(docs, "Deployment"), *of_kind(docs, "Job")]:
         name = workload["metadata"]["name"]
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("inject.istio.io/templates") == "gateway":
+            continue  # Istio's ingress gateway (istio/): an Envoy, no Portico settings
         env, referenced = container_env(docs, workload)
         unknown = set(env) - env_names(SETTINGS[name]) - telemetry - referenced
         assert not unknown, f"{name} sets variables no setting reads: {sorted(unknown)}"
@@ -156,15 +167,19 @@ def _selects(selector: Manifest, labels: dict[str, str]) -> bool:
     return True
 
 
-def _peer_allows(peer: Manifest, labels: dict[str, str], namespace: str) -> bool:
-    """A ``from``/``to`` peer against a pod of the policy's own namespace (ipBlock never
-    matches: pod addresses are not known in advance)."""
+def _peer_allows(
+    peer: Manifest, labels: dict[str, str], namespace: str, peer_namespace: str
+) -> bool:
+    """A ``from``/``to`` peer of a policy in ``namespace`` against a pod with ``labels`` in
+    ``peer_namespace`` (ipBlock never matches: pod addresses are not known in advance)."""
     if "ipBlock" in peer:
         return False
     if "namespaceSelector" in peer:
-        ns_labels = {"kubernetes.io/metadata.name": namespace}
+        ns_labels = {"kubernetes.io/metadata.name": peer_namespace}
         if not _selects(peer["namespaceSelector"], ns_labels):
             return False
+    elif peer_namespace != namespace:  # a bare podSelector names pods of the policy's namespace
+        return False
     return _selects(peer.get("podSelector", {}), labels)
 
 
@@ -187,10 +202,13 @@ def allows(
     pod: dict[str, str],
     peer: dict[str, str],
     port: tuple[int, str],
+    *,
+    peer_namespace: str | None = None,
 ) -> bool:
     """Whether the NetworkPolicies let ``pod`` send to (Egress) / receive from (Ingress) ``peer``
     on the pod port ``(number, name)`` of the receiving side (NetworkPolicy semantics: a pod no
-    policy selects for a direction is open in it; else the union of the rules applies)."""
+    policy selects for a direction is open in it; else the union of the rules applies).
+    ``peer_namespace`` is the peer's namespace when it is not ``pod``'s own."""
     key = "to" if direction == "Egress" else "from"
     isolating = []
     for policy in of_kind(docs, "NetworkPolicy"):
@@ -202,11 +220,12 @@ def allows(
         return True
     for policy in isolating:
         namespace = policy["metadata"].get("namespace", "default")
+        other = peer_namespace or namespace
         for rule in policy["spec"].get(direction.lower(), []):
             peers = rule.get(key)
-            if (not peers or any(_peer_allows(p, peer, namespace) for p in peers)) and _port_allows(
-                rule.get("ports"), *port
-            ):
+            if (
+                not peers or any(_peer_allows(p, peer, namespace, other) for p in peers)
+            ) and _port_allows(rule.get("ports"), *port):
                 return True
     return False
 
@@ -278,3 +297,68 @@ def test_policy_check_refuses_what_default_deny_blocks(rendered: dict[str, list[
     stranger = {"app.kubernetes.io/name": "stranger"}
     auth = _pod_labels(one(docs, "Deployment", "auth"))
     assert not allows(docs, "Ingress", auth, stranger, (number, name))
+
+
+def _metrics_port(
+    docs: list[Manifest], name: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
+    """The container port (number, name) an app serves ``/metrics`` on, from its settings: the
+    gateway's HTTP port, the services' ``*_METRICS_PORT`` (declared as a port named ``metrics``)."""
+    settings, _ = app_settings(docs, name, monkeypatch)
+    if isinstance(settings, GatewaySettings):
+        number = settings.port
+    else:
+        assert isinstance(settings, UsersSettings | AuthSettings)
+        number = settings.metrics_port
+    assert number, f"{name}: metrics are turned off"
+    container = pod_template(one(docs, "Deployment", name))["containers"][0]
+    declared = {p["containerPort"]: p.get("name", "") for p in container.get("ports", [])}
+    assert number in declared, f"{name}: metrics port {number} is not a declared containerPort"
+    if name != "gateway":
+        assert declared[number] == "metrics", f"{name}: port {number} is named {declared[number]}"
+    return number, declared[number]
+
+
+@pytest.mark.parametrize("overlay", POLICED)
+def test_prometheus_can_scrape_every_app(
+    overlay: str, rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered[overlay]
+    for name in APPS:
+        app = _pod_labels(one(docs, "Deployment", name))
+        port = _metrics_port(docs, name, monkeypatch)
+        scrape = f"{overlay}: prometheus -> {name}:{port[0]}"
+        assert allows(docs, "Ingress", app, PROMETHEUS, port, peer_namespace=OBSERVABILITY), scrape
+        # Not vacuous: other pods of that namespace, and a "prometheus" of another, stay out.
+        if name != "gateway":  # the gateway's HTTP port is open to the edge anyway
+            stranger = {"app.kubernetes.io/name": "grafana"}
+            assert not allows(docs, "Ingress", app, stranger, port, peer_namespace=OBSERVABILITY)
+            assert not allows(docs, "Ingress", app, PROMETHEUS, port, peer_namespace="elsewhere")
+            assert not allows(docs, "Ingress", app, PROMETHEUS, port), "same-namespace prometheus"
+
+
+@pytest.mark.parametrize("overlay", ["dev", *POLICED])
+def test_every_app_sends_spans_to_the_collector(
+    overlay: str, rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered[overlay]
+    for name in APPS:
+        _, env = app_settings(docs, name, monkeypatch)
+        endpoint = urlsplit(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+        assert endpoint.scheme == "http", f"{overlay} {name}: OTLP/gRPC endpoint {endpoint}"
+        host, port = endpoint.hostname or "", endpoint.port or 0
+        assert host.split(".")[:3] == ["otel-collector", OBSERVABILITY, "svc"], host
+        assert port == 4317, endpoint
+        assert env["OTEL_SERVICE_NAME"] == name
+        attributes = dict(a.split("=", 1) for a in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+        assert attributes["deployment.environment"] == overlay, attributes
+        if overlay in POLICED:
+            app = _pod_labels(one(docs, "Deployment", name))
+            edge = f"{overlay}: {name} -> {host}:{port}"
+            assert allows(
+                docs, "Egress", app, COLLECTOR, (port, "otlp-grpc"), peer_namespace=OBSERVABILITY
+            ), edge
+            # Only that port there: the Jaeger UI (16686) is not the apps' business.
+            assert not allows(
+                docs, "Egress", app, COLLECTOR, (16686, ""), peer_namespace=OBSERVABILITY
+            ), edge

@@ -8,6 +8,10 @@
   :class:`~portico_gateway.middleware.BodyTooLarge` (a chunked body over the limit): 413.
 * Starlette's HTTP errors (unknown route 404, 405), FastAPI validation errors, and finally any
   other exception: 500 with a generic detail; the traceback goes to the log only.
+
+Every problem carries the ``request_id`` and, inside a traced request, the ``trace_id`` (32 hex
+digits, the one every log line of the request and the trace in Jaeger carry), so a client can
+quote either.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from google.rpc import error_details_pb2, status_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from portico_common.logs import trace_ids
 from portico_gateway.middleware import REQUEST_ID_HEADER, BodyTooLarge, request_id_of
 
 _log = logging.getLogger(__name__)
@@ -105,7 +110,11 @@ def problem(
     kind: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """An RFC 9457 problem response for ``request``."""
+    """An RFC 9457 problem response for ``request``.
+
+    ``trace_id`` is the current span's trace (absent outside a traced request: ``/readyz``, or
+    with ``OTEL_SDK_DISABLED``). It is there whether or not the trace is sampled, as in the logs.
+    """
     rid = request_id_of(request.scope)
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + (kind or _kind(status)),
@@ -115,6 +124,9 @@ def problem(
         "instance": request.url.path,
         "request_id": rid,
     }
+    trace_id, _ = trace_ids()
+    if trace_id:
+        body["trace_id"] = trace_id
     if errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
     all_headers = {REQUEST_ID_HEADER: rid} | (headers or {})

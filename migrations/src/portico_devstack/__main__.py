@@ -29,6 +29,14 @@ def _parser(defaults: DevSettings) -> argparse.ArgumentParser:
     parser.add_argument("--users-port", type=int, default=defaults.users_port)
     parser.add_argument("--auth-port", type=int, default=defaults.auth_port)
     parser.add_argument("--valkey-port", type=int, default=defaults.valkey_port)
+    parser.add_argument(
+        "--observe",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.observe,
+        help="also run a local Prometheus scraping every process, with the repo's rules "
+        "(Debian's `prometheus`; skipped with a message when it is not installed)",
+    )
+    parser.add_argument("--prometheus-port", type=int, default=defaults.prometheus_port)
     parser.add_argument("--ready-timeout-s", type=float, default=defaults.ready_timeout_s)
     return parser
 

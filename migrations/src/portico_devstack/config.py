@@ -32,6 +32,20 @@ class DevSettings(BaseSettings):
         default="admin@example.com",
         description="Gets the admin role once signed up (AUTH_ADMIN_EMAILS, unless that is set).",
     )
+    observe: bool = Field(
+        default=False,
+        description=(
+            "Also run a local Prometheus (Debian's `prometheus`) scraping every process, with "
+            "the repo's recording rules and alerts (`make run OBSERVE=1`); skipped, with a "
+            "message, when none is installed."
+        ),
+    )
+    prometheus_port: int = Field(
+        default=9090, ge=0, le=65535, description="Local Prometheus (OBSERVE); 0 or taken = free"
+    )
+    prometheus_binary: str = Field(
+        default="prometheus", description="The Prometheus server OBSERVE runs (on PATH, or a path)"
+    )
     ready_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=20.0, gt=0, description="Per child, after SIGTERM.")
     database_url: SecretStr | None = Field(

@@ -3,13 +3,16 @@
 Order of start: PostgreSQL (embedded unless ``DATABASE_URL``) → Valkey (embedded unless
 ``VALKEY_URL``) → migrations → users service → auth service (each until its gRPC health check says
 SERVING; auth signs tokens with a dev key kept in ``<data_dir>/auth/signing-key.pem``, made on the
-first run) → gateway (until ``/readyz`` answers 200). Each child's output is shown line by line
-behind its name.
+first run) → gateway (until ``/readyz`` answers 200) → with ``observe`` (``make run OBSERVE=1``),
+a local Prometheus scraping all three (:mod:`portico_devstack.prometheus`; when no ``prometheus``
+is installed, or it fails to start, the launcher says so and runs on without it). Each child's
+output is shown line by line behind its name.
 
-Order of stop (Ctrl-C / SIGTERM): gateway, then auth, then users (SIGTERM, so each drains its work;
-SIGKILL only after ``stop_timeout_s``), then Valkey and PostgreSQL. The data folder is kept. A
-second Ctrl-C kills the children at once. A child that exits on its own is reported, the rest is
-stopped, and the launcher exits non-zero.
+Order of stop (Ctrl-C / SIGTERM): Prometheus, gateway, then auth, then users (SIGTERM by pid, so
+each drains its work; SIGKILL only after ``stop_timeout_s``), then Valkey and PostgreSQL. The data
+folder is kept. A second Ctrl-C kills the children at once. A service that exits on its own is
+reported, the rest is stopped, and the launcher exits non-zero (Prometheus is not a service: if it
+dies, its own lines say why and the stack runs on).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2
 
+from portico_devstack import prometheus
 from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
 from portico_devstack.config import DevSettings, child_environment
 from portico_migrations.config import default_migrations_dir
@@ -58,6 +62,8 @@ class Child:
     argv: Sequence[str]
     env: dict[str, str]
     color: str = ""
+    #: A service: its exit stops the stack (Prometheus is an extra, not essential).
+    essential: bool = True
     process: asyncio.subprocess.Process | None = None
     _pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -112,6 +118,12 @@ class Child:
         return await waiter
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -164,6 +176,10 @@ class Stack:
         self.valkey: EmbeddedValkey | None = None
         self.children: list[Child] = []
         self.force = asyncio.Event()
+        #: The local Prometheus's URL once it runs (``observe``), else None.
+        self.prometheus_url: str | None = None
+        #: Why ``observe`` found no Prometheus to run ("" when it runs or was not asked for).
+        self.prometheus_note = ""
 
     @property
     def gateway_url(self) -> str:
@@ -282,10 +298,66 @@ class Stack:
         await gateway.start()
         ready_url = f"{self.gateway_url}/readyz"
         await _wait_ready(gateway, lambda: _http_ready(ready_url), s.ready_timeout_s)
+        if s.observe:
+            await self._start_prometheus(env)
+
+    def _scrape_targets(self) -> list[prometheus.Target]:
+        s = self.settings
+        host = prometheus.scrape_host(s.host)
+        targets = [prometheus.Target("gateway", f"{host}:{s.gateway_port}")]
+        for job, port in (("users", s.users_metrics_port), ("auth", s.auth_metrics_port)):
+            if port:
+                targets.append(prometheus.Target(job, f"{host}:{port}"))
+        return targets
+
+    async def _start_prometheus(self, env: dict[str, str]) -> None:
+        """Run Prometheus on loopback when one is installed; else say why not and go on."""
+        s = self.settings
+        binary = prometheus.find_binary(s.prometheus_binary)
+        if binary is None:
+            self.prometheus_note = (
+                f"OBSERVE: no Prometheus server ({s.prometheus_binary!r} is not installed or "
+                f"not on PATH), so none runs; {prometheus.INSTALL_HINT}"
+            )
+            say(self.prometheus_note)
+            return
+        port = s.prometheus_port
+        if port and not _port_free("127.0.0.1", port):
+            say(f"Prometheus: 127.0.0.1:{port} is in use; taking a free port instead")
+            port = 0
+        port = port or _free_port()
+        data = (s.data_dir / "prometheus").resolve()
+        rules = prometheus.rules_dir()
+        if not rules.is_dir():
+            say(f"Prometheus: no rules at {rules} (not a source checkout?); scraping only")
+        config = prometheus.write_config(
+            data, self._scrape_targets(), [rules / "*.yaml"] if rules.is_dir() else []
+        )
+        listen = f"127.0.0.1:{port}"
+        child = Child(
+            "prom",
+            prometheus.argv(binary, config_file=config, data_dir=data, listen=listen),
+            env,
+            color=_COLORS[3] if sys.stdout.isatty() else "",
+            essential=False,
+        )
+        url = f"http://{listen}"
+        self.children.append(child)  # from now on stop() stops it, even mid-start
+        await child.start()
+        try:
+            await _wait_ready(child, lambda: _http_ready(f"{url}/-/ready"), s.ready_timeout_s)
+        except StartupError as exc:
+            await child.stop(timeout_s=s.stop_timeout_s, force=self.force)
+            self.children.remove(child)
+            self.prometheus_note = f"OBSERVE: Prometheus did not start ({exc}); running without it"
+            say(self.prometheus_note)
+            return
+        self.prometheus_url = url
+        say(f"Prometheus: {binary}, data and config in {data}")
 
     async def wait_for_exit(self) -> Child:
-        """Return the first child that exits."""
-        waits = {asyncio.create_task(c.wait()): c for c in self.children}
+        """Return the first service (essential child) that exits."""
+        waits = {asyncio.create_task(c.wait()): c for c in self.children if c.essential}
         done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -334,6 +406,11 @@ async def run(settings: DevSettings) -> int:
         say(f"API docs  {stack.gateway_url}/docs   (OpenAPI: {stack.gateway_url}/openapi.json)")
         say(f"gRPC      {stack.users_target}  (portico.users.v1.UserService, reflection on)")
         say(f"gRPC      {stack.auth_target}  (portico.auth.v1.AuthService, reflection on)")
+        if stack.prometheus_url is not None:
+            url = stack.prometheus_url
+            say(f"Prometheus {url}  (targets, rules, alerts: {url}/targets, /rules, /alerts)")
+        elif stack.prometheus_note:
+            say(stack.prometheus_note)
         say("Ctrl-C stops everything")
         exited = asyncio.create_task(stack.wait_for_exit())
         await asyncio.wait({exited, stopper}, return_when=asyncio.FIRST_COMPLETED)

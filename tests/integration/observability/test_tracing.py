@@ -107,3 +107,34 @@ async def test_the_gateway_joins_a_b3_trace_from_the_caller(
     server = _one(finished, SpanKind.SERVER, GET_USER)
     assert server.attributes is not None
     assert server.attributes["rpc.grpc.status_code"] == 5  # NOT_FOUND, recorded on the span
+
+
+async def test_a_problem_names_the_trace_of_its_request(
+    api: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    response = await api.get("/v1/users/00000000-0000-4000-8000-000000000000")
+
+    assert response.status_code == 404  # NOT_FOUND from the users service
+    assert response.headers["content-type"] == "application/problem+json"
+    http = _one(list(spans.get_finished_spans()), SpanKind.SERVER, "/v1/users/{id}")
+    assert response.json()["trace_id"] == format(http.context.trace_id, "032x")
+
+
+async def test_a_gateway_problem_names_the_callers_trace(
+    api: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    traceparent = f"00-{trace_id}-b7ad6b7169203331-01"
+
+    response = await api.post(  # refused by the gateway itself, before any upstream call
+        "/v1/users",
+        content=b"{not json",
+        headers={"traceparent": traceparent, "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["trace_id"] == trace_id
+    assert body["request_id"] == response.headers["x-request-id"]
+    server = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert {format(s.context.trace_id, "032x") for s in server} == {trace_id}

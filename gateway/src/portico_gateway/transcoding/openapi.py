@@ -36,6 +36,14 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "detail": {"type": "string", "description": "What went wrong with this request."},
         "instance": {"type": "string", "description": "The request path."},
         "request_id": {"type": "string", "description": "Quote it when reporting a problem."},
+        "trace_id": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{32}$",
+            "description": (
+                "The request's trace id (W3C, 32 hex digits), as in the server logs and the"
+                " trace; absent when the request is not traced. Quote it too."
+            ),
+        },
         "errors": {
             "type": "array",
             "description": "One entry per invalid field.",

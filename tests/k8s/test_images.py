@@ -1,0 +1,169 @@
+"""The four images: how their Dockerfiles are built, and that every image a cluster runs is either
+one of them (a skaffold artifact) or a pinned upstream image.
+
+No Docker engine here: the Dockerfiles are checked as text (hadolint and checkov lint them in
+``make k8s-check``); README "Kubernetes" > "Images" says how their sizes were measured.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.k8s.conftest import ROOT, Manifest, yaml_to_json
+
+#: Image (skaffold artifact) -> Dockerfile, package, and the console script it runs.
+IMAGES = {
+    "portico/gateway": ("gateway/Dockerfile", "portico-gateway", "portico-gateway"),
+    "portico/users": ("services/users/Dockerfile", "portico-users", "portico-users"),
+    "portico/auth": ("services/auth/Dockerfile", "portico-auth", "portico-auth"),
+    "portico/migrations": ("migrations/Dockerfile", "portico-migrations", "portico-migrate"),
+}
+#: The runtime base: Debian 12's CPython 3.11, the minor version of .python-version and uv.lock.
+RUNTIME_BASE = "gcr.io/distroless/python3-debian12:nonroot"
+#: Upstream images the overlays may run, each pinned to a version (never latest).
+UPSTREAM = re.compile(r"^(valkey/valkey|oliver006/redis_exporter):v?\d[\w.-]*$")
+#: Istio gateway injection replaces `image: auto` with the control plane's proxy image.
+INJECTED = "auto"
+#: Kinds whose pods run containers (a Rollout may instead point at a Deployment: workloadRef).
+POD_KINDS = ("Deployment", "StatefulSet", "Job", "Rollout", "CronJob", "DaemonSet")
+
+
+def dockerfile(image: str) -> str:
+    return (ROOT / IMAGES[image][0]).read_text()
+
+
+def stages(text: str) -> list[tuple[str, str]]:
+    """``(base, name)`` of every ``FROM base AS name``."""
+    return re.findall(r"^FROM (\S+) AS (\S+)$", text, re.MULTILINE)
+
+
+@pytest.fixture(params=sorted(IMAGES))
+def image(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def test_every_dockerfile_is_a_skaffold_artifact_built_from_the_root() -> None:
+    (config,) = yaml_to_json((ROOT / "skaffold.yaml").read_text())
+    artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
+    assert artifacts.keys() == IMAGES.keys()
+    for name, (path, _, _) in IMAGES.items():
+        assert artifacts[name]["context"] == "."
+        assert artifacts[name]["docker"]["dockerfile"] == path
+    found = {
+        str(p.relative_to(ROOT)) for p in ROOT.glob("**/Dockerfile") if ".tools" not in p.parts
+    }
+    assert found == {path for path, _, _ in IMAGES.values()}, "a Dockerfile skaffold does not build"
+
+
+def test_multi_stage_on_distroless_with_the_same_python(image: str) -> None:
+    text = dockerfile(image)
+    assert stages(text) == [
+        (RUNTIME_BASE, "base"),
+        ("debian:bookworm-slim", "build"),
+        ("base", "runtime"),
+    ], "runtime = distroless python3-debian12; build = the Debian 12 its Python comes from"
+    # The venv is made for the interpreter distroless has, at the same path.
+    assert "UV_PYTHON=/usr/bin/python3.11" in text
+    assert "install -y --no-install-recommends python3.11 binutils" in text
+    assert "UV_PYTHON_DOWNLOADS=never" in text
+    assert (ROOT / ".python-version").read_text().strip() == "3.11"
+
+
+def test_built_from_the_lock_without_dev_dependencies(image: str) -> None:
+    text = dockerfile(image)
+    package = IMAGES[image][1]
+    syncs = re.findall(r"uv sync (.*)", text)
+    assert syncs == [
+        f"--frozen --no-install-workspace --package {package} --no-dev --no-editable",
+        f"--frozen --package {package} --no-dev --no-editable \\",
+    ]
+    assert "--mount=type=cache,target=/root/.cache/uv" in text, "uv's cache stays out of layers"
+    assert "UV_COMPILE_BYTECODE=1" in text, "bytecode compiled at build: the root fs is read-only"
+    # Debug symbols and stubs are build-only weight.
+    assert "strip --strip-unneeded" in text
+    assert "-name '*.pyi' -delete" in text
+
+
+def test_runtime_stage_is_minimal_and_non_root(image: str) -> None:
+    text = dockerfile(image)
+    runtime = text[text.index("FROM base AS runtime") :]
+    assert "RUN " not in runtime, "no shell in distroless: nothing runs in the runtime stage"
+    copies = re.findall(r"^COPY (.*)$", runtime, re.MULTILINE)
+    sources = {c.split()[-2] for c in copies}
+    allowed = {"/app/.venv", "/out/etc/group", "/usr/bin/sleep", "/sql"}
+    assert sources <= allowed, f"only the venv (and passwd, sleep, SQL) reach the image: {copies}"
+    assert "USER 10001:10001" in runtime
+    assert "portico:x:10001:10001:" in text, "the numeric user has a passwd entry"
+    assert "PYTHONDONTWRITEBYTECODE=1" in runtime
+    script = IMAGES[image][2]
+    assert f'ENTRYPOINT ["/app/.venv/bin/{script}"]' in runtime, "absolute path: no shell, no PATH"
+    for label in ("title", "description", "source", "version", "revision", "base.name"):
+        assert f"org.opencontainers.image.{label}=" in runtime
+
+
+def test_sleep_only_where_a_pre_stop_hook_runs_it(image: str) -> None:
+    has_sleep = "/usr/bin/sleep" in dockerfile(image)
+    assert has_sleep == (image != "portico/migrations"), "Deployments run `sleep 5` at preStop"
+
+
+def test_healthcheck_only_where_it_makes_sense(image: str) -> None:
+    text = dockerfile(image)
+    if image == "portico/gateway":
+        (check,) = re.findall(r"^HEALTHCHECK .*\n\s+CMD (.*)$", text, re.MULTILINE)
+        assert check.startswith('["/app/.venv/bin/python"'), "exec form: distroless has no shell"
+        assert "/healthz" in check
+    else:
+        assert "HEALTHCHECK" not in text.replace("No HEALTHCHECK", "")
+        # checkov's CKV_DOCKER_2 is skipped with a reason, never silently.
+        (skip,) = re.findall(r"^# checkov:skip=CKV_DOCKER_2: (.+)$", text, re.MULTILINE)
+        assert len(skip) > 20
+
+
+def test_dockerignore_sends_what_uv_needs_and_nothing_else() -> None:
+    rules = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert rules[0] == "**", "allow-list: everything is excluded first"
+    for needed in ("!uv.lock", "!pyproject.toml", "!.python-version", "!proto/gen/"):
+        assert needed in rules
+    for path, _, _ in IMAGES.values():
+        assert f"!{path}" not in rules, "Dockerfiles are read by the builder, not sent"
+
+
+def _containers(workload: Manifest) -> list[dict[str, Any]]:
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    template = spec.get("template")
+    if template is None:  # a Rollout with workloadRef: its Deployment carries the pods
+        return []
+    pod = template["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def test_every_image_is_a_skaffold_artifact_or_a_pinned_upstream(
+    docs: list[Manifest], rendered: dict[str, list[Manifest]]
+) -> None:
+    dev = docs is rendered["dev"]
+    checked = 0
+    for workload in (d for d in docs if d["kind"] in POD_KINDS):
+        for container in _containers(workload):
+            image: str = container["image"]
+            checked += 1
+            if UPSTREAM.match(image) or image == INJECTED:
+                continue
+            name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+            # Overlays rename (registry prefix): the last two path segments name the artifact.
+            assert "/".join(name.split("/")[-2:]) in IMAGES, (
+                f"{workload['metadata']['name']}: {image}"
+            )
+            if not dev:  # dev runs what skaffold just built (tagged with the commit by skaffold)
+                assert tag, f"{image}: untagged outside dev"
+                assert tag != "latest", image
+    assert checked >= 4
