@@ -93,6 +93,10 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
         redirect_slashes=False,  # like grpc-gateway: `/v1/users/` is an unknown route (404)
+        # Traces come from OpenTelemetry's ASGI middleware (instrument() below). FastAPI's own
+        # telemetry steps aside when it finds that middleware, but only after checking for it on
+        # every request: off, it costs nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.proto_components = {}
     record_build_info("gateway", "portico-gateway")

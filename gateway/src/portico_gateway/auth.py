@@ -35,6 +35,7 @@ from portico_common.access import (
 )
 from portico_common.tokens import Principal, TokenVerifier, bearer_token
 from portico_gateway.errors import RequestError
+from portico_gateway.middleware import header
 
 REALM = "portico"
 _UNAVAILABLE = "cannot check the session; retry later"
@@ -60,7 +61,7 @@ class AuthenticationMiddleware:
         if scope["type"] == "http":
             state = scope.setdefault("state", {})
             state["principal"] = state["auth_problem"] = None  # this request's verdict only
-            authorization = Headers(scope=scope).get("authorization")
+            authorization = header(scope, b"authorization")
             verifier: TokenVerifier | None = state.get("verifier")
             # Other schemes (Basic …) are no bearer credentials at all: RFC 6750 section 3.1
             # then wants a bare challenge, without an error code.

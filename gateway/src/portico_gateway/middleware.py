@@ -1,5 +1,9 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task and a copy per request).
 
+Every request passes through all of the gateway's middleware, so they read the raw ASGI header
+list (:func:`header`) instead of building a Starlette ``Headers`` object each, and add response
+headers to the raw list (:func:`response_headers`).
+
 * :class:`RequestIdMiddleware`: keeps a sane ``X-Request-ID`` or makes one, stores it in the
   scope (``scope["state"]["request_id"]``) for handlers and upstream metadata, and in the
   logging ContextVar, echoes it.
@@ -14,14 +18,36 @@ import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portico_common.logs import REQUEST_ID
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
 _SANE_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, no spaces, at most 128
 _DIGITS = re.compile(r"[0-9]{1,20}")  # str.isdigit() also takes "²", which int() refuses
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of the request header ``name`` (lowercase), as ``Headers.get`` gives it.
+
+    ASGI servers send header names lowercased; like Starlette, this compares them as sent.
+    """
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def response_headers(message: Message) -> list[tuple[bytes, bytes]]:
+    """The raw header list of an ``http.response.start`` message, made a list of its own.
+
+    Like Starlette's ``MutableHeaders(scope=message)``, it copies the list first: a response
+    object's own header list is never changed.
+    """
+    raw: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
+    message["headers"] = raw
+    return raw
 
 
 def request_id_of(scope: MutableMapping[str, Any]) -> str:
@@ -41,16 +67,17 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = Headers(scope=scope).get(REQUEST_ID_HEADER)
+        given = header(scope, _REQUEST_ID_KEY)
         rid = given if given is not None and _SANE_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         token = REQUEST_ID.set(rid)  # every log line of this request carries it
+        echoed = (_REQUEST_ID_KEY, rid.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                if REQUEST_ID_HEADER not in headers:
-                    headers.append(REQUEST_ID_HEADER, rid)
+                raw = response_headers(message)
+                if not any(key == _REQUEST_ID_KEY for key, _ in raw):
+                    raw.append(echoed)
             await send(message)
 
         try:
@@ -76,7 +103,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = Headers(scope=scope).get("content-length")
+        length = header(scope, b"content-length")
         if length is not None:
             valid = _DIGITS.fullmatch(length) is not None
             if not valid or int(length) > self.max_bytes:

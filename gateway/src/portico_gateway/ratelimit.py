@@ -159,9 +159,10 @@ class RateLimitMiddleware:
         self._client: Any = None
         self._script: Any = None
         self._errors = rate_limit_errors()
+        self._off = address.per_minute <= 0 and user.per_minute <= 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+        if self._off or scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
         checks = self._checks(scope)

@@ -32,6 +32,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portico_gateway.config import GatewaySettings
+from portico_gateway.middleware import response_headers
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 SWAGGER_CDN = "https://cdn.jsdelivr.net"
@@ -77,6 +78,9 @@ class SecurityHeadersMiddleware:
         if hsts_max_age_s > 0:
             fixed["Strict-Transport-Security"] = f"max-age={hsts_max_age_s}; includeSubDomains"
         self.fixed = fixed
+        self._fixed_raw = [
+            (n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in fixed.items()
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,6 +90,9 @@ class SecurityHeadersMiddleware:
         auth = path.startswith(AUTH_PREFIX)
         no_store = auth or scope["method"] not in ("GET", "HEAD")
         docs = path == self.docs_path or path.startswith(self.docs_path + "/")
+        if not (auth or docs):  # the API's answers: add what is missing, in one pass
+            await self.app(scope, receive, self._api_sender(send, no_store=no_store))
+            return
         held: Message | None = None  # a docs page's start, sent once its body is known
         body: list[bytes] = []
 
@@ -114,6 +121,30 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    def _api_sender(self, send: Send, *, no_store: bool) -> Send:
+        """``send`` adding the fixed headers, ``Cache-Control`` and the API's CSP if absent.
+
+        The same headers, in the same order, as ``MutableHeaders.setdefault`` one by one.
+        """
+        fixed = self._fixed_raw
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                raw = response_headers(message)
+                present = {key for key, _ in raw}
+                raw.extend(pair for pair in fixed if pair[0] not in present)
+                if no_store and _CACHE_CONTROL[0] not in present:
+                    raw.append(_CACHE_CONTROL)
+                if _API_CSP[0] not in present:
+                    raw.append(_API_CSP)
+            await send(message)
+
+        return send_with_headers
+
+
+_CACHE_CONTROL = (b"cache-control", b"no-store")
+_API_CSP = (b"content-security-policy", API_CSP.encode("latin-1"))
 
 
 def cors_options(settings: GatewaySettings) -> dict[str, Any] | None:

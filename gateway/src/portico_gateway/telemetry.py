@@ -18,6 +18,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -61,6 +62,10 @@ class AccessMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.metrics = http_metrics()
+        # Labelled children by label values: ``labels()`` takes a lock and builds a key each
+        # time. Routes are templates, so these stay as small as the metrics themselves.
+        self._in_flight: dict[str, Any] = {}
+        self._durations: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +73,9 @@ class AccessMiddleware:
             return
         start = time.perf_counter()
         method: str = scope["method"]
-        in_flight = self.metrics.in_flight.labels(method)
+        in_flight = self._in_flight.get(method)
+        if in_flight is None:
+            in_flight = self._in_flight[method] = self.metrics.in_flight.labels(method)
         in_flight.inc()
         status = 500  # an exception before the response started ends as a 500
 
@@ -84,7 +91,11 @@ class AccessMiddleware:
             in_flight.dec()
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.duration.labels(route, method, str(status)).observe(elapsed, exemplar())
+            duration = self._durations.get((route, method, status))
+            if duration is None:
+                duration = self.metrics.duration.labels(route, method, str(status))
+                self._durations[route, method, status] = duration
+            duration.observe(elapsed, exemplar())
             _access.info(
                 "%s %s %d",
                 method,

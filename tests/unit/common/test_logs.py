@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from portico_common.logs import REQUEST_ID, configure_logging, redact
+from portico_common.logs import REQUEST_ID, TextFormatter, configure_logging, redact
 
 TOKEN = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJl"
 FIELDS = {"timestamp", "level", "logger", "message", "trace_id", "span_id", "request_id", "service"}
@@ -41,6 +41,27 @@ def test_redact_removes_credentials(text: str, secret: str) -> None:
     redacted = redact(text)
     assert secret not in redacted
     assert "[REDACTED]" in redacted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "PASSWORD=hunter2",  # the rules ignore case; so does the quick check before them
+        "Api_Key: hunter2",
+        "pa\u017fsword=hunter2",  # long s: case-insensitive regexes take it for "s"
+        "\u212aey token=hunter2",  # Kelvin sign, outside ASCII too
+    ],
+)
+def test_redact_ignores_case_like_its_rules(text: str) -> None:
+    assert "hunter2" not in redact(text)
+
+
+def test_text_lines_show_logging_default_time() -> None:
+    ours, standard = TextFormatter(), logging.Formatter()
+    for created in (1_795_651_477.0004, 1_795_651_477.9996, 1_795_651_478.25, 1_795_651_477.5):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.formatTime(record) == standard.formatTime(record)
 
 
 def test_redact_keeps_ordinary_text() -> None:

@@ -123,6 +123,30 @@ async def test_auth_answers_are_never_stored_and_hsts_follows_its_setting() -> N
         assert response.headers["content-security-policy"] == API_CSP
 
 
+async def test_a_handler_s_own_security_headers_win_and_its_response_is_left_alone() -> None:
+    app = FastAPI()
+    shared = Response(
+        b"{}",
+        headers={"X-Frame-Options": "SAMEORIGIN", "Content-Security-Policy": "default-src 'self'"},
+    )
+    before = list(shared.raw_headers)
+
+    @app.delete("/v1/things/1")
+    async def delete() -> Response:
+        return shared  # the same object for every request
+
+    app.add_middleware(SecurityHeadersMiddleware)
+    async with asgi_client(app) as client:
+        answers = [await client.delete("/v1/things/1") for _ in range(2)]
+
+    for response in answers:
+        assert response.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+        assert response.headers["content-security-policy"] == "default-src 'self'"
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["referrer-policy"] == "no-referrer"
+    assert shared.raw_headers == before
+
+
 async def test_cors_preflight_admits_a_configured_origin(gateway: httpx.AsyncClient) -> None:
     response = await gateway.options(
         "/v1/users",

@@ -27,6 +27,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
 from portico.access.v1 import access_pb2
+from portico_common.interceptors import HandlerCache
 from portico_common.tokens import InvalidToken, Principal, TokenVerifier, bearer_token
 
 _log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, verifier: TokenVerifier, rules: Mapping[str, access_pb2.Rule]) -> None:
         self._verifier = verifier
         self._rules = dict(rules)
+        self._handlers = HandlerCache()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -183,6 +185,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_SERVICES):
             return handler
+        return self._handlers.get(method, handler, lambda inner: self._guarded(inner, method))
+
+    def _guarded(self, handler: Handler, method: str) -> Handler:
         rule = self._rules.get(method, DEFAULT_RULE)
         if handler.unary_unary is None:  # Portico serves unary RPCs only; refuse the rest
             return _refusing(handler)

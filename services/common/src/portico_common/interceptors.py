@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import protovalidate
 
 from portico_common.logs import REQUEST_ID
 
@@ -41,6 +40,8 @@ _log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 Behaviour = Callable[[Any, Context], Awaitable[Any]]
 if TYPE_CHECKING:  # grpc's handler types are generic for type checkers only
+    import protovalidate  # (only its types: the gateway imports this module without it)
+
     Handler = grpc.RpcMethodHandler[Any, Any]
     Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
@@ -63,8 +64,32 @@ def field_path(violation: protovalidate.Violation) -> str:
     return ".".join(parts)
 
 
+class HandlerCache:
+    """The wrapped handler of each method, built once instead of on every call.
+
+    grpc.aio asks every interceptor for the method's handler on each call. A method's handler is
+    the same object each time (the servicer's, or the next interceptor's cached one), so the
+    handler wrapped around it is kept per method and reused while its inner handler stays the
+    same; a different inner handler is wrapped anew. Only served methods get here (an unknown
+    method has no handler), so this holds one entry per RPC of the server at most.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def get(self, method: str, handler: Handler, wrap: Callable[[Handler], Handler]) -> Handler:
+        held = self._wrapped.get(method)
+        if held is not None and held[0] is handler:
+            return held[1]
+        wrapped = wrap(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
 class UnaryInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
-    """Wraps the behaviour of every unary-unary method with :meth:`wrap`."""
+    """Wraps the behaviour of every unary-unary method with :meth:`wrap` (once per method)."""
+
+    _handlers: HandlerCache
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -72,9 +97,17 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
+        method = handler_call_details.method
+        try:
+            handlers = self._handlers
+        except AttributeError:  # subclasses need not call an __init__ of ours
+            handlers = self._handlers = HandlerCache()
+        return handlers.get(method, handler, lambda inner: self._wrapped(inner, method))
+
+    def _wrapped(self, handler: Handler, method: str) -> Handler:
         behaviour: Behaviour = handler.unary_unary  # type: ignore[assignment]
         return grpc.unary_unary_rpc_method_handler(
-            self.wrap(behaviour, handler_call_details.method),
+            self.wrap(behaviour, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

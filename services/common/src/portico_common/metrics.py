@@ -88,7 +88,14 @@ Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Times each unary-unary call; streaming methods (health Watch, reflection) pass through."""
+    """Times each unary-unary call; streaming methods (health Watch, reflection) pass through.
+
+    The timed handler of a method is built once (with its labelled children) and reused while
+    the method's inner handler stays the same object (see ``portico_common.interceptors``).
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -100,34 +107,48 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        service, method = split_method(handler_call_details.method)
-        behaviour: Behaviour = handler.unary_unary  # type: ignore[assignment]
-        m = grpc_metrics()
-        duration = m.server_duration
-        in_flight = m.server_in_flight.labels(service, method)
+        held = self._handlers.get(handler_call_details.method)
+        if held is not None and held[0] is handler:
+            timed: grpc.RpcMethodHandler[Any, Any] = held[1]
+            return timed
+        timed = _timed(handler, handler_call_details.method)
+        self._handlers[handler_call_details.method] = (handler, timed)
+        return timed
 
-        async def timed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            start = time.perf_counter()
-            in_flight.inc()
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                response = await behaviour(request, context)
-                code = _set_code(context, grpc.StatusCode.OK)
-                return response
-            except BaseException:
-                code = _set_code(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                in_flight.dec()
-                duration.labels(service, method, _name(code)).observe(
-                    time.perf_counter() - start, exemplar()
-                )
 
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+def _timed(handler: Any, full_method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` (unary-unary) with its calls counted in flight and timed by status code."""
+    service, method = split_method(full_method)
+    behaviour: Behaviour = handler.unary_unary
+    m = grpc_metrics()
+    duration = m.server_duration
+    in_flight = m.server_in_flight.labels(service, method)
+    by_code: dict[str, Any] = {}  # status name → labelled histogram
+
+    async def timed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        start = time.perf_counter()
+        in_flight.inc()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            response = await behaviour(request, context)
+            code = _set_code(context, grpc.StatusCode.OK)
+            return response
+        except BaseException:
+            code = _set_code(context, grpc.StatusCode.UNKNOWN)
+            raise
+        finally:
+            in_flight.dec()
+            name = _name(code)
+            child = by_code.get(name)
+            if child is None:
+                child = by_code[name] = duration.labels(service, method, name)
+            child.observe(time.perf_counter() - start, exemplar())
+
+    return grpc.unary_unary_rpc_method_handler(
+        timed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _set_code(context: grpc.aio.ServicerContext[Any, Any], default: Any) -> Any:
@@ -148,13 +169,16 @@ def _name(code: Any) -> str:
 class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Times each outgoing unary call until its status is known."""
 
+    def __init__(self) -> None:
+        # (method path, status name) → labelled histogram: one per RPC and outcome seen.
+        self._durations: dict[tuple[str | bytes, str], Any] = {}
+
     async def intercept_unary_unary(
         self,
         continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        service, method = split_method(client_call_details.method)
         start = time.perf_counter()
         code = "UNKNOWN"
         try:
@@ -165,9 +189,13 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             code = _name(exc.code()) if isinstance(exc, grpc.aio.AioRpcError) else "CANCELLED"
             raise
         finally:
-            grpc_metrics().client_duration.labels(service, method, code).observe(
-                time.perf_counter() - start, exemplar()
-            )
+            key = (client_call_details.method, code)
+            child = self._durations.get(key)
+            if child is None:
+                service, method = split_method(client_call_details.method)
+                child = grpc_metrics().client_duration.labels(service, method, code)
+                self._durations[key] = child
+            child.observe(time.perf_counter() - start, exemplar())
 
 
 class SizedPool(Protocol):

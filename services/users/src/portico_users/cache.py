@@ -111,6 +111,8 @@ class CachedUsers:
         self._bury = client.register_script(_BURY)
         self._flights: dict[UUID, asyncio.Task[User]] = {}
         self._healthy = True
+        reads = cache_requests()
+        self._hits, self._misses, self._errors = (reads.labels(r) for r in ("hit", "miss", "error"))
 
     def key(self, user_id: UUID) -> str:
         """The Valkey key of a user's entry."""
@@ -148,11 +150,11 @@ class CachedUsers:
                 user = None if data is None else user_from_proto(users_pb2.User.FromString(data))
             except _VALKEY_FAILURES as exc:
                 span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
-                cache_requests().labels("error").inc()
+                self._errors.inc()
                 self._failed("read", exc)
                 return None
             span.set_attribute(CACHE_HIT, user is not None)
-        cache_requests().labels("miss" if user is None else "hit").inc()
+        (self._misses if user is None else self._hits).inc()
         self._succeeded()
         return user
 
