@@ -24,6 +24,7 @@ DUMP       ?=
 OUT        ?=
 YES        ?=
 BENCH_ARGS ?=
+SOAK_ARGS  ?=
 K8S_VERSION := 1.32.0
 K8S_TOOLS  := $(TOOLS)/k8s
 K8S_NODE   := $(TOOLS)/k8s-node
@@ -188,3 +189,7 @@ bench: sync ## Benchmark the full path against same-run baselines (BENCH_ARGS="-
 	@command -v wrk >/dev/null || { sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends wrk; }
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+.PHONY: soak
+soak: sync ## Soak the stack at a fixed rate (SOAK_ARGS="--duration 300 --rate 50"): errors, p99 over time, RSS growth; JSON in bench/results/
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)

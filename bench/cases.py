@@ -37,24 +37,26 @@ PATHS: dict[str, tuple[str, ...]] = {
     "gateway_otel_off": ("gateway_otel_off", "users_otel_off", "valkey", "postgres"),
 }
 
-#: The tracing-overhead pairs: gateway server → its mode. Both run the same code, against the
-#: stack's Valkey, PostgreSQL and auth service; only their ``OTEL_*`` environment differs
-#: (:data:`OTEL_ENV`). Metrics are recorded in both (no setting turns them off); nothing scrapes
-#: them during the cells.
+#: The telemetry-overhead pairs: gateway server → its mode. Both run the same code, against the
+#: stack's Valkey, PostgreSQL and auth service; only their telemetry environment differs
+#: (:data:`OTEL_ENV`): tracing and request metrics on, or both off. Nothing scrapes the metrics
+#: during the cells; the access log is written in both.
 OTEL_PAIRS: dict[str, Literal["on", "off"]] = {
     "gateway_otel_on": "on",
     "gateway_otel_off": "off",
 }
 #: ``on``: every request sampled (``always_on``), spans batched and exported over OTLP/gRPC to
-#: :mod:`bench.otlp_sink` (``{sink}`` is its address), as to a collector. ``off``: the SDK off,
-#: so no span is recorded (the instrumentation's wrappers still run, with no-op spans).
+#: :mod:`bench.otlp_sink` (``{sink}`` is its address), as to a collector, and request metrics
+#: recorded. ``off``: the SDK off, so no span is recorded (the instrumentation's wrappers still
+#: run, with no-op spans), and ``PORTICO_METRICS_ENABLED=false`` (no RED histograms).
 OTEL_ENV: dict[str, dict[str, str]] = {
     "on": {
         "OTEL_SDK_DISABLED": "false",
         "OTEL_TRACES_SAMPLER": "always_on",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://{sink}",
+        "PORTICO_METRICS_ENABLED": "true",
     },
-    "off": {"OTEL_SDK_DISABLED": "true"},
+    "off": {"OTEL_SDK_DISABLED": "true", "PORTICO_METRICS_ENABLED": "false"},
 }
 
 #: How many times a request to each server has its access token verified on the way.
@@ -117,8 +119,9 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "otel_overhead",
-        "GET /v1/users/{id} by its owner, cached, through gateway + users with tracing on "
-        "(always_on, OTLP export) and off (OTEL_SDK_DISABLED); metrics on in both",
+        "GET /v1/users/{id} by its owner, cached, through gateway + users with tracing and "
+        "request metrics on (always_on, OTLP export) and off (OTEL_SDK_DISABLED, "
+        "PORTICO_METRICS_ENABLED=false)",
         (
             Variant("otel on", "gateway_otel_on", path="/v1/users/{user}"),
             Variant("otel off", "gateway_otel_off", path="/v1/users/{user}"),

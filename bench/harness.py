@@ -72,7 +72,7 @@ STACK_ENV: dict[str, str] = {
 COPIES: dict[str, tuple[tuple[str, ...], str, dict[str, str]]] = {
     "users": (("USERS_GRPC_PORT", "USERS_METRICS_PORT"), "grpc", {"USERS_SHUTDOWN_DELAY_S": "0"}),
     "auth": (("AUTH_GRPC_PORT", "AUTH_METRICS_PORT"), "grpc", {"AUTH_SHUTDOWN_DELAY_S": "0"}),
-    "gateway": (("GATEWAY_PORT",), "http", {}),
+    "gateway": (("GATEWAY_PORT",), "http", {"GATEWAY_SHUTDOWN_DELAY_S": "0"}),
 }
 
 
@@ -198,10 +198,11 @@ class Bench:
     def header(self, caller: Caller) -> dict[str, str]:
         return need(self.tokens, "the tokens").header(caller)
 
-    async def start_stack(self) -> None:
-        shutil.rmtree(DATA, ignore_errors=True)
+    async def start_stack(self, data: Path = DATA) -> None:
+        """The ``make run`` stack on free ports, over a fresh ``data`` folder."""
+        shutil.rmtree(data, ignore_errors=True)
         update: dict[str, Any] = {
-            "data_dir": DATA,
+            "data_dir": data,
             "host": "127.0.0.1",
             "valkey_port": 0,
             "database_url": None,

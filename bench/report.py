@@ -172,7 +172,7 @@ def _path_cpu(row: dict[str, Any]) -> float:
 
 
 def otel_lines(rows: list[dict[str, Any]], stats: dict[str, Any]) -> str:
-    """The tracing overhead: the cached GET with tracing on and off, same run, interleaved."""
+    """The telemetry overhead: the cached GET with tracing + metrics on and off, interleaved."""
     on_name, off_name = (
         next(v.name for c in CASES for v in c.variants if v.server == server)
         for server in OTEL_PAIRS
@@ -181,9 +181,10 @@ def otel_lines(rows: list[dict[str, Any]], stats: dict[str, Any]) -> str:
     if not cells:
         return ""
     lines = [
-        "Tracing overhead (otel_overhead: cached GET through gateway + users; on = always_on, "
-        "spans batched and exported over OTLP/gRPC to a local sink; off = OTEL_SDK_DISABLED; "
-        "Prometheus metrics recorded in both, not scraped):",
+        "Telemetry overhead (otel_overhead: cached GET through gateway + users; on = tracing "
+        "always_on, spans batched and exported over OTLP/gRPC to a local sink, and request "
+        "metrics recorded (not scraped); off = OTEL_SDK_DISABLED and PORTICO_METRICS_ENABLED="
+        "false):",
         "",
         "| c | p50 on ms | p50 off ms | p50 on ÷ off | p99 on ÷ off | req/s on ÷ off "
         "| CPU µs/req on | CPU µs/req off | CPU on - off µs/req |",

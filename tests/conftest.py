@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-_PREFIXES = ("USERS_", "AUTH_", "GATEWAY_", "MIGRATE_", "PORTICO_DEV_", "OTEL_")
+_PREFIXES = ("USERS_", "AUTH_", "GATEWAY_", "MIGRATE_", "PORTICO_DEV_", "PORTICO_METRICS_", "OTEL_")
 _NAMES = ("DATABASE_URL", "VALKEY_URL")
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
 from portico_auth.config import AuthSettings
-from portico_common.config import TelemetrySettings
+from portico_common.config import MetricsSettings, TelemetrySettings
 from portico_devstack.config import DevSettings
 from portico_gateway.config import GatewaySettings
 from portico_migrations.config import MigrateSettings
@@ -41,7 +41,15 @@ def env_names(settings: type[BaseSettings]) -> list[str]:
 
 @pytest.mark.parametrize(
     "settings",
-    [UsersSettings, AuthSettings, GatewaySettings, MigrateSettings, DevSettings, TelemetrySettings],
+    [
+        UsersSettings,
+        AuthSettings,
+        GatewaySettings,
+        MigrateSettings,
+        DevSettings,
+        TelemetrySettings,
+        MetricsSettings,
+    ],
 )
 def test_readme_documents_every_setting(settings: type[BaseSettings]) -> None:
     missing = [name for name in env_names(settings) if f"`{name}`" not in README]

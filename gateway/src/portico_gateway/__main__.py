@@ -5,19 +5,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
 import math
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from portico_common.config import get_telemetry_settings
 from portico_common.logs import configure_logging
 from portico_common.telemetry import setup_telemetry
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings, get_settings
+
+_log = logging.getLogger("portico_gateway")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,18 +40,34 @@ def _parser() -> argparse.ArgumentParser:
     )
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, minus re-raising SIGTERM after a graceful shutdown, plus ``gc.freeze()``.
+#: Exit status after a forced stop (a second SIGTERM/SIGINT while draining).
+FORCED_EXIT_CODE = 1
 
-    uvicorn re-raises the signal it caught once it has drained, so the process ends "killed by
-    SIGTERM" (-15). A drained gateway has stopped cleanly: it exits 0, as the launcher and
-    Kubernetes expect. A second signal still forces the exit (uvicorn's ``handle_exit``).
+
+class _Server(uvicorn.Server):
+    """uvicorn with Portico's stop sequence, exit codes and ``gc.freeze()``.
+
+    Stopping: the first SIGTERM or SIGINT marks the app as draining (``app.state.draining``:
+    ``/readyz`` answers 503) and keeps serving for ``delay_s``, so probes and balancers stop
+    sending; then uvicorn's graceful shutdown closes the listener, lets in-flight requests finish
+    within ``timeout_graceful_shutdown`` (cancelling what is left after it) and runs the lifespan's
+    shutdown. A drained gateway exits 0 (uvicorn would re-raise the signal and end "killed by
+    SIGTERM"). A second signal, during the delay or the drain, forces the exit at once
+    (uvicorn only does that for a second SIGINT): :data:`FORCED_EXIT_CODE`.
 
     Once started (lifespan done, sockets bound), everything allocated so far lives as long as
     the process: :func:`gc.freeze` moves it out of the collector's sight, so the full
     collections that per-request garbage triggers stop walking FastAPI's, pydantic's and
     protobuf's start-up objects again and again.
     """
+
+    def __init__(self, config: uvicorn.Config, *, app: FastAPI, delay_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._delay_s = delay_s
+        #: time.monotonic() at which draining ends and uvicorn's shutdown begins.
+        self._stop_at: float | None = None
+        self._announced = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -63,6 +85,27 @@ class _Server(uvicorn.Server):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: only flags and a timestamp here; on_tick acts on them.
+        if self._stop_at is not None:  # the second signal
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self._app.state.draining = True
+        self._stop_at = time.monotonic() + self._delay_s
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop_at is not None and not self._announced:
+            self._announced = True
+            _log.info(
+                "stopping: /readyz answers 503, still serving for %ss, then draining for up to %ss",
+                self._delay_s,
+                self.config.timeout_graceful_shutdown,
+            )
+        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
 
 def main(argv: list[str] | None = None) -> None:
     _parser().parse_args(argv)
@@ -72,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         setup_telemetry(get_telemetry_settings(), service_name="gateway")
     except ValueError as exc:  # pydantic's ValidationError is one too
         sys.exit(f"portico-gateway: invalid OTEL_* settings: {exc}")
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -86,7 +130,11 @@ def main(argv: list[str] | None = None) -> None:
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
-    _Server(config).run()
+    server = _Server(config, app=app, delay_s=settings.shutdown_delay_s)
+    server.run()
+    if server.force_exit:
+        _log.warning("stopped by a second signal: in-flight requests were cut off")
+        sys.exit(FORCED_EXIT_CODE)
 
 
 if __name__ == "__main__":

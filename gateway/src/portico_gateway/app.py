@@ -99,6 +99,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.proto_components = {}
+    app.state.draining = False  # True from the first SIGTERM on: /readyz answers 503
     record_build_info("gateway", "portico-gateway")
     install_error_handlers(app, retry_after_s=settings.retry_after_s)
     app.include_router(

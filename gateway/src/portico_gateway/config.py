@@ -110,8 +110,14 @@ class GatewaySettings(BaseSettings):
     retry_after_s: int = Field(
         default=1, ge=0, description="Retry-After sent with 503 when an upstream is unavailable."
     )
+    shutdown_delay_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="On SIGTERM, how long to keep serving with /readyz answering 503 (so probes "
+        "and balancers notice) before refusing new connections.",
+    )
     shutdown_grace_s: float = Field(
-        default=10.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+        default=10.0, ge=0, description="Then, how long in-flight requests may finish."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = Field(

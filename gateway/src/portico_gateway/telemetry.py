@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from portico_common.config import get_metrics_settings
 from portico_common.metrics import BUCKETS, exemplar
 
 _access = logging.getLogger("portico_gateway.access")
@@ -62,6 +63,7 @@ class AccessMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.metrics = http_metrics()
+        self.record = get_metrics_settings().enabled  # PORTICO_METRICS_ENABLED
         # Labelled children by label values: ``labels()`` takes a lock and builds a key each
         # time. Routes are templates, so these stay as small as the metrics themselves.
         self._in_flight: dict[str, Any] = {}
@@ -73,10 +75,11 @@ class AccessMiddleware:
             return
         start = time.perf_counter()
         method: str = scope["method"]
-        in_flight = self._in_flight.get(method)
-        if in_flight is None:
+        in_flight = self._in_flight.get(method) if self.record else None
+        if in_flight is None and self.record:
             in_flight = self._in_flight[method] = self.metrics.in_flight.labels(method)
-        in_flight.inc()
+        if in_flight is not None:
+            in_flight.inc()
         status = 500  # an exception before the response started ends as a 500
 
         async def send_status(message: Message) -> None:
@@ -88,14 +91,15 @@ class AccessMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            in_flight.dec()
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            duration = self._durations.get((route, method, status))
-            if duration is None:
-                duration = self.metrics.duration.labels(route, method, str(status))
-                self._durations[route, method, status] = duration
-            duration.observe(elapsed, exemplar())
+            if in_flight is not None:
+                in_flight.dec()
+                duration = self._durations.get((route, method, status))
+                if duration is None:
+                    duration = self.metrics.duration.labels(route, method, str(status))
+                    self._durations[route, method, status] = duration
+                duration.observe(elapsed, exemplar())
             _access.info(
                 "%s %s %d",
                 method,

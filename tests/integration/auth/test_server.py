@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico_auth.keys import KeyConfigError, generate_key_file
 from portico_auth.server import start
+from portico_users.server import RunningServer as UsersServer
 from tests.integration.auth.support import auth_settings
+from tests.integration.processes import exit_of, kill, read_until, spawn
 
 SERVICE = "portico.auth.v1.AuthService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -87,3 +93,43 @@ async def test_every_configured_key_is_published_and_the_active_one_signs(
         assert [k.kid for k in jwks.keys] == [new_kid, old_kid]
     finally:
         await running.stop(0)
+
+
+async def test_the_process_stops_its_background_tasks_and_exits_0_on_sigterm(
+    database_url: str, valkey_url: str, users_server: UsersServer, key_file: Path
+) -> None:
+    """SIGTERM with the health probe and the sign-up reconciler busy (every 50 ms): health goes
+    NOT_SERVING, the tasks stop, the drain ends and the process exits 0 within delay + grace."""
+    env = {
+        "AUTH_POSTGRES__DSN": database_url,
+        "AUTH_VALKEY__URL": valkey_url,
+        "AUTH_SIGNING_KEY_FILES": str(key_file),
+        "AUTH_USERS_TARGET": f"127.0.0.1:{users_server.port}",
+        "AUTH_GRPC_PORT": "0",
+        "AUTH_METRICS_PORT": "0",
+        "AUTH_HEALTH_CHECK_INTERVAL_S": "0.05",
+        "AUTH_SIGNUP__RECONCILE_INTERVAL_S": "0.05",
+        "AUTH_SHUTDOWN_DELAY_S": "0.5",
+        "AUTH_SHUTDOWN_GRACE_S": "2",
+    }
+    process = await spawn("portico_auth", env)
+    try:
+        line = await read_until(process, "listening on", within_s=20)
+        address = json.loads(line)["message"].split("listening on ")[1].split()[0]
+        port = int(address.rsplit(":", 1)[1])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health: Any = health_pb2_grpc.HealthStub(channel)
+            check = health_pb2.HealthCheckRequest(service=SERVICE)
+            assert (await health.Check(check, timeout=2)).status == SERVING
+            await asyncio.sleep(0.3)  # a few probe and reconciler rounds
+            process.send_signal(signal.SIGTERM)
+            began = time.monotonic()
+            status = (await health.Check(check, timeout=2)).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        code, rest = await exit_of(process, within_s=10)
+        assert time.monotonic() - began < 0.5 + 2
+    finally:
+        kill(process)
+    assert code == 0, rest
+    assert "auth service stopped" in rest
+    assert "Traceback" not in rest

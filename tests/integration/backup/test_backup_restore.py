@@ -97,7 +97,9 @@ async def test_backup_destroy_restore_gives_back_every_row_and_the_schema(
     assert result.manifest.fingerprint == before
     assert before.tables["users.users"].rows == USERS
     assert before.tables["auth.credentials"].rows == USERS + 1
-    assert before.tables["portico_migrations.applied"].rows == 2
+    assert before.tables["portico_migrations.applied"].rows == 4
+    assert before.tables["users.outbox"].rows == USERS  # user.created, in the same transactions
+    assert before.tables["auth.outbox"].rows == USERS  # credential.created
     recorded = json.loads(result.manifest_path.read_text())
     assert recorded["dump_sha256"] == sha256_file(result.dump)[0]
     assert recorded["pg_dump_major"] >= 13

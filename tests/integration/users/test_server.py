@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -19,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_users.server import RunningServer, start
+from tests.integration.processes import exit_of, kill, read_until, spawn
 from tests.integration.tokens import DefaultBearer, Tokens, bearer, signing_material
 from tests.integration.users.support import closed_port, relay, tcp_dsn, users_settings
 
@@ -181,54 +180,127 @@ async def test_graceful_stop_turns_health_off_and_finishes_in_flight_calls(
     assert time.monotonic() - began < 5
 
 
-async def test_the_process_logs_its_address_and_exits_0_on_sigterm(
-    database_url: str, valkey_url: str, tokens: Tokens
-) -> None:
-    env = {
+def process_env(database_url: str, valkey_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a ``python -m portico_users`` process on a free port."""
+    return {
         "USERS_JWKS_FILE": str(signing_material().jwks_file),
-        "PATH": os.environ.get("PATH", ""),
         "USERS_POSTGRES__DSN": database_url,
         "USERS_VALKEY__URL": valkey_url,
         "USERS_GRPC_PORT": "0",
-        "USERS_SHUTDOWN_GRACE_S": "1",
-        "USERS_SHUTDOWN_DELAY_S": "1",
         "USERS_METRICS_PORT": "0",
+        **{f"USERS_{name.upper()}": value for name, value in settings.items()},
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "portico_users", env=env, stdout=asyncio.subprocess.PIPE
-    )
-    assert process.stdout is not None  # JSON log lines
-    lines: list[str] = []
-    signalled = False
+
+
+async def wait_until_blocked(database_url: str) -> None:
+    for _ in range(100):  # the UPDATE is in flight, waiting for the row lock
+        if await blocked_updates(database_url):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the UPDATE never reached PostgreSQL")
+
+
+async def test_the_process_drains_on_sigterm_and_exits_0(
+    database_url: str, valkey_url: str, tokens: Tokens
+) -> None:
+    """SIGTERM: health NOT_SERVING first, calls still served during the delay, the in-flight
+    (slow: row-locked) call finishes during the drain, then exit 0; no secret in the logs."""
+    env = process_env(database_url, valkey_url, shutdown_grace_s="10", shutdown_delay_s="1")
+    process = await spawn("portico_users", env)
+    metadata = bearer(await tokens.admin())
     try:
-        async with asyncio.timeout(20):
-            while "listening on" not in (line := (await process.stdout.readline()).decode()):
-                assert line, f"exited early: {lines}"
-                lines.append(line)
+        line = await read_until(process, "listening on", within_s=20)
         port = int(json.loads(line)["message"].rsplit(":", 1)[1])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await health_of(channel, SERVICE) == SERVING
-            process.send_signal(signal.SIGTERM)
-            signalled = True
-            seen = []
-            for _ in range(40):  # within the shutdown delay (1 s), health says so
-                seen.append(await health_of(channel, SERVICE))
-                if seen[-1] == NOT_SERVING:
-                    break
-                await asyncio.sleep(0.02)
-            assert seen[-1] == NOT_SERVING, seen
             stub: UserServiceAsyncStub = users_pb2_grpc.UserServiceStub(channel)
-            listed = await stub.ListUsers(
-                users_pb2.ListUsersRequest(), timeout=2, metadata=bearer(await tokens.admin())
-            )
-            assert list(listed.users) == []  # and calls are still served meanwhile
+            request = users_pb2.CreateUserRequest(email="p@example.com", display_name="P")
+            user = (await stub.CreateUser(request, timeout=5, metadata=metadata)).user
+            locker = await lock_row(database_url, user.id)
+            try:
+                update = asyncio.ensure_future(
+                    stub.UpdateUser(
+                        users_pb2.UpdateUserRequest(
+                            id=user.id, user=users_pb2.UserUpdate(display_name="Q")
+                        ),
+                        timeout=15,
+                        metadata=metadata,
+                    )
+                )
+                await wait_until_blocked(database_url)
+                process.send_signal(signal.SIGTERM)
+                began = time.monotonic()
+                seen = []
+                for _ in range(40):  # within the shutdown delay (1 s), health says so
+                    seen.append(await health_of(channel, SERVICE))
+                    if seen[-1] == NOT_SERVING:
+                        break
+                    await asyncio.sleep(0.02)
+                assert seen[-1] == NOT_SERVING, seen
+                listed = await stub.ListUsers(
+                    users_pb2.ListUsersRequest(), timeout=2, metadata=metadata
+                )
+                assert [u.id for u in listed.users] == [user.id]  # still served meanwhile
+                await asyncio.sleep(max(0.0, began + 1.5 - time.monotonic()))  # now draining
+                assert not update.done()
+            finally:
+                await locker.close()  # the in-flight call may finish now
+            response = await update
+            assert response.user.display_name == "Q"
+        code, rest = await exit_of(process, within_s=10)
     finally:
-        if not signalled:
-            process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            rest = (await process.stdout.read()).decode()
-            code = await process.wait()
+        kill(process)
     assert code == 0, rest
     assert "stopped" in rest
     password = urlsplit(database_url).password
-    assert not password or password not in "".join(lines) + rest
+    assert not password or password not in line + rest
+
+
+async def test_a_second_sigterm_cancels_in_flight_calls_and_exits_1(
+    database_url: str, valkey_url: str, tokens: Tokens
+) -> None:
+    """With 30 s of grace left, a second SIGTERM ends the drain at once: the blocked call is
+    cancelled, the process exits 1 promptly (not killed by the signal)."""
+    env = process_env(database_url, valkey_url, shutdown_grace_s="30", shutdown_delay_s="0.2")
+    process = await spawn("portico_users", env)
+    metadata = bearer(await tokens.admin())
+    try:
+        line = await read_until(process, "listening on", within_s=20)
+        port = int(json.loads(line)["message"].rsplit(":", 1)[1])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub: UserServiceAsyncStub = users_pb2_grpc.UserServiceStub(channel)
+            request = users_pb2.CreateUserRequest(email="s@example.com", display_name="S")
+            user = (await stub.CreateUser(request, timeout=5, metadata=metadata)).user
+            locker = await lock_row(database_url, user.id)
+            try:
+                update = asyncio.ensure_future(
+                    stub.UpdateUser(
+                        users_pb2.UpdateUserRequest(
+                            id=user.id, user=users_pb2.UserUpdate(display_name="T")
+                        ),
+                        timeout=20,
+                        metadata=metadata,
+                    )
+                )
+                await wait_until_blocked(database_url)
+                process.send_signal(signal.SIGTERM)
+                await read_until(process, "stopping", within_s=5)
+                await asyncio.sleep(0.5)  # past the delay: draining, with 30 s of grace
+                assert not update.done()
+                process.send_signal(signal.SIGTERM)
+                began = time.monotonic()
+                code, rest = await exit_of(process, within_s=5)
+                assert time.monotonic() - began < 3
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await update
+                assert caught.value.code() in {
+                    grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.UNAVAILABLE,
+                }
+            finally:
+                await locker.close()
+    finally:
+        kill(process)
+    assert code == 1, rest
+    assert "second signal" in rest
+    assert "Traceback" not in rest

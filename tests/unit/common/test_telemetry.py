@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from portico_common.config import TelemetrySettings
 from portico_common.metrics import grpc_metrics, record_build_info, track_pool
+from portico_common.outbox import outbox_metrics
 from portico_common.telemetry import propagator, sampler
 from portico_gateway.telemetry import http_metrics
 from portico_users.cache import CACHE_HIT, cache_requests
@@ -67,7 +68,7 @@ def test_telemetry_settings_read_the_standard_variables(monkeypatch: pytest.Monk
 
 
 def test_every_custom_metric_and_attribute_is_in_semconv() -> None:
-    grpc_metrics(), http_metrics(), cache_requests()
+    grpc_metrics(), http_metrics(), cache_requests(), outbox_metrics()
     record_build_info("test", "portico-common")
     track_pool("unit-test", _Pool())()
     names = {  # as exposed: counters get their _total suffix

@@ -26,10 +26,11 @@ def make_router(*, readiness_timeout_s: float, retry_after_s: int) -> APIRouter:
     @router.get(
         "/readyz",
         summary="Readiness",
-        description="200 when every upstream's grpc.health.v1 check answers SERVING, else 503.",
+        description="200 when every upstream's grpc.health.v1 check answers SERVING, else 503 "
+        "(503 too once the gateway is shutting down).",
         responses={
             503: {
-                "description": "An upstream is not serving.",
+                "description": "An upstream is not serving, or the gateway is shutting down.",
                 "content": {
                     "application/problem+json": {
                         "schema": {"$ref": f"#/components/schemas/{PROBLEM}"}
@@ -39,6 +40,13 @@ def make_router(*, readiness_timeout_s: float, retry_after_s: int) -> APIRouter:
         },
     )
     async def readyz(request: Request, upstreams: UpstreamsDep) -> Any:
+        if getattr(request.app.state, "draining", False):  # set on SIGTERM (see __main__)
+            return problem(
+                request,
+                status=503,
+                detail="shutting down",
+                headers={"Retry-After": str(retry_after_s)},
+            )
         names = list(upstreams)
         states = await asyncio.gather(
             *(upstreams[n].health(timeout_s=readiness_timeout_s) for n in names)

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from portico_common.outbox import OutboxSettings
+
 #: Longest access-token lifetime this service will issue (15 minutes).
 MAX_ACCESS_TOKEN_TTL_S = 900
 
@@ -114,6 +116,8 @@ class AuthSettings(BaseSettings):
     throttle: ThrottleSettings = ThrottleSettings()
     argon2: Argon2Settings = Argon2Settings()
     signup: SignUpSettings = SignUpSettings()
+    #: Events: the outbox relay and the stream it publishes to (``AUTH_OUTBOX__*``).
+    outbox: OutboxSettings = OutboxSettings()
 
     @field_validator("signing_key_files", "admin_emails", mode="before")
     @classmethod

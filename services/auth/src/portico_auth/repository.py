@@ -5,6 +5,10 @@ as domain errors: a connection that cannot be opened or is lost is ``Unavailable
 that runs out of time ``DeadlineExceeded``; the original exception is chained for the server
 log. State changes of a pending credential are conditional on its id, state and idempotency key
 inside the UPDATE/DELETE itself, so concurrent retries cannot both win.
+
+Events go to ``auth.outbox``: ``credential.created`` (activation) and ``credential.deleted``
+in the same transaction as the change; session events, whose state is in Valkey, through
+:meth:`CredentialRepository.record` in a transaction of their own, after the fact.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from portico_auth.domain import Credential, CredentialState
 from portico_auth.errors import AlreadyExists, DeadlineExceeded, Unavailable
+from portico_common.outbox import OUTBOX_COLUMNS, Event, new_event
 
 _log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ _DROP_PENDING = """
     WHERE id = $1 AND idempotency_key = $2 AND state = 'pending'
     RETURNING id
 """
-_DELETE = "DELETE FROM auth.credentials WHERE id = $1"
+_DELETE = "DELETE FROM auth.credentials WHERE id = $1 RETURNING user_id"
 _STALE_PENDING = """
     SELECT id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
     FROM auth.credentials
@@ -63,6 +68,10 @@ _STALE_PENDING = """
 _SET_HASH = """
     UPDATE auth.credentials SET password_hash = $2, updated_at = clock_timestamp() WHERE id = $1
 """
+
+_INSERT_EVENT = f"""
+    INSERT INTO auth.outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
+"""  # noqa: S608 (a constant column list)
 
 #: Failures that mean "PostgreSQL cannot serve us right now" once a connection was handed out.
 _CONNECTION_LOST = (
@@ -141,11 +150,12 @@ class CredentialRepository:
         return await self._one(_BY_ID, credential_id)
 
     async def activate(self, credential: Credential, *, user_id: UUID) -> bool:
-        """Pending → active for ``user_id``; False when the row is no longer that pending row.
+        """Pending → active for ``user_id`` (+ ``credential.created``); False when the row is no
+        longer that pending row.
 
         ``AlreadyExists`` when another credential already names ``user_id``.
         """
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction():
             done = await conn.fetchval(
                 _ACTIVATE,
                 credential.id,
@@ -153,6 +163,13 @@ class CredentialRepository:
                 user_id,
                 timeout=self._timeout,
             )
+            if done is not None:
+                event = new_event(
+                    "credential.created",
+                    subject=str(user_id),
+                    payload={"credential_id": str(credential.id)},
+                )
+                await conn.execute(_INSERT_EVENT, *event.row(), timeout=self._timeout)
         return done is not None
 
     async def drop_pending(self, credential: Credential) -> bool:
@@ -164,8 +181,23 @@ class CredentialRepository:
         return done is not None
 
     async def delete(self, credential_id: UUID) -> None:
+        """Delete a credential (+ ``credential.deleted`` when it was active)."""
+        async with self._connection() as conn, conn.transaction():
+            user_id = await conn.fetchval(_DELETE, credential_id, timeout=self._timeout)
+            if user_id is not None:
+                event = new_event(
+                    "credential.deleted",
+                    subject=str(user_id),
+                    payload={"credential_id": str(credential_id)},
+                )
+                await conn.execute(_INSERT_EVENT, *event.row(), timeout=self._timeout)
+
+    async def record(self, event: Event) -> None:
+        """Write ``event`` to the outbox in a transaction of its own (for changes made
+        elsewhere, e.g. sessions in Valkey: the event follows the change, it is not atomic
+        with it)."""
         async with self._connection() as conn:
-            await conn.execute(_DELETE, credential_id, timeout=self._timeout)
+            await conn.execute(_INSERT_EVENT, *event.row(), timeout=self._timeout)
 
     async def stale_pending(self, *, older_than_s: float, limit: int = 100) -> list[Credential]:
         """Pending credentials created more than ``older_than_s`` ago, oldest first."""

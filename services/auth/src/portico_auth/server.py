@@ -7,8 +7,9 @@ Start-up refuses bad signing-key settings (``KeyConfigError``: production withou
 unreadable or non-Ed25519 file, an unknown ``AUTH_ACTIVE_KID``) before binding anything. Like the
 users service it starts while PostgreSQL is down (health NOT_SERVING until it answers).
 
-Background tasks: the health probe, and the sign-up reconciler (every
-``signup.reconcile_interval_s``, see ``service.py``).
+Background tasks: the health probe, the sign-up reconciler (every
+``signup.reconcile_interval_s``, see ``service.py``) and the outbox relay (``auth.outbox`` to the
+event stream, when ``outbox.relay_enabled``; ``portico_common.outbox``).
 
 Stopping (``RunningServer.stop``): health NOT_SERVING, keep serving for ``delay``, stop
 accepting calls and let in-flight ones finish within ``grace``, then close the users channel,
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
@@ -54,6 +54,8 @@ from portico_auth.users_client import UsersClient
 from portico_common.access import AccessInterceptor, rules_of
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
+from portico_common.outbox import OutboxRelay
+from portico_common.shutdown import stop_on_signals
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import Jwk, JwksCache, TokenVerifier, ValkeySessions
 
@@ -262,6 +264,11 @@ async def start(settings: AuthSettings) -> RunningServer:
                 name="auth-signup-reconciler",
             ),
         ]
+        if settings.outbox.relay_enabled:
+            relay = OutboxRelay(
+                pool, client, schema="auth", service="auth", settings=settings.outbox
+            )
+            tasks.append(asyncio.create_task(relay.run(), name="auth-outbox-relay"))
         _log.info(
             "auth service listening on %s (signing kid %s, %d key(s) in the JWKS)",
             _bind_address(settings.grpc_host, port),
@@ -282,18 +289,14 @@ async def start(settings: AuthSettings) -> RunningServer:
 async def serve(settings: AuthSettings) -> None:
     """Run the service until SIGTERM or SIGINT, then stop gracefully."""
     running = await start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-        _log.info(
+    # Graceful stop on SIGTERM/SIGINT; a second signal cancels in-flight calls and exits 1.
+    await stop_on_signals(
+        stop=partial(running.stop, settings.shutdown_grace_s, delay=settings.shutdown_delay_s),
+        force=partial(running.server.stop, None),
+        announce=partial(
+            _log.info,
             "stopping: health NOT_SERVING, still serving for %ss, then draining for up to %ss",
             settings.shutdown_delay_s,
             settings.shutdown_grace_s,
-        )
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        await running.stop(settings.shutdown_grace_s, delay=settings.shutdown_delay_s)
+        ),
+    )

@@ -24,6 +24,12 @@ key returns the same user; another sign-up for a reserved or taken email is ALRE
 
 A credential whose user was later deleted through the users service is removed at its next
 successful password check (login answers as for a wrong password).
+
+Events (README "Events"): activation writes ``credential.created`` in its own transaction (see
+the repository). Sessions live in Valkey, so ``auth.logged_in`` and ``auth.session_revoked``
+(logout, refresh-token reuse) are written to the outbox right *after* the Valkey change
+succeeded, in a transaction of their own: if the process dies in between, or PostgreSQL refuses
+the write (logged as a warning; the call itself still succeeds), that event is lost.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from portico_auth.sessions import Rotation, Sessions
 from portico_auth.throttle import LoginThrottle
 from portico_auth.tokens import TokenIssuer, roles_for
 from portico_auth.users_client import UsersClient
+from portico_common.outbox import new_event
 
 _log = logging.getLogger(__name__)
 
@@ -212,28 +219,76 @@ class AuthService:
         user_id = str(credential.user_id)
         roles = roles_for(credential.email, self._admin_emails)
         session_id, refresh_token = await self._sessions.create(user_id=user_id, roles=roles)
+        await self._record_after(
+            "auth.logged_in", user_id=user_id, actor=user_id, session_id=session_id
+        )
         return self._grant(user_id, session_id, roles, refresh_token)
 
     async def refresh(self, *, refresh_token: str) -> TokenGrant:
         """Rotate a refresh token; a reused one revokes its session."""
         result = await self._sessions.rotate(refresh_token)
+        session_id = refresh_token.partition(".")[0]
         if result.outcome is Rotation.REUSED:
             _log.warning("refresh token reuse: session revoked")
+            await self._record_after(
+                "auth.session_revoked",
+                user_id=result.user_id,
+                actor=None,
+                session_id=session_id,
+                reason="refresh_token_reuse",
+            )
         if result.outcome is not Rotation.ROTATED:
             raise Unauthenticated(BAD_REFRESH_TOKEN)
-        session_id = refresh_token.partition(".")[0]
         return self._grant(result.user_id, session_id, result.roles, result.refresh_token)
 
     async def logout(self, *, refresh_token: str, bearer: str | None) -> None:
         """End the session of ``refresh_token``, else of the ``bearer`` access token."""
         if refresh_token:
-            if not await self._sessions.end_with_refresh_token(refresh_token):
+            result = await self._sessions.end_with_refresh_token(refresh_token)
+            if not result.ended:
                 raise Unauthenticated(BAD_REFRESH_TOKEN)
+            if result.user_id:  # this call ended it (not: it was already gone)
+                await self._record_after(
+                    "auth.session_revoked",
+                    user_id=result.user_id,
+                    actor=result.user_id,
+                    session_id=refresh_token.partition(".")[0],
+                    reason="logout",
+                )
             return
         if not bearer:
             raise Unauthenticated("send a refresh_token or an authorization: Bearer access token")
         claims = self._tokens.verify(bearer)
-        await self._sessions.end(claims.session_id)
+        if await self._sessions.end(claims.session_id):
+            await self._record_after(
+                "auth.session_revoked",
+                user_id=claims.user_id,
+                actor=claims.user_id,
+                session_id=claims.session_id,
+                reason="logout",
+            )
+
+    async def _record_after(
+        self,
+        type_: str,
+        *,
+        user_id: str,
+        actor: str | None,
+        session_id: str,
+        reason: str | None = None,
+    ) -> None:
+        """Write a session event after its Valkey change succeeded; a failure loses it."""
+        payload = {"session_id": session_id} | ({"reason": reason} if reason else {})
+        event = new_event(type_, subject=user_id, actor=actor, payload=payload)
+        try:
+            await self._credentials.record(event)
+        except DomainError as error:
+            _log.warning(
+                "event %s (%s) lost: the outbox write failed: %s",
+                type_,
+                event.id,
+                error.grpc_code.name,
+            )
 
     def _grant(
         self, user_id: str, session_id: str, roles: Sequence[str], refresh_token: str

@@ -55,7 +55,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 # KEYS[1] = session; ARGV = presented hash, new hash, ttl ms.
-# {0} no session; {1, uid, roles} rotated; {2} reuse, session deleted; {3} unknown token.
+# {0} no session; {1, uid, roles} rotated; {2, uid} reuse, session deleted; {3} unknown token.
 _ROTATE = """
 local cur = redis.call('HGET', KEYS[1], 'cur')
 if not cur then return {0} end
@@ -65,20 +65,22 @@ if cur == ARGV[1] then
   return {1, redis.call('HGET', KEYS[1], 'uid'), redis.call('HGET', KEYS[1], 'roles')}
 end
 if redis.call('HEXISTS', KEYS[1], 'old:' .. ARGV[1]) == 1 then
+  local uid = redis.call('HGET', KEYS[1], 'uid')
   redis.call('DEL', KEYS[1])
-  return {2}
+  return {2, uid}
 end
 return {3}
 """
-# KEYS[1] = session; ARGV = presented hash. {0} no session; {1} deleted; {3} unknown token.
+# KEYS[1] = session; ARGV = presented hash. {0} no session; {1, uid} deleted; {3} unknown token.
 _END = """
 local cur = redis.call('HGET', KEYS[1], 'cur')
-if not cur then return 0 end
+if not cur then return {0} end
 if cur == ARGV[1] or redis.call('HEXISTS', KEYS[1], 'old:' .. ARGV[1]) == 1 then
+  local uid = redis.call('HGET', KEYS[1], 'uid')
   redis.call('DEL', KEYS[1])
-  return 1
+  return {1, uid}
 end
-return 3
+return {3}
 """
 
 
@@ -94,9 +96,19 @@ class Rotation(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class RotationResult:
     outcome: Rotation
-    user_id: str = ""
+    user_id: str = ""  # also set for REUSED: the user whose session was revoked
     roles: tuple[str, ...] = ()
     refresh_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndResult:
+    """What ending a session with a refresh token did."""
+
+    #: The session is gone now (also when it already was); False: not one of its tokens.
+    ended: bool
+    #: The session's user when this call deleted it; "" otherwise.
+    user_id: str = ""
 
 
 def token_hash(token: str) -> str:
@@ -165,29 +177,28 @@ class Sessions:
         if code == 1:
             roles = tuple(_text(reply[2]).split())
             return RotationResult(Rotation.ROTATED, _text(reply[1]), roles, new_token)
-        return RotationResult(
-            {0: Rotation.NO_SESSION, 2: Rotation.REUSED}.get(code, Rotation.UNKNOWN)
-        )
+        if code == 2:
+            return RotationResult(Rotation.REUSED, _text(reply[1]) if len(reply) > 1 else "")
+        return RotationResult(Rotation.NO_SESSION if code == 0 else Rotation.UNKNOWN)
 
-    async def end_with_refresh_token(self, refresh_token: str) -> bool:
-        """Delete the session of a (current or spent) refresh token.
-
-        True when the session is gone now (also when it already was); False when the token is
-        not one of the session's.
-        """
+    async def end_with_refresh_token(self, refresh_token: str) -> EndResult:
+        """Delete the session of a (current or spent) refresh token (see :class:`EndResult`)."""
         sid = session_of(refresh_token)
         if sid is None:
-            return False
+            return EndResult(ended=False)
         try:
             reply = await self._end(keys=[self.key(sid)], args=[token_hash(refresh_token)])
         except VALKEY_FAILURES as exc:
             raise Unavailable() from exc
-        return int(reply) != 3
+        code = int(reply[0])
+        if code == 1 and len(reply) > 1:
+            return EndResult(ended=True, user_id=_text(reply[1]))
+        return EndResult(ended=code != 3)
 
-    async def end(self, session_id: str) -> None:
-        """Delete a session (its access and refresh tokens stop working)."""
+    async def end(self, session_id: str) -> bool:
+        """Delete a session (its access and refresh tokens stop working); False: none was."""
         try:
-            await self._client.delete(self.key(session_id))
+            return bool(await self._client.delete(self.key(session_id)))
         except VALKEY_FAILURES as exc:
             raise Unavailable() from exc
 

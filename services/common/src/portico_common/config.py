@@ -47,6 +47,26 @@ class TelemetrySettings(BaseSettings):
     sdk_disabled: bool = Field(default=False, description="true: no spans are recorded at all.")
 
 
+class MetricsSettings(BaseSettings):
+    """Portico's own switch for its request metrics (Prometheus; not an ``OTEL_*`` variable)."""
+
+    model_config = SettingsConfigDict(env_prefix="PORTICO_METRICS_", extra="ignore")
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "false: no RED histograms or in-flight gauges per request or call (the access log,"
+            " cache and pool metrics stay); for pricing metrics, not for production."
+        ),
+    )
+
+
+@functools.cache
+def get_metrics_settings() -> MetricsSettings:
+    """The process's metrics switch, read from the environment once."""
+    return MetricsSettings()
+
+
 @functools.cache
 def get_telemetry_settings() -> TelemetrySettings:
     """The process's telemetry settings, read from the environment once."""

@@ -45,7 +45,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from portico_common.config import TelemetrySettings
+from portico_common.config import TelemetrySettings, get_metrics_settings
 from portico_common.metrics import ClientMetricsInterceptor, ServerMetricsInterceptor
 
 _log = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ def traced(details: grpc.HandlerCallDetails | grpc.aio.ClientCallDetails) -> boo
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """Outermost server interceptors: the server span, then RED metrics inside it."""
     span = aio_server_interceptor(filter_=traced)  # type: ignore[no-untyped-call]
+    if not get_metrics_settings().enabled:
+        return [span]
     return [span, ServerMetricsInterceptor()]
 
 
@@ -148,5 +150,6 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """Client interceptors for a channel: the client span (propagating context), then metrics."""
     spans = aio_client_interceptors(filter_=traced)  # type: ignore[no-untyped-call]
     interceptors: list[grpc.aio.ClientInterceptor] = list(spans)
-    interceptors.append(ClientMetricsInterceptor())
+    if get_metrics_settings().enabled:
+        interceptors.append(ClientMetricsInterceptor())
     return interceptors

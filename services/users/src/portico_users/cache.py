@@ -166,10 +166,15 @@ class CachedUsers:
     # ---------------------------------------------------------------- writes
 
     async def create_user(
-        self, *, email: str, display_name: str, time_left: float | None = None
+        self,
+        *,
+        email: str,
+        display_name: str,
+        actor: str | None = None,
+        time_left: float | None = None,
     ) -> User:
         return await self._store.create_user(
-            email=email, display_name=display_name, time_left=time_left
+            email=email, display_name=display_name, actor=actor, time_left=time_left
         )
 
     async def update_user(
@@ -178,18 +183,24 @@ class CachedUsers:
         user_id: UUID,
         changes: UserChanges,
         etag: str | None,
+        actor: str | None = None,
         time_left: float | None = None,
     ) -> User:
         user = await self._store.update_user(
-            user_id=user_id, changes=changes, etag=etag, time_left=time_left
+            user_id=user_id, changes=changes, etag=etag, actor=actor, time_left=time_left
         )
         await asyncio.shield(self.store(user))
         return user
 
     async def delete_user(
-        self, *, user_id: UUID, etag: str | None, time_left: float | None = None
+        self,
+        *,
+        user_id: UUID,
+        etag: str | None,
+        actor: str | None = None,
+        time_left: float | None = None,
     ) -> None:
-        await self._store.delete_user(user_id=user_id, etag=etag, time_left=time_left)
+        await self._store.delete_user(user_id=user_id, etag=etag, actor=actor, time_left=time_left)
         await asyncio.shield(self.forget(user_id))
 
     async def store(self, user: User) -> bool:

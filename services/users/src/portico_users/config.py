@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from portico_common.outbox import OutboxSettings
+
 
 class PostgresSettings(BaseModel):
     """The PostgreSQL pool. ``dsn`` is an asyncpg DSN; it may hold a password, so it is secret."""
@@ -79,6 +81,8 @@ class UsersSettings(BaseSettings):
     session_key_prefix: str = "portico:auth:v1:"
     postgres: PostgresSettings
     valkey: ValkeySettings = ValkeySettings()
+    #: Events: the outbox relay and the stream it publishes to (``USERS_OUTBOX__*``).
+    outbox: OutboxSettings = OutboxSettings()
 
 
 @functools.cache

@@ -81,11 +81,17 @@ class UserStore(Protocol):
     """Where users live. ``time_left`` is the time left to the caller's deadline, in seconds.
 
     ``etag`` arguments: None applies unconditionally; otherwise the write applies only when the
-    user is still at that version (else ``EtagMismatch``).
+    user is still at that version (else ``EtagMismatch``). ``actor`` (writes) is who asked for
+    the change (the access token's user id), recorded in the change's event.
     """
 
     async def create_user(
-        self, *, email: str, display_name: str, time_left: float | None = None
+        self,
+        *,
+        email: str,
+        display_name: str,
+        actor: str | None = None,
+        time_left: float | None = None,
     ) -> User: ...
 
     async def get_user(self, *, user_id: UUID, time_left: float | None = None) -> User: ...
@@ -100,9 +106,15 @@ class UserStore(Protocol):
         user_id: UUID,
         changes: UserChanges,
         etag: str | None,
+        actor: str | None = None,
         time_left: float | None = None,
     ) -> User: ...
 
     async def delete_user(
-        self, *, user_id: UUID, etag: str | None, time_left: float | None = None
+        self,
+        *,
+        user_id: UUID,
+        etag: str | None,
+        actor: str | None = None,
+        time_left: float | None = None,
     ) -> None: ...

@@ -9,6 +9,10 @@ original exception is chained (``__cause__``) for the server log, never shown to
 
 Conditional writes compare the row version inside the UPDATE/DELETE itself, so there is no
 window between checking an etag and writing.
+
+Every write also INSERTs its event (``user.created`` / ``user.updated`` / ``user.deleted``)
+into ``users.outbox`` in the same transaction: a change commits with its event or not at all,
+and a write that changes nothing (not found, etag mismatch) records none.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from uuid import UUID
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from portico_common.outbox import OUTBOX_COLUMNS, Event, new_event
 from portico_users.domain import Cursor, Page, User, UserChanges, version_from_etag
 from portico_users.errors import (
     AlreadyExists,
@@ -68,6 +73,10 @@ _UPDATE = """
 _DELETE = """
     DELETE FROM users.users WHERE id = $1 AND ($2::bigint IS NULL OR version = $2) RETURNING id
 """
+
+_INSERT_EVENT = f"""
+    INSERT INTO users.outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
+"""  # noqa: S608 (a constant column list)
 
 #: Failures that mean "PostgreSQL cannot serve us right now" once a connection was handed out.
 _CONNECTION_LOST = (
@@ -146,12 +155,21 @@ class UserRepository:
                 _log.debug("releasing a connection failed", exc_info=True)
 
     async def create_user(
-        self, *, email: str, display_name: str, time_left: float | None = None
+        self,
+        *,
+        email: str,
+        display_name: str,
+        actor: str | None = None,
+        time_left: float | None = None,
     ) -> User:
         deadline = _Deadline(time_left, self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connection(deadline) as conn, conn.transaction():
             row = await conn.fetchrow(_INSERT, email, display_name, timeout=deadline.left())
-        return _user(row)
+            user = _user(row)
+            payload = {"email": user.email, "display_name": user.display_name, "version": 1}
+            event = new_event("user.created", subject=str(user.id), actor=actor, payload=payload)
+            await _record(conn, deadline, event)
+        return user
 
     async def get_user(self, *, user_id: UUID, time_left: float | None = None) -> User:
         deadline = _Deadline(time_left, self._limit)
@@ -184,11 +202,12 @@ class UserRepository:
         user_id: UUID,
         changes: UserChanges,
         etag: str | None,
+        actor: str | None = None,
         time_left: float | None = None,
     ) -> User:
         deadline = _Deadline(time_left, self._limit)
         expected = _expected_version(etag)
-        async with self._connection(deadline) as conn:
+        async with self._connection(deadline) as conn, conn.transaction():
             row = await conn.fetchrow(
                 _UPDATE,
                 user_id,
@@ -199,17 +218,36 @@ class UserRepository:
             )
             if row is None:
                 await self._raise_missing(conn, deadline, user_id=user_id, conditional=etag)
-        return _user(row)
+            user = _user(row)
+            fields = {
+                name: value
+                for name, value in (
+                    ("email", changes.email),
+                    ("display_name", changes.display_name),
+                )
+                if value is not None
+            }
+            payload = {"fields": fields, "version": user.version}
+            event = new_event("user.updated", subject=str(user_id), actor=actor, payload=payload)
+            await _record(conn, deadline, event)
+        return user
 
     async def delete_user(
-        self, *, user_id: UUID, etag: str | None, time_left: float | None = None
+        self,
+        *,
+        user_id: UUID,
+        etag: str | None,
+        actor: str | None = None,
+        time_left: float | None = None,
     ) -> None:
         deadline = _Deadline(time_left, self._limit)
         expected = _expected_version(etag)
-        async with self._connection(deadline) as conn:
+        async with self._connection(deadline) as conn, conn.transaction():
             deleted = await conn.fetchval(_DELETE, user_id, expected, timeout=deadline.left())
             if deleted is None:
                 await self._raise_missing(conn, deadline, user_id=user_id, conditional=etag)
+            event = new_event("user.deleted", subject=str(user_id), actor=actor)
+            await _record(conn, deadline, event)
 
     async def _raise_missing(
         self,
@@ -225,6 +263,13 @@ class UserRepository:
         ):
             raise EtagMismatch()
         raise NotFound(f"user {user_id} not found")
+
+
+async def _record(
+    conn: PoolConnectionProxy[asyncpg.Record], deadline: _Deadline, event: Event
+) -> None:
+    """INSERT ``event`` into the outbox, inside the caller's transaction."""
+    await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
 
 
 async def ping_database(*, dsn: str, time_limit_s: float) -> None:

@@ -9,15 +9,17 @@ NOT_SERVING, RPCs answer UNAVAILABLE at once, and all of it recovers when Postgr
 Stopping (``RunningServer.stop``): health NOT_SERVING for every service, keep serving for
 ``delay`` (``shutdown_delay_s``, so health checkers and balancers notice first), stop accepting
 calls and let in-flight ones finish within ``grace``, then close the Valkey client and the pool.
+
+The outbox relay (``portico_common.outbox``, when ``outbox.relay_enabled``) runs as a background
+task from start to stop; stopping cancels it first (an interrupted batch stays unpublished, or
+is published again by the next relay: at-least-once).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import signal
 from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
@@ -34,6 +36,8 @@ from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_common.access import AccessInterceptor, rules_of
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
+from portico_common.outbox import OutboxRelay, stop_task
+from portico_common.shutdown import stop_on_signals
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import (
     JwksCache,
@@ -68,11 +72,13 @@ class RunningServer:
         health: health_aio.HealthServicer,
         monitor: asyncio.Task[None],
         resources: AsyncExitStack,
+        relay: asyncio.Task[None] | None = None,
     ) -> None:
         self.server = server
         self.port = port
         self.health = health
         self._monitor = monitor
+        self._relay = relay
         self._resources = resources
         self._stopped = False
 
@@ -81,9 +87,9 @@ class RunningServer:
         if self._stopped:
             return
         self._stopped = True
-        self._monitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._monitor
+        await stop_task(self._monitor)
+        if self._relay is not None:
+            await stop_task(self._relay)
         await self.health.enter_graceful_shutdown()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -202,6 +208,12 @@ async def start(settings: UsersSettings) -> RunningServer:
         port = server.add_insecure_port(address)
         await server.start()
         monitor_task = asyncio.create_task(monitor.run(), name="users-health-probe")
+        relay_task = None
+        if settings.outbox.relay_enabled:
+            relay = OutboxRelay(
+                pool, client, schema="users", service="users", settings=settings.outbox
+            )
+            relay_task = asyncio.create_task(relay.run(), name="users-outbox-relay")
         _log.info("users service listening on %s", _bind_address(settings.grpc_host, port))
         running = RunningServer(
             server=server,
@@ -209,6 +221,7 @@ async def start(settings: UsersSettings) -> RunningServer:
             health=health,
             monitor=monitor_task,
             resources=resources.pop_all(),
+            relay=relay_task,
         )
     return running
 
@@ -219,18 +232,14 @@ async def serve(settings: UsersSettings) -> None:
     # Everything built so far lives as long as the process: keep the collector off it.
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-        _log.info(
+    # Graceful stop on SIGTERM/SIGINT; a second signal cancels in-flight calls and exits 1.
+    await stop_on_signals(
+        stop=partial(running.stop, settings.shutdown_grace_s, delay=settings.shutdown_delay_s),
+        force=partial(running.server.stop, None),
+        announce=partial(
+            _log.info,
             "stopping: health NOT_SERVING, still serving for %ss, then draining for up to %ss",
             settings.shutdown_delay_s,
             settings.shutdown_grace_s,
-        )
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        await running.stop(settings.shutdown_grace_s, delay=settings.shutdown_delay_s)
+        ),
+    )

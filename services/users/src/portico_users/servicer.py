@@ -21,6 +21,12 @@ from portico_users.page_token import decode_page_token, encode_page_token
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def _actor() -> str | None:
+    """Who is calling (the access token's user id, e.g. a user's UUID or "service:auth")."""
+    principal = PRINCIPAL.get()
+    return principal.user_id if principal is not None else None
+
+
 class UserServicer(users_pb2_grpc.UserServiceServicer):
     """The UserService RPCs over a ``UserStore`` (the cache in front of the repository)."""
 
@@ -33,6 +39,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         user = await self._store.create_user(
             email=request.email,
             display_name=request.display_name,
+            actor=_actor(),
             time_left=context.time_remaining(),
         )
         return users_pb2.CreateUserResponse(user=codec.user_to_proto(user))
@@ -81,6 +88,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             user_id=codec.parse_user_id(request.id),
             changes=changes,
             etag=codec.parse_etag(request.etag),
+            actor=_actor(),
             time_left=context.time_remaining(),
         )
         return users_pb2.UpdateUserResponse(user=codec.user_to_proto(user))
@@ -91,6 +99,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         await self._store.delete_user(
             user_id=codec.parse_user_id(request.id),
             etag=codec.parse_etag(request.etag),
+            actor=_actor(),
             time_left=context.time_remaining(),
         )
         return users_pb2.DeleteUserResponse()
