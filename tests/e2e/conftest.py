@@ -77,7 +77,7 @@ def start_stack(
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("USERS_", "AUTH_", "GATEWAY_", "PORTICO_DEV_"))
+        if not k.startswith(("USERS_", "AUTH_", "AUDIT_", "GATEWAY_", "PORTICO_DEV_"))
         and k not in ("DATABASE_URL", "VALKEY_URL")
     }
     env |= {
@@ -87,6 +87,8 @@ def start_stack(
         "PORTICO_DEV_AUTH_PORT": str(auth_port),
         "PORTICO_DEV_USERS_METRICS_PORT": str(free_port()),
         "PORTICO_DEV_AUTH_METRICS_PORT": str(free_port()),
+        "PORTICO_DEV_AUDIT_PORT": str(free_port()),
+        "PORTICO_DEV_AUDIT_METRICS_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
         # Every test here calls from 127.0.0.1, schemathesis by the thousand: the gateway's
         # limits are proven by the integration tier, so they are off here.

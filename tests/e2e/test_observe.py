@@ -15,7 +15,7 @@ from tests.e2e.conftest import free_port, start_stack
 
 #: The rule groups of observability/prometheus/rules/*.yaml (one SLO group per component).
 SLO_GROUPS = {"portico-gateway-slo", "portico-users-slo", "portico-auth-slo"}
-JOBS = {"gateway", "users", "auth"}
+JOBS = {"gateway", "users", "auth", "audit"}
 
 
 def _api(client: httpx.Client, path: str, **params: str) -> Any:
@@ -77,6 +77,7 @@ def test_observe_runs_prometheus_scraping_every_process_with_the_rules(tmp_path:
                 r["name"] for g in _api(client, "rules", type="alert")["groups"] for r in g["rules"]
             }
             assert {"PorticoGatewayDown", "PorticoUsersDown", "PorticoAuthDown"} <= alerts
+            assert "PorticoAuditDeadLetters" in alerts
     finally:
         code = stack.stop()
     assert code == 0, "\n".join(stack.output)

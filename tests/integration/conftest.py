@@ -27,6 +27,8 @@ import asyncpg
 import pytest
 import valkey.asyncio as valkey_asyncio
 
+from portico_audit.server import RunningServer as AuditServer
+from portico_audit.server import start as start_audit
 from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
@@ -164,6 +166,18 @@ async def users_server(database_url: str, valkey_url: str) -> AsyncIterator[Runn
     from tests.integration.users.support import users_settings
 
     running = await start(users_settings(database_url=database_url, valkey_url=valkey_url))
+    try:
+        yield running
+    finally:
+        await running.stop(0)
+
+
+@pytest.fixture
+async def audit_server(database_url: str, valkey_url: str) -> AsyncIterator[AuditServer]:
+    """A real audit service on 127.0.0.1:0 (consuming) over this test's database and Valkey."""
+    from tests.integration.audit.support import audit_settings
+
+    running = await start_audit(audit_settings(database_url=database_url, valkey_url=valkey_url))
     try:
         yield running
     finally:

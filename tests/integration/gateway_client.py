@@ -24,6 +24,7 @@ async def gateway_client(
     valkey_url: str,
     token: str | None = None,
     auth_port: int | None = None,
+    audit_port: int | None = None,
     **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a gateway in front of the users service on ``users_port``.
@@ -37,6 +38,8 @@ async def gateway_client(
     }
     if auth_port is not None:
         values["auth_target"] = f"127.0.0.1:{auth_port}"
+    if audit_port is not None:
+        values["audit_target"] = f"127.0.0.1:{audit_port}"
     sessions: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
     verifier = TokenVerifier(
         JwksCache(jwks_from_file(signing_material().jwks_file)),

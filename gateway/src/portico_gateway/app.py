@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from google.protobuf.descriptor import ServiceDescriptor
 
+from portico.audit.v1 import audit_pb2
 from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_common.metrics import record_build_info
@@ -44,6 +45,7 @@ def upstream_services(settings: GatewaySettings) -> dict[str, tuple[str, Service
     return {
         "users": (settings.users_target, users_pb2.DESCRIPTOR.services_by_name["UserService"]),
         "auth": (settings.auth_target, auth_pb2.DESCRIPTOR.services_by_name["AuthService"]),
+        "audit": (settings.audit_target, audit_pb2.DESCRIPTOR.services_by_name["AuditService"]),
     }
 
 

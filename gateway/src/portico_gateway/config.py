@@ -30,6 +30,9 @@ class GatewaySettings(BaseSettings):
     auth_target: str = Field(
         default="127.0.0.1:50052", description="gRPC address of the auth service."
     )
+    audit_target: str = Field(
+        default="127.0.0.1:50053", description="gRPC address of the audit service."
+    )
     valkey_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
         description="Valkey for sessions (token checks), rate limits and idempotency keys.",

@@ -28,6 +28,7 @@ def _parser(defaults: DevSettings) -> argparse.ArgumentParser:
     parser.add_argument("--gateway-port", type=int, default=defaults.gateway_port)
     parser.add_argument("--users-port", type=int, default=defaults.users_port)
     parser.add_argument("--auth-port", type=int, default=defaults.auth_port)
+    parser.add_argument("--audit-port", type=int, default=defaults.audit_port)
     parser.add_argument("--valkey-port", type=int, default=defaults.valkey_port)
     parser.add_argument(
         "--observe",

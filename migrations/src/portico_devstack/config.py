@@ -19,8 +19,10 @@ class DevSettings(BaseSettings):
     gateway_port: int = Field(default=8000, ge=0, le=65535)
     users_port: int = Field(default=50051, ge=0, le=65535)
     auth_port: int = Field(default=50052, ge=0, le=65535)
+    audit_port: int = Field(default=50053, ge=0, le=65535)
     users_metrics_port: int = Field(default=9101, ge=0, le=65535, description="0 = none")
     auth_metrics_port: int = Field(default=9102, ge=0, le=65535, description="0 = none")
+    audit_metrics_port: int = Field(default=9103, ge=0, le=65535, description="0 = none")
     log_format: Literal["json", "text"] = Field(
         default="text",
         description="Children's log format unless USERS_/AUTH_/GATEWAY_LOG_FORMAT is set.",

@@ -1,14 +1,15 @@
 """The local stack behind ``make run``: backends, migrations, then supervised service processes.
 
 Order of start: PostgreSQL (embedded unless ``DATABASE_URL``) → Valkey (embedded unless
-``VALKEY_URL``) → migrations → users service → auth service (each until its gRPC health check says
-SERVING; auth signs tokens with a dev key kept in ``<data_dir>/auth/signing-key.pem``, made on the
-first run) → gateway (until ``/readyz`` answers 200) → with ``observe`` (``make run OBSERVE=1``),
-a local Prometheus scraping all three (:mod:`portico_devstack.prometheus`; when no ``prometheus``
-is installed, or it fails to start, the launcher says so and runs on without it). Each child's
-output is shown line by line behind its name.
+``VALKEY_URL``) → migrations → users service → auth service → audit service (each until its gRPC
+health check says SERVING; auth signs tokens with a dev key kept in
+``<data_dir>/auth/signing-key.pem``, made on the first run) → gateway (until ``/readyz`` answers
+200) → with ``observe`` (``make run OBSERVE=1``), a local Prometheus scraping all four
+(:mod:`portico_devstack.prometheus`; when no ``prometheus`` is installed, or it fails to start,
+the launcher says so and runs on without it). Each child's output is shown line by line behind
+its name.
 
-Order of stop (Ctrl-C / SIGTERM): Prometheus, gateway, then auth, then users (SIGTERM by pid, so
+Order of stop (Ctrl-C / SIGTERM): Prometheus, gateway, then audit, auth, users (SIGTERM by pid, so
 each drains its work; SIGKILL only after ``stop_timeout_s``), then Valkey and PostgreSQL. The data
 folder is kept. A second Ctrl-C kills the children at once. A service that exits on its own is
 reported, the rest is stopped, and the launcher exits non-zero (Prometheus is not a service: if it
@@ -193,6 +194,10 @@ class Stack:
     def auth_target(self) -> str:
         return f"{self.settings.host}:{self.settings.auth_port}"
 
+    @property
+    def audit_target(self) -> str:
+        return f"{self.settings.host}:{self.settings.audit_port}"
+
     async def _dev_signing_key(self) -> Path:
         """The dev signing key, made once (``portico-auth keygen``) and kept with the data."""
         path = (self.settings.data_dir / "auth" / "signing-key.pem").resolve()
@@ -217,8 +222,10 @@ class Stack:
             ("gateway", s.gateway_port),
             ("users", s.users_port),
             ("auth", s.auth_port),
+            ("audit", s.audit_port),
             ("users metrics", s.users_metrics_port),
             ("auth metrics", s.auth_metrics_port),
+            ("audit metrics", s.audit_metrics_port),
         )
         for name, port in ports:
             if port and not _port_free(s.host, port):
@@ -243,7 +250,12 @@ class Stack:
         say(f"migrations: {len(applied)} applied, schema up to date")
 
         env = child_environment() | {"PYTHONUNBUFFERED": "1"}
-        for prefix in ("USERS", "AUTH", "GATEWAY"):  # readable by default behind the prefixes
+        for prefix in (
+            "USERS",
+            "AUTH",
+            "AUDIT",
+            "GATEWAY",
+        ):  # readable by default behind the prefixes
             env.setdefault(f"{prefix}_LOG_FORMAT", s.log_format)
         users = Child(
             "users",
@@ -276,6 +288,20 @@ class Stack:
             },
             color=_COLORS[2] if sys.stdout.isatty() else "",
         )
+        audit = Child(
+            "audit",
+            [sys.executable, "-m", "portico_audit"],
+            env
+            | {
+                "AUDIT_POSTGRES__DSN": database_url,
+                "AUDIT_VALKEY__URL": valkey_url,
+                "AUDIT_GRPC_HOST": s.host,
+                "AUDIT_GRPC_PORT": str(s.audit_port),
+                "AUDIT_METRICS_PORT": str(s.audit_metrics_port),
+                "AUDIT_AUTH_TARGET": self.auth_target,  # JWKS, fetched on first use
+            },
+            color=_COLORS[3] if sys.stdout.isatty() else "",
+        )
         gateway = Child(
             "gateway",
             [sys.executable, "-m", "portico_gateway"],
@@ -285,16 +311,19 @@ class Stack:
                 "GATEWAY_PORT": str(s.gateway_port),
                 "GATEWAY_USERS_TARGET": self.users_target,
                 "GATEWAY_AUTH_TARGET": self.auth_target,
+                "GATEWAY_AUDIT_TARGET": self.audit_target,
                 "GATEWAY_VALKEY_URL": valkey_url,
                 "GATEWAY_ENVIRONMENT": "dev",
             },
             color=_COLORS[1] if sys.stdout.isatty() else "",
         )
-        self.children = [users, auth, gateway]
+        self.children = [users, auth, audit, gateway]
         await users.start()
         await _wait_ready(users, lambda: _grpc_serving(self.users_target), s.ready_timeout_s)
         await auth.start()
         await _wait_ready(auth, lambda: _grpc_serving(self.auth_target), s.ready_timeout_s)
+        await audit.start()
+        await _wait_ready(audit, lambda: _grpc_serving(self.audit_target), s.ready_timeout_s)
         await gateway.start()
         ready_url = f"{self.gateway_url}/readyz"
         await _wait_ready(gateway, lambda: _http_ready(ready_url), s.ready_timeout_s)
@@ -305,7 +334,11 @@ class Stack:
         s = self.settings
         host = prometheus.scrape_host(s.host)
         targets = [prometheus.Target("gateway", f"{host}:{s.gateway_port}")]
-        for job, port in (("users", s.users_metrics_port), ("auth", s.auth_metrics_port)):
+        for job, port in (
+            ("users", s.users_metrics_port),
+            ("auth", s.auth_metrics_port),
+            ("audit", s.audit_metrics_port),
+        ):
             if port:
                 targets.append(prometheus.Target(job, f"{host}:{port}"))
         return targets
@@ -406,6 +439,7 @@ async def run(settings: DevSettings) -> int:
         say(f"API docs  {stack.gateway_url}/docs   (OpenAPI: {stack.gateway_url}/openapi.json)")
         say(f"gRPC      {stack.users_target}  (portico.users.v1.UserService, reflection on)")
         say(f"gRPC      {stack.auth_target}  (portico.auth.v1.AuthService, reflection on)")
+        say(f"gRPC      {stack.audit_target}  (portico.audit.v1.AuditService, reflection on)")
         if stack.prometheus_url is not None:
             url = stack.prometheus_url
             say(f"Prometheus {url}  (targets, rules, alerts: {url}/targets, /rules, /alerts)")

@@ -97,7 +97,7 @@ async def test_backup_destroy_restore_gives_back_every_row_and_the_schema(
     assert result.manifest.fingerprint == before
     assert before.tables["users.users"].rows == USERS
     assert before.tables["auth.credentials"].rows == USERS + 1
-    assert before.tables["portico_migrations.applied"].rows == 4
+    assert before.tables["portico_migrations.applied"].rows == 5
     assert before.tables["users.outbox"].rows == USERS  # user.created, in the same transactions
     assert before.tables["auth.outbox"].rows == USERS  # credential.created
     recorded = json.loads(result.manifest_path.read_text())
@@ -112,6 +112,7 @@ async def test_backup_destroy_restore_gives_back_every_row_and_the_schema(
             seeded,
             "DROP SCHEMA users CASCADE",
             "DROP SCHEMA auth CASCADE",
+            "DROP SCHEMA audit CASCADE",
             "DROP SCHEMA portico_migrations CASCADE",
         )
     else:

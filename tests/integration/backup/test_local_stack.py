@@ -72,7 +72,7 @@ def test_backup_and_restore_use_the_local_stack_database(
     printed = capsys.readouterr().out
     assert "users.users" not in printed  # the summary line, not a table listing
     assert "1 rows" not in printed
-    assert "migrations up to date (4 applied)" in printed
+    assert "migrations up to date (5 applied)" in printed
     assert _running(data / "postgres") is running
 
 

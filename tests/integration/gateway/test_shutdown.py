@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
+from portico_audit.server import RunningServer as AuditServer
 from portico_auth.server import start as start_auth
 from portico_users.server import RunningServer
 from tests.integration.auth.support import auth_settings
@@ -79,10 +80,20 @@ async def slow_patch(
 
 
 async def test_sigterm_fails_readiness_first_finishes_in_flight_requests_and_exits_0(
-    users_server: RunningServer, auth_port: int, valkey_url: str, database_url: str, tokens: Tokens
+    users_server: RunningServer,
+    auth_port: int,
+    audit_server: AuditServer,
+    valkey_url: str,
+    database_url: str,
+    tokens: Tokens,
 ) -> None:
     process, url = await start_gateway(
-        users_server.port, auth_port, valkey_url, shutdown_delay_s="1", shutdown_grace_s="10"
+        users_server.port,
+        auth_port,
+        valkey_url,
+        shutdown_delay_s="1",
+        shutdown_grace_s="10",
+        audit_target=f"127.0.0.1:{audit_server.port}",
     )
     try:
         async with (

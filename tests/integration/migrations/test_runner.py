@@ -28,7 +28,7 @@ async def _fresh(database_url: str) -> str:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(
-            "DROP SCHEMA users CASCADE; DROP SCHEMA auth CASCADE;"
+            "DROP SCHEMA users CASCADE; DROP SCHEMA auth CASCADE; DROP SCHEMA audit CASCADE;"
             " DROP SCHEMA portico_migrations CASCADE"
         )
     finally:
@@ -42,6 +42,7 @@ async def test_project_migrations_apply_to_an_empty_database_and_rerun_is_a_noop
     dsn = await _fresh(database_url)
     applied = await migrate(dsn=dsn, root=default_migrations_dir())
     assert [m.label for m in applied] == [
+        "audit/0001_create_events.sql",
         "auth/0001_create_credentials.sql",
         "auth/0002_create_outbox.sql",
         "users/0001_create_users.sql",

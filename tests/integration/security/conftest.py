@@ -16,8 +16,10 @@ import httpx
 import pytest
 import valkey.asyncio as valkey_asyncio
 
+from portico.audit.v1 import audit_pb2_grpc
 from portico.auth.v1 import auth_pb2_grpc
 from portico.users.v1 import users_pb2_grpc
+from portico_audit.server import RunningServer as AuditServer
 from portico_auth.server import RunningServer as AuthServer
 from portico_auth.server import start as start_auth
 from portico_users.server import RunningServer as UsersServer
@@ -26,6 +28,7 @@ from tests.integration.security.support import ADMIN_EMAIL, People, gateway, per
 from tests.integration.tokens import signing_material
 
 if TYPE_CHECKING:
+    from portico.audit.v1.audit_pb2_grpc import AuditServiceAsyncStub
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub
 
@@ -73,6 +76,18 @@ async def users_channel(users_server: UsersServer) -> AsyncIterator[grpc.aio.Cha
 
 
 @pytest.fixture
+async def audit_channel(audit_server: AuditServer) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the audit server whose calls carry no token unless they send one."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{audit_server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def audit(audit_channel: grpc.aio.Channel) -> AuditServiceAsyncStub:
+    return audit_pb2_grpc.AuditServiceStub(audit_channel)
+
+
+@pytest.fixture
 def auth(auth_channel: grpc.aio.Channel) -> AuthServiceAsyncStub:
     return auth_pb2_grpc.AuthServiceStub(auth_channel)
 
@@ -94,11 +109,14 @@ async def valkey(valkey_url: str) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def api(
-    users_server: UsersServer, auth_server: AuthServer, valkey_url: str
+    users_server: UsersServer, auth_server: AuthServer, audit_server: AuditServer, valkey_url: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway (dev mode) in front of both servers; requests carry no token by default."""
+    """The gateway (dev mode) in front of the servers; requests carry no token by default."""
     async with gateway(
-        users_port=users_server.port, auth_port=auth_server.port, valkey_url=valkey_url
+        users_port=users_server.port,
+        auth_port=auth_server.port,
+        audit_port=audit_server.port,
+        valkey_url=valkey_url,
     ) as client:
         yield client
 

@@ -111,7 +111,12 @@ async def code_of(call: Any) -> grpc.StatusCode:
 
 @asynccontextmanager
 async def gateway(
-    *, users_port: int, auth_port: int, valkey_url: str, **settings: Any
+    *,
+    users_port: int,
+    auth_port: int,
+    valkey_url: str,
+    audit_port: int | None = None,
+    **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real gateway in front of both services, built as in production.
 
@@ -123,6 +128,8 @@ async def gateway(
         "auth_target": f"127.0.0.1:{auth_port}",
         "valkey_url": SecretStr(valkey_url),
     }
+    if audit_port is not None:
+        values["audit_target"] = f"127.0.0.1:{audit_port}"
     app = create_app(GatewaySettings(**(values | settings)))
     async with asgi_client(app) as client:
         yield client

@@ -32,6 +32,7 @@ PROTECTED = {
     ("get", "/v1/users/{id}"),
     ("patch", "/v1/users/{id}"),
     ("delete", "/v1/users/{id}"),
+    ("get", "/v1/audit/events"),
 }
 PUBLIC = {
     ("post", "/v1/auth/signup"),

@@ -34,6 +34,7 @@ from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from portico.audit.v1 import audit_pb2
 from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_auth.server import RunningServer as AuthServer
@@ -50,6 +51,7 @@ from tests.integration.security.support import (
 )
 
 if TYPE_CHECKING:
+    from portico.audit.v1.audit_pb2_grpc import AuditServiceAsyncStub
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub
 
@@ -80,6 +82,12 @@ EXPECTED: dict[str, dict[str, Outcome]] = {
     "UserService.GetUser": {
         ANONYMOUS: (401, UNAUTHENTICATED),
         SELF: (200, OK),
+        OTHER: (403, DENIED),
+        ADMIN: (200, OK),
+    },
+    "AuditService.ListAuditEvents": {
+        ANONYMOUS: (401, UNAUTHENTICATED),
+        SELF: (403, DENIED),
         OTHER: (403, DENIED),
         ADMIN: (200, OK),
     },
@@ -144,6 +152,7 @@ class World:
     users: UserServiceAsyncStub
     auth: AuthServiceAsyncStub
     people: People
+    audit: AuditServiceAsyncStub
 
     def token(self, caller: str) -> str | None:
         return None if caller == ANONYMOUS else getattr(self.people, caller).access_token
@@ -169,6 +178,7 @@ REST: dict[str, RestCall] = {
     "UserService.GetCurrentUser": lambda w, h: w.api.get("/v1/users/me", headers=h),
     "UserService.GetUser": lambda w, h: w.api.get(_target(w), headers=h),
     "UserService.ListUsers": lambda w, h: w.api.get("/v1/users", headers=h),
+    "AuditService.ListAuditEvents": lambda w, h: w.api.get("/v1/audit/events", headers=h),
     "UserService.UpdateUser": lambda w, h: w.api.patch(
         _target(w), json={"display_name": "Renamed"}, headers=h
     ),
@@ -214,6 +224,9 @@ GRPC: dict[str, GrpcCall] = {
     ),
     "UserService.ListUsers": lambda w, md: w.users.ListUsers(
         users_pb2.ListUsersRequest(), metadata=md, timeout=5
+    ),
+    "AuditService.ListAuditEvents": lambda w, md: w.audit.ListAuditEvents(
+        audit_pb2.ListAuditEventsRequest(), metadata=md, timeout=5
     ),
     "UserService.UpdateUser": lambda w, md: w.users.UpdateUser(
         users_pb2.UpdateUserRequest(
@@ -353,8 +366,9 @@ def world(
     users: UserServiceAsyncStub,
     auth: AuthServiceAsyncStub,
     people: People,
+    audit: AuditServiceAsyncStub,
 ) -> World:
-    return World(api, users, auth, people)
+    return World(api, users, auth, people, audit)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in RPC_CASES])

@@ -26,14 +26,15 @@ def test_every_process_is_a_target_on_the_launchers_ports() -> None:
         ("gateway", "127.0.0.1:8100"),  # a wildcard bind is scraped on loopback
         ("users", "127.0.0.1:9201"),
         ("auth", "127.0.0.1:9102"),
+        ("audit", "127.0.0.1:9103"),
     ]
     jobs = prometheus.config(targets, [])["scrape_configs"]
-    assert [j["job_name"] for j in jobs] == ["gateway", "users", "auth"]  # the cluster's names
+    assert [j["job_name"] for j in jobs] == ["gateway", "users", "auth", "audit"]  # cluster names
     assert all(j["static_configs"][0]["labels"]["namespace"] == "local" for j in jobs)
 
 
 def test_a_process_without_metrics_is_not_scraped() -> None:
-    stack = Stack(_settings(auth_metrics_port=0))
+    stack = Stack(_settings(auth_metrics_port=0, audit_metrics_port=0))
     assert [t.job for t in stack._scrape_targets()] == ["gateway", "users"]
 
 
@@ -42,6 +43,7 @@ def test_promtool_accepts_the_config_with_the_repos_rules(tmp_path: Path) -> Non
     targets = Stack(_settings())._scrape_targets()
     rules = prometheus.rules_dir()
     assert sorted(p.name for p in rules.glob("*.yaml")) == [
+        "audit.yaml",
         "auth.yaml",
         "gateway.yaml",
         "users.yaml",
@@ -51,7 +53,7 @@ def test_promtool_accepts_the_config_with_the_repos_rules(tmp_path: Path) -> Non
         ["promtool", "check", "config", str(path)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 3 rule files found" in done.stdout, done.stdout
+    assert "SUCCESS: 4 rule files found" in done.stdout, done.stdout
     for name in ("auth", "gateway", "users"):  # each file checked, and not empty
         assert f"Checking {rules / name}.yaml\n  SUCCESS: " in done.stdout, done.stdout
 

@@ -141,7 +141,8 @@ async def upstream() -> AsyncIterator[Upstream]:
 def settings_for(target: str, **overrides: Any) -> GatewaySettings:
     values: dict[str, Any] = {
         "users_target": target,
-        "auth_target": target,  # the fake serves health for both; auth RPCs are not called here
+        "auth_target": target,  # the fake serves health for all; auth RPCs are not called here
+        "audit_target": target,
         "rpc_timeout_s": 2.0,
         "max_body_bytes": 2048,
     }

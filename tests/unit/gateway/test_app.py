@@ -196,11 +196,13 @@ async def test_health_and_readiness(http: httpx.AsyncClient, upstream: Upstream)
     ready = await http.get("/readyz")
     assert ready.json() == {
         "status": "ready",
-        "upstreams": {"users": "SERVING", "auth": "SERVING"},
+        "upstreams": {"users": "SERVING", "auth": "SERVING", "audit": "SERVING"},
     }
     await upstream.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     body = _is_problem(await http.get("/readyz"), 503)
-    assert body["detail"] == "not ready: users is NOT_SERVING, auth is NOT_SERVING"
+    assert body["detail"] == (
+        "not ready: users is NOT_SERVING, auth is NOT_SERVING, audit is NOT_SERVING"
+    )
 
 
 async def test_readiness_fails_when_the_upstream_is_down() -> None:

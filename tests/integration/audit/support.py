@@ -1,0 +1,62 @@
+"""Helpers for the audit service's integration tests: settings and well-formed stream entries."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import SecretStr
+
+from portico_audit.config import AuditSettings, ConsumerSettings, PostgresSettings, ValkeySettings
+from tests.integration.tokens import signing_material
+
+STREAM = "portico:events:v1"
+DEAD = "portico:events:v1:dead"
+
+
+def audit_settings(
+    *, database_url: str, valkey_url: str, consumer: dict[str, Any] | None = None, **overrides: Any
+) -> AuditSettings:
+    """An in-process server on an ephemeral loopback port; a fast consumer."""
+    values: dict[str, Any] = {
+        "grpc_host": "127.0.0.1",
+        "grpc_port": 0,
+        "metrics_port": 0,
+        "shutdown_grace_s": 2.0,
+        "health_check_interval_s": 0.2,
+        "postgres": PostgresSettings(
+            dsn=SecretStr(database_url), connect_timeout_s=1.0, query_timeout_s=5.0
+        ),
+        "valkey": ValkeySettings(url=SecretStr(valkey_url)),
+        "jwks_file": signing_material().jwks_file,
+        "consumer": ConsumerSettings(
+            **({"block_ms": 100, "claim_interval_s": 0.1, "claim_idle_ms": 200} | (consumer or {}))
+        ),
+    }
+    values.update(overrides)
+    return AuditSettings(**values)
+
+
+def entry(
+    *,
+    event_id: str | None = None,
+    type_: str = "user.created",
+    subject: str | None = None,
+    traceparent: str = "",
+    **fields: str,
+) -> dict[str, str]:
+    """A stream entry as the outbox relay writes it (README "Events")."""
+    return {
+        "id": event_id or str(uuid.uuid4()),
+        "type": type_,
+        "subject": subject or str(uuid.uuid4()),
+        "actor": "",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "service": "users",
+        "seq": "1",
+        "payload": json.dumps({"email": "a@example.com"}),
+        "traceparent": traceparent,
+        **fields,
+    }
