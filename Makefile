@@ -32,7 +32,7 @@ K8S_OUT    := $(K8S_TOOLS)/rendered
 OBS_OUT    := $(TOOLS)/obs
 OVERLAYS   := dev staging prod
 CHECKOV    := $(TOOLS)/checkov
-DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile migrations/Dockerfile
+DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile services/audit/Dockerfile migrations/Dockerfile
 
 ##@ Everyday
 

@@ -11,7 +11,7 @@ kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns"
 exists() { kubectl -n "$ns" get secret "$1" >/dev/null 2>&1; }
 
 if ! exists valkey; then
-  # hex: URL-safe, users, auth and the gateway put it into redis://:<password>@valkey:6379/0
+  # hex: URL-safe, users, auth, audit and the gateway put it into redis://:<password>@valkey:6379/0
   kubectl -n "$ns" create secret generic valkey --from-literal=password="$(openssl rand -hex 24)"
 fi
 if ! exists auth-signing-key; then

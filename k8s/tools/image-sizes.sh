@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Estimate the four images' sizes without a Docker engine (README "Kubernetes" > "Images"):
+# Estimate the five images' sizes without a Docker engine (README "Kubernetes" > "Images"):
 #   * the runtime base: the Debian 12 packages gcr.io/distroless/python3-debian12 is built from
 #     (its base, cc and python3 layers), downloaded with apt-get and unpacked;
 #   * each image's virtualenv, built the way its Dockerfile builds it: Debian 12's
@@ -30,7 +30,7 @@ base_mb=$(mb "$work/base")
 base_gz=$(gz "$work/base")
 echo "runtime base (distroless python3-debian12 packages): ${base_mb} MB unpacked, ${base_gz} MB gzip"
 printf '%-20s %12s %12s %14s %12s\n' package "venv synced" "venv shipped" "image unpacked" "image gzip"
-for package in portico-gateway portico-users portico-auth portico-migrations; do
+for package in portico-gateway portico-users portico-auth portico-audit portico-migrations; do
   venv="$work/$package"
   UV_PROJECT_ENVIRONMENT="$venv" UV_PYTHON=/usr/bin/python3.11 UV_PYTHON_DOWNLOADS=never \
     UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy \

@@ -1,4 +1,4 @@
-"""The four images: how their Dockerfiles are built, and that every image a cluster runs is either
+"""The five images: how their Dockerfiles are built, and that every image a cluster runs is either
 one of them (a skaffold artifact) or a pinned upstream image.
 
 No Docker engine here: the Dockerfiles are checked as text (hadolint and checkov lint them in
@@ -19,6 +19,7 @@ IMAGES = {
     "portico/gateway": ("gateway/Dockerfile", "portico-gateway", "portico-gateway"),
     "portico/users": ("services/users/Dockerfile", "portico-users", "portico-users"),
     "portico/auth": ("services/auth/Dockerfile", "portico-auth", "portico-auth"),
+    "portico/audit": ("services/audit/Dockerfile", "portico-audit", "portico-audit"),
     "portico/migrations": ("migrations/Dockerfile", "portico-migrations", "portico-migrate"),
 }
 #: The runtime base: Debian 12's CPython 3.11, the minor version of .python-version and uv.lock.

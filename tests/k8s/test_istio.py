@@ -20,6 +20,7 @@ import pytest
 from google.api import annotations_pb2
 from grpc_health.v1 import health_pb2
 
+from portico.audit.v1 import audit_pb2
 from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_auth.config import AuthSettings
@@ -29,7 +30,7 @@ from tests.k8s.test_wiring import allows, app_settings, upstreams
 
 #: Overlays that opt into istio/ (dev has no mesh: kind/minikube without Istio, and `make run`).
 MESHED = ("staging", "prod")
-APPS = ("gateway", "users", "auth")
+APPS = ("gateway", "users", "auth", "audit")
 #: STYLE.md 2.5: the only conditions the mesh retries on.
 RETRY_ON = {"unavailable", "connect-failure", "reset"}
 #: The gRPC health service the gateway's /readyz calls on each upstream.
@@ -100,7 +101,12 @@ def rules_from(policy: Manifest) -> Iterator[tuple[set[str], set[str], Manifest]
 def grpc_methods() -> dict[str, set[str]]:
     """Every gRPC service of the protos the apps serve, with its method names."""
     # grpc_health's stubs type its DESCRIPTOR as upb's own FileDescriptor.
-    files: list[Any] = [users_pb2.DESCRIPTOR, auth_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR]
+    files: list[Any] = [
+        users_pb2.DESCRIPTOR,
+        auth_pb2.DESCRIPTOR,
+        audit_pb2.DESCRIPTOR,
+        health_pb2.DESCRIPTOR,
+    ]
     return {
         s.full_name: {m.name for m in s.methods} for f in files for s in f.services_by_name.values()
     }
@@ -109,7 +115,7 @@ def grpc_methods() -> dict[str, set[str]]:
 def http_routes() -> dict[str, str]:
     """Each REST route the gateway transcodes (path template -> /Service/Method)."""
     routes = {}
-    for file in (users_pb2.DESCRIPTOR, auth_pb2.DESCRIPTOR):
+    for file in (users_pb2.DESCRIPTOR, auth_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR):
         for service in file.services_by_name.values():
             for method in service.methods:
                 rule = method.GetOptions().Extensions[annotations_pb2.http]
@@ -269,7 +275,7 @@ def test_plaintext_reaches_only_metrics_and_the_jwks(mesh: list[Manifest]) -> No
 def test_prometheus_still_scrapes_every_app(mesh: list[Manifest]) -> None:
     """The gateway's /metrics: plaintext on its HTTP port (above). The services' metrics ports
     are not intercepted by their proxies at all."""
-    for app in ("users", "auth"):
+    for app in ("users", "auth", "audit"):
         annotations = one(mesh, "Deployment", app)["spec"]["template"]["metadata"]["annotations"]
         excluded = annotations["traffic.sidecar.istio.io/excludeInboundPorts"].split(",")
         assert excluded == [str(container_port(mesh, app, "metrics"))], app
@@ -323,13 +329,15 @@ def test_every_principal_is_a_real_service_account(mesh: list[Manifest]) -> None
 
 
 def test_who_may_call_whom(mesh: list[Manifest]) -> None:
-    """Only the gateway calls users and auth (besides auth -> users and users -> auth, each
-    for what its code calls); only the ingress gateway calls the gateway."""
+    """Only the gateway calls users, auth and audit (besides auth -> users, and users -> auth
+    and audit -> auth, each for what its code calls); only the ingress gateway calls the
+    gateway."""
     callers = {app: named_callers(mesh, app) - {"*"} for app in (*APPS, "ingress-gateway")}
     assert callers == {
         "gateway": {"ingress-gateway"},
         "users": {"gateway", "auth"},
-        "auth": {"gateway", "users"},
+        "auth": {"gateway", "users", "audit"},
+        "audit": {"gateway"},
         "ingress-gateway": set(),  # the internet: any caller, on the listener ports
     }
     assert named_callers(mesh, "ingress-gateway") == {"*"}
@@ -337,6 +345,7 @@ def test_who_may_call_whom(mesh: list[Manifest]) -> None:
     for app, service in (
         ("users", "portico.users.v1.UserService"),
         ("auth", "portico.auth.v1.AuthService"),
+        ("audit", "portico.audit.v1.AuditService"),
     ):
         port = container_port(mesh, app, "grpc")
         for method in methods[service]:
@@ -361,7 +370,8 @@ def _called_by_source(path: Path, pattern: str) -> set[str]:
 
 
 def test_service_to_service_rules_match_what_the_code_calls(mesh: list[Manifest]) -> None:
-    """auth -> users and users -> auth: exactly the RPCs the clients in the code make."""
+    """auth -> users, users -> auth and audit -> auth: exactly the RPCs the clients in the code
+    make (users and audit fetch the JWKS through portico_common.tokens)."""
     auth_calls = _called_by_source(
         ROOT / "services/auth/src/portico_auth/users_client.py", r"self\._stub\.(\w+)\b"
     )
@@ -375,6 +385,7 @@ def test_service_to_service_rules_match_what_the_code_calls(mesh: list[Manifest]
     for caller, app, service, calls in (
         ("auth", "users", "portico.users.v1.UserService", auth_calls),
         ("users", "auth", "portico.auth.v1.AuthService", users_calls),
+        ("audit", "auth", "portico.auth.v1.AuthService", users_calls),
     ):
         port = container_port(mesh, app, "grpc")
         for method in methods[service]:
@@ -389,7 +400,7 @@ def test_grpc_paths_name_real_methods(mesh: list[Manifest]) -> None:
     methods = grpc_methods()
     for policy in of_kind(mesh, "AuthorizationPolicy"):
         for _, _, operation in rules_from(policy):
-            if policy["metadata"]["name"] not in ("users", "auth"):
+            if policy["metadata"]["name"] not in ("users", "auth", "audit"):
                 continue
             for path in operation["paths"]:
                 service, method = path.lstrip("/").split("/")
@@ -453,10 +464,12 @@ def test_timeouts_exceed_the_apps_deadlines(
     auth, _ = app_settings(mesh, "auth", monkeypatch)
     assert isinstance(gateway, GatewaySettings)
     assert isinstance(auth, AuthSettings)
-    # The callers' deadlines per upstream (users -> auth: the JWKS fetch, 2 s in portico_common).
+    # The callers' deadlines per upstream (users/audit -> auth: the JWKS fetch, 2 s in
+    # portico_common).
     deadlines = {
         "users": max(gateway.rpc_timeout_s, auth.signup.users_timeout_s),
         "auth": gateway.rpc_timeout_s,
+        "audit": gateway.rpc_timeout_s,
     }
     for app, deadline in deadlines.items():
         (route,) = one(mesh, "VirtualService", app)["spec"]["http"]

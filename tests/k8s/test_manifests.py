@@ -17,7 +17,12 @@ from tests.k8s.conftest import (
 )
 
 #: The process and the setting that holds its listening port.
-PORT_SETTINGS = {"gateway": "GATEWAY_PORT", "users": "USERS_GRPC_PORT", "auth": "AUTH_GRPC_PORT"}
+PORT_SETTINGS = {
+    "gateway": "GATEWAY_PORT",
+    "users": "USERS_GRPC_PORT",
+    "auth": "AUTH_GRPC_PORT",
+    "audit": "AUDIT_GRPC_PORT",
+}
 #: Shutdown budget of each app (delay + grace, seconds; README "Configuration").
 SHUTDOWN_S = 1 + 10
 #: The writable scratch directory on a read-only root filesystem.
@@ -68,12 +73,20 @@ def test_upstream_targets_point_at_services(docs: list[Manifest]) -> None:
     auth = config_of(docs, one(docs, "Deployment", "auth"))
     assert gateway["GATEWAY_USERS_TARGET"] == f"users:{ports['users']}"
     assert gateway["GATEWAY_AUTH_TARGET"] == f"auth:{ports['auth']}"
+    assert gateway["GATEWAY_AUDIT_TARGET"] == f"audit:{ports['audit']}"
     assert auth["AUTH_USERS_TARGET"] == f"users:{ports['users']}"
     # users fetches the JWKS (token signing keys) from auth's gRPC port.
     users = config_of(docs, one(docs, "Deployment", "users"))
     assert users["USERS_AUTH_TARGET"] == f"auth:{ports['auth']}"
+    # So does audit (it checks the admin's token on ListAuditEvents).
+    audit = config_of(docs, one(docs, "Deployment", "audit"))
+    assert audit["AUDIT_AUTH_TARGET"] == f"auth:{ports['auth']}"
     assert auth["AUTH_ENVIRONMENT"] == "production"
-    for app, host in (("gateway", "GATEWAY_HOST"), ("users", "USERS_GRPC_HOST")):
+    for app, host in (
+        ("gateway", "GATEWAY_HOST"),
+        ("users", "USERS_GRPC_HOST"),
+        ("audit", "AUDIT_GRPC_HOST"),
+    ):
         assert config_of(docs, one(docs, "Deployment", app))[host] == "0.0.0.0"
 
 

@@ -13,7 +13,7 @@ from tests.k8s.conftest import ROOT, Manifest, of_kind, one, yaml_to_json
 
 #: Overlays with canary Rollouts (dev: plain Deployments, no Argo Rollouts controller).
 CANARIED = ("staging", "prod")
-APPS = ("gateway", "users", "auth")
+APPS = ("gateway", "users", "auth", "audit")
 WEIGHTS = [10, 25, 50, 100]
 HEADER = ("x-portico-canary", {"exact": "always"})
 #: The server-side failures of the SLIs (observability/prometheus/rules).
@@ -183,7 +183,7 @@ def test_analysis_queries_name_registered_metrics(
     scrape = (ROOT / "observability" / "prometheus" / "prometheus.yaml").read_text()
     assert "target_label: namespace" in scrape
     assert "target_label: pod" in scrape
-    emitted = {"http-canary-health": {"gateway"}, "grpc-canary-health": {"users", "auth"}}
+    emitted = {"http-canary-health": {"gateway"}, "grpc-canary-health": {"users", "auth", "audit"}}
     for template in of_kind(canaried, "AnalysisTemplate"):
         name = template["metadata"]["name"]
         for metric in template["spec"]["metrics"]:

@@ -14,6 +14,7 @@ DOCKERFILES = {
     "portico/gateway": "gateway/Dockerfile",
     "portico/users": "services/users/Dockerfile",
     "portico/auth": "services/auth/Dockerfile",
+    "portico/audit": "services/audit/Dockerfile",
     "portico/migrations": "migrations/Dockerfile",
 }
 

@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
+from portico_audit.config import AuditSettings
 from portico_auth.config import AuthSettings
 from portico_common.config import TelemetrySettings
 from portico_gateway.config import GatewaySettings
@@ -27,12 +28,19 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "gateway": GatewaySettings,
     "users": UsersSettings,
     "auth": AuthSettings,
+    "audit": AuditSettings,
     "migrations": MigrateSettings,
 }
 #: Overlays with NetworkPolicies (default deny).
 POLICED = ("staging", "prod")
 #: Connections that must be allowed (source, Service), besides whatever the settings name.
-REQUIRED_EDGES = {("users", "auth"), ("gateway", "valkey")}
+REQUIRED_EDGES = {
+    ("users", "auth"),
+    ("audit", "auth"),
+    ("audit", "valkey"),
+    ("gateway", "audit"),
+    ("gateway", "valkey"),
+}
 #: Read by the OpenTelemetry SDK itself (``Resource.create``), not by a settings class.
 SDK_VARIABLES = {"OTEL_RESOURCE_ATTRIBUTES"}
 #: The platform's telemetry, installed separately (README "Observability"): its namespace, and the
@@ -40,7 +48,7 @@ SDK_VARIABLES = {"OTEL_RESOURCE_ATTRIBUTES"}
 OBSERVABILITY = "observability"
 PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
 COLLECTOR = {"app.kubernetes.io/name": "otel-collector"}
-APPS = ("gateway", "users", "auth")
+APPS = ("gateway", "users", "auth", "audit")
 _REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -129,11 +137,24 @@ def test_token_checks_agree_with_the_issuer(
 ) -> None:
     auth, _ = app_settings(docs, "auth", monkeypatch)
     assert isinstance(auth, AuthSettings)
-    for name in ("gateway", "users"):
+    for name in ("gateway", "users", "audit"):
         verifier, _ = app_settings(docs, name, monkeypatch)
-        assert isinstance(verifier, GatewaySettings | UsersSettings)
+        assert isinstance(verifier, GatewaySettings | UsersSettings | AuditSettings)
         assert (verifier.token_issuer, verifier.token_audience) == (auth.issuer, auth.audience)
         assert verifier.session_key_prefix == auth.valkey.key_prefix, name
+
+
+def test_audit_consumes_the_stream_the_services_publish_to(
+    docs: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit, _ = app_settings(docs, "audit", monkeypatch)
+    assert isinstance(audit, AuditSettings)
+    for name in ("users", "auth"):
+        publisher, _ = app_settings(docs, name, monkeypatch)
+        assert isinstance(publisher, UsersSettings | AuthSettings)
+        assert publisher.outbox.stream == audit.consumer.stream, name
+    # One consumer name per process: the default (<hostname>-<pid>), never a shared fixed one.
+    assert "AUDIT_CONSUMER__NAME" not in container_env(docs, one(docs, "Deployment", "audit"))[0]
 
 
 def test_browser_facing_settings(
@@ -308,7 +329,7 @@ def _metrics_port(
     if isinstance(settings, GatewaySettings):
         number = settings.port
     else:
-        assert isinstance(settings, UsersSettings | AuthSettings)
+        assert isinstance(settings, UsersSettings | AuthSettings | AuditSettings)
         number = settings.metrics_port
     assert number, f"{name}: metrics are turned off"
     container = pod_template(one(docs, "Deployment", name))["containers"][0]

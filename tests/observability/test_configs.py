@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from portico_audit.config import AuditSettings
 from portico_auth.config import AuthSettings
 from portico_common.logs import JsonFormatter
 from portico_gateway.config import GatewaySettings
@@ -159,6 +160,7 @@ def test_scrape_jobs_use_the_ports_the_processes_serve_metrics_on() -> None:
         "gateway": GatewaySettings.model_fields["port"].default,
         "users": UsersSettings.model_fields["metrics_port"].default,
         "auth": AuthSettings.model_fields["metrics_port"].default,
+        "audit": AuditSettings.model_fields["metrics_port"].default,
     }
     jobs = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
     for name, port in ports.items():
@@ -233,7 +235,7 @@ def test_fluent_bit_parses_the_json_lines_of_the_app_containers_into_fields() ->
     (grep,) = (f for f in fluent_bit_plugins("filters") if f["name"] == "grep")
     kept = re.search(r"\^\((.*)\)\$", grep["regex"])
     assert kept is not None
-    assert set(kept.group(1).split("|")) == {"gateway", "users", "auth", "migrations"}
+    assert set(kept.group(1).split("|")) == {"gateway", "users", "auth", "audit", "migrations"}
     (tail,) = fluent_bit_plugins("inputs")
     assert tail["name"] == "tail"
     assert "_portico-*_" in tail["path"]
