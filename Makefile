@@ -45,7 +45,7 @@ run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless 
 	$(if $(OBSERVE),PORTICO_DEV_OBSERVE=$(OBSERVE) )exec $(BIN)/portico-dev
 
 .PHONY: test
-test: lint proto-check k8s-check obs-check test-unit test-integration test-e2e ## Everything CI runs: lint, proto drift, manifests, alert rules, all test tiers
+test: lint proto-check k8s-check obs-check test-unit test-integration test-e2e test-reliability ## Everything CI runs: lint, proto drift, manifests, alert rules, all test tiers
 
 .PHONY: migrate
 migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
@@ -177,6 +177,10 @@ test-integration: sync ## Integration tier: real embedded PostgreSQL + Valkey, r
 .PHONY: test-e2e
 test-e2e: sync ## End-to-end tier: the stack `make run` starts (or PORTICO_E2E_BASE_URL)
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+.PHONY: test-reliability
+test-reliability: sync ## Fault drills under load: Valkey/PostgreSQL restarts, rolling users restart, audit kill -9, gateway SIGTERM
+	$(BIN)/pytest tests/reliability $(PYTEST_ARGS)
 
 .PHONY: clean
 clean: ## Remove caches and tools (keeps .data/, the local database)
