@@ -487,6 +487,16 @@ def test_retries_only_on_the_allowed_conditions(mesh: list[Manifest]) -> None:
             assert 1 <= retries["attempts"] <= 2
 
 
+def test_one_layer_retries_the_mesh_or_the_gateway(
+    rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Meshed overlays turn the gateway's retries off (patches/retries.yaml); dev keeps them."""
+    for overlay, docs in rendered.items():
+        gateway, _ = app_settings(docs, "gateway", monkeypatch)
+        assert isinstance(gateway, GatewaySettings)
+        assert (gateway.retry_max_attempts == 1) == (overlay in MESHED), overlay
+
+
 # ---------------------------------------------------------------------------------- the edge
 
 

@@ -88,9 +88,7 @@ def create_app(
         title="Portico API",
         version="1.0.0",
         description=DESCRIPTION,
-        lifespan=make_lifespan(
-            settings, {n: target for n, (target, _) in upstreams.items()}, verifier=verifier
-        ),
+        lifespan=make_lifespan(settings, upstreams, verifier=verifier),
         docs_url=None,  # served by routers.docs: open in dev, admins only in production
         redoc_url=None,
         openapi_url=None,

@@ -104,6 +104,33 @@ class GatewaySettings(BaseSettings):
     rpc_timeout_s: float = Field(
         default=5.0, gt=0, description="Deadline of each upstream call (a client may shorten it)."
     )
+    retry_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=5,
+        description="Attempts in all of an idempotent (GET-bound) upstream call on UNAVAILABLE, "
+        "within its one deadline; 1 turns gateway retries off (where the mesh retries).",
+    )
+    retry_initial_backoff_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="Backoff before the first retry; gRPC waits a random time between 0 and it.",
+    )
+    retry_max_backoff_s: float = Field(
+        default=0.5, gt=0, description="Cap of the backoff, which doubles after each retry."
+    )
+    retry_budget_max_tokens: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Retry budget per upstream: each UNAVAILABLE attempt costs a token; nothing is "
+        "retried while at most half of these are left.",
+    )
+    retry_budget_token_ratio: float = Field(
+        default=0.1,
+        gt=0,
+        description="Tokens a successful call gives back to the retry budget (3 decimals).",
+    )
     readiness_timeout_s: float = Field(
         default=1.0, gt=0, description="How long /readyz waits for each upstream's health check."
     )

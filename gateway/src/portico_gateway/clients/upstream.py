@@ -1,8 +1,9 @@
 """One long-lived grpc.aio channel per upstream service, and the calls made on it.
 
 Every call carries a deadline (the configured one, or the client's if shorter) and the request
-id as ``x-request-id`` metadata. Retries are not done here: they belong to the mesh (Istio
-retries ``unavailable,connect-failure,reset``), never to two layers at once.
+id as ``x-request-id`` metadata. Retries are not done here: the channel's service config retries
+idempotent RPCs (:mod:`.retries`), and is turned off where the mesh retries (Istio retries
+``unavailable,connect-failure,reset``), so never two layers at once.
 """
 
 from __future__ import annotations
