@@ -243,9 +243,10 @@ async def test_openapi_documents_the_proto_routes(http: httpx.AsyncClient) -> No
 async def test_caller_token_and_address_are_forwarded(
     http: httpx.AsyncClient, upstream: Upstream
 ) -> None:
-    headers = {"X-Forwarded-For": "203.0.113.7"}
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Portico-Canary": "always"}
     assert (await http.get("/v1/users/42", headers=headers)).status_code == 200
     seen = upstream.servicer.seen_metadata[-1]
+    assert seen["x-portico-canary"] == "always"  # the mesh keeps the call on the canaries
     assert seen["authorization"] == ADMIN["Authorization"]  # the services check it again
     assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
 

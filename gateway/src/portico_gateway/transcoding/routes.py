@@ -190,15 +190,24 @@ def render(binding: Binding, request: Request, reply: Message) -> Response:
     return JSONResponse(content, status_code=status, headers=headers)
 
 
+#: The header with which testers reach the canary of every service in a mesh (Argo Rollouts'
+#: header route, see istio/README.md); passed on so one request stays on the canary path.
+CANARY_HEADER = "x-portico-canary"
+
+
 def forwarded_metadata(request: Request) -> tuple[tuple[str, str], ...]:
-    """What the services need to know of the HTTP caller: its token and its address.
+    """What the services need to know of the HTTP caller: its token, its address, its route.
 
     ``x-forwarded-for`` gets the peer's address appended (the services trust its last entry,
     which the gateway wrote), so the auth service can throttle logins per client address.
+    ``x-portico-canary`` travels on as metadata, so the mesh routes the upstream call to the
+    services' canaries too.
     """
     forwarded: list[tuple[str, str]] = []
     if authorization := request.headers.get("authorization"):
         forwarded.append(("authorization", authorization))
+    if canary := request.headers.get(CANARY_HEADER):
+        forwarded.append((CANARY_HEADER, canary))
     if request.client is not None:
         chain = request.headers.get("x-forwarded-for")
         peer = request.client.host
