@@ -1,0 +1,77 @@
+"""Opaque ``page_token`` values for keyset pagination over ``(timestamp, uuid)`` cursors.
+
+A token is URL-safe base64 (no padding) of::
+
+    version (1 byte, = 1) | timestamp (int64, microseconds since the Unix epoch, big-endian)
+    | id (16 bytes) | checksum (first 8 bytes of BLAKE2b, personalised per listing)
+
+The checksum catches truncated, edited and hand-made tokens (it is not a signature: a client
+that forges a valid cursor can only skip ahead in a list it may read anyway), and its
+personalisation keeps one listing's tokens from being accepted by another. Anything that does
+not decode to exactly this shape raises :class:`InvalidPageToken`; each service turns that into
+its INVALID_ARGUMENT on ``page_token``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import struct
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+_VERSION = 1
+_BODY = struct.Struct(">Bq16s")
+_CHECKSUM_SIZE = 8
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class InvalidPageToken(ValueError):  # noqa: N818 (the condition; services map it to INVALID_ARGUMENT)
+    """The token was not made by :meth:`PageTokens.encode` of this listing."""
+
+
+class PageTokens:
+    """Encodes and decodes the tokens of one listing (``person``: at most 16 bytes)."""
+
+    def __init__(self, person: bytes) -> None:
+        self._person = person
+
+    def _checksum(self, body: bytes) -> bytes:
+        return hashlib.blake2b(body, digest_size=_CHECKSUM_SIZE, person=self._person).digest()
+
+    def encode(self, at: datetime, id_: UUID) -> str:
+        """The token that resumes a listing right after ``(at, id_)``."""
+        micros = (at - _EPOCH) // timedelta(microseconds=1)
+        body = _BODY.pack(_VERSION, micros, id_.bytes)
+        return base64.urlsafe_b64encode(body + self._checksum(body)).rstrip(b"=").decode("ascii")
+
+    def decode(self, token: str) -> tuple[datetime, UUID] | None:
+        """The cursor in ``token``; None for the empty token (the first page)."""
+        if not token:
+            return None
+        if not _ALPHABET.fullmatch(token):
+            raise InvalidPageToken(token)
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            raise InvalidPageToken(token) from None
+        if len(raw) != _BODY.size + _CHECKSUM_SIZE:
+            raise InvalidPageToken(token)
+        body, checksum = raw[: _BODY.size], raw[_BODY.size :]
+        if not hmac.compare_digest(checksum, self._checksum(body)):
+            raise InvalidPageToken(token)
+        version, micros, id_bytes = _BODY.unpack(body)
+        if version != _VERSION:
+            raise InvalidPageToken(token)
+        try:
+            at = _EPOCH + timedelta(microseconds=micros)
+        except OverflowError:
+            raise InvalidPageToken(token) from None
+        id_ = UUID(bytes=id_bytes)
+        if self.encode(at, id_) != token:  # non-canonical base64 (e.g. altered padding bits)
+            raise InvalidPageToken(token)
+        return at, id_
