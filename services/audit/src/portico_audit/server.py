@@ -18,9 +18,7 @@ import gc
 import logging
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import Any
 
-import asyncpg
 import grpc
 import protovalidate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from valkey.asyncio import Valkey
 
 from portico.audit.v1 import audit_pb2, audit_pb2_grpc
-from portico_audit.config import AuditSettings, PostgresSettings
+from portico_audit.config import AuditSettings
 from portico_audit.consumer import AfterCommit, EventConsumer
 from portico_audit.interceptors import (
     ErrorInterceptor,
@@ -42,6 +40,7 @@ from portico_common.access import AccessInterceptor, rules_of
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.outbox import stop_task
+from portico_common.postgres import bind_address, close_pool, open_pool
 from portico_common.shutdown import stop_on_signals
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import (
@@ -54,7 +53,6 @@ from portico_common.tokens import (
 
 _log = logging.getLogger(__name__)
 
-_POOL_CLOSE_TIMEOUT_S = 5.0
 SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"]
 
 
@@ -108,39 +106,6 @@ class RunningServer:
         _log.info("audit service stopped")
 
 
-def _bind_address(host: str, port: int) -> str:
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # IPv6 literal
-    return f"{host}:{port}"
-
-
-async def _close_pool(pool: asyncpg.Pool[asyncpg.Record]) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT_S)
-    except TimeoutError:
-        _log.warning("PostgreSQL pool did not close in time; terminating it")
-        pool.terminate()
-
-
-async def _open_pool(pg: PostgresSettings) -> asyncpg.Pool[asyncpg.Record]:
-    """The pool, with ``pool_min`` connections open; empty (lazy) while PostgreSQL is down."""
-    options: dict[str, Any] = {
-        "max_size": pg.pool_max,
-        "timeout": pg.connect_timeout_s,
-        "command_timeout": pg.query_timeout_s,
-        "server_settings": {
-            "application_name": "portico-audit",
-            "statement_timeout": str(pg.statement_timeout_ms),
-        },
-    }
-    dsn = pg.dsn.get_secret_value()
-    try:
-        return await asyncpg.create_pool(dsn, min_size=min(pg.pool_min, pg.pool_max), **options)
-    except Exception as exc:  # down, refusing, not ready: start anyway, connect on demand
-        _log.warning("PostgreSQL unavailable at startup (%s); starting anyway", type(exc).__name__)
-    return await asyncpg.create_pool(dsn, min_size=0, **options)
-
-
 async def start(
     settings: AuditSettings, *, after_commit: AfterCommit | None = None
 ) -> RunningServer:
@@ -151,8 +116,8 @@ async def start(
     pg, vk = settings.postgres, settings.valkey
     dsn = pg.dsn.get_secret_value()
     async with AsyncExitStack() as resources:
-        pool = await _open_pool(pg)
-        resources.push_async_callback(_close_pool, pool)
+        pool = await open_pool(pg, application_name="portico-audit")
+        resources.push_async_callback(close_pool, pool)
         resources.callback(track_pool("audit", pool))
         client = Valkey.from_url(
             vk.url.get_secret_value(),
@@ -210,9 +175,9 @@ async def start(
             metrics = MetricsServer(settings.grpc_host, settings.metrics_port)
             resources.push_async_callback(asyncio.to_thread, metrics.stop)
             _log.info(
-                "metrics on http://%s/metrics", _bind_address(settings.grpc_host, metrics.port)
+                "metrics on http://%s/metrics", bind_address(settings.grpc_host, metrics.port)
             )
-        port = server.add_insecure_port(_bind_address(settings.grpc_host, settings.grpc_port))
+        port = server.add_insecure_port(bind_address(settings.grpc_host, settings.grpc_port))
         await server.start()
         monitor_task = asyncio.create_task(monitor.run(), name="audit-health-probe")
         consumer = consuming = None
@@ -221,7 +186,7 @@ async def start(
                 repository, client, settings.consumer, after_commit=after_commit
             )
             consuming = asyncio.create_task(consumer.run(), name="audit-consumer")
-        _log.info("audit service listening on %s", _bind_address(settings.grpc_host, port))
+        _log.info("audit service listening on %s", bind_address(settings.grpc_host, port))
         running = RunningServer(
             server=server,
             port=port,

@@ -24,9 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import Any
 
-import asyncpg
 import grpc
 import protovalidate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from valkey.asyncio import Valkey
 
 from portico.auth.v1 import auth_pb2, auth_pb2_grpc
-from portico_auth.config import AuthSettings, PostgresSettings
+from portico_auth.config import AuthSettings
 from portico_auth.identity import ServiceIdentity
 from portico_auth.interceptors import (
     ErrorInterceptor,
@@ -55,13 +53,12 @@ from portico_common.access import AccessInterceptor, rules_of
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.outbox import OutboxRelay
+from portico_common.postgres import bind_address, close_pool, open_pool
 from portico_common.shutdown import stop_on_signals
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import Jwk, JwksCache, TokenVerifier, ValkeySessions
 
 _log = logging.getLogger(__name__)
-
-_POOL_CLOSE_TIMEOUT_S = 5.0
 
 
 class RunningServer:
@@ -103,39 +100,6 @@ class RunningServer:
         _log.info("auth service stopped")
 
 
-def _bind_address(host: str, port: int) -> str:
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # IPv6 literal
-    return f"{host}:{port}"
-
-
-async def _close_pool(pool: asyncpg.Pool[asyncpg.Record]) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT_S)
-    except TimeoutError:
-        _log.warning("PostgreSQL pool did not close in time; terminating it")
-        pool.terminate()
-
-
-async def _open_pool(pg: PostgresSettings) -> asyncpg.Pool[asyncpg.Record]:
-    """The pool, with ``pool_min`` connections open; empty (lazy) while PostgreSQL is down."""
-    options: dict[str, Any] = {
-        "max_size": pg.pool_max,
-        "timeout": pg.connect_timeout_s,
-        "command_timeout": pg.query_timeout_s,
-        "server_settings": {
-            "application_name": "portico-auth",
-            "statement_timeout": str(pg.statement_timeout_ms),
-        },
-    }
-    dsn = pg.dsn.get_secret_value()
-    try:
-        return await asyncpg.create_pool(dsn, min_size=min(pg.pool_min, pg.pool_max), **options)
-    except Exception as exc:  # down, refusing, not ready: start anyway, connect on demand
-        _log.warning("PostgreSQL unavailable at startup (%s); starting anyway", type(exc).__name__)
-    return await asyncpg.create_pool(dsn, min_size=0, **options)
-
-
 def _own_jwks(keys: KeyRing) -> Callable[[], Awaitable[Sequence[Jwk]]]:
     """The JWKS of this service's own keys, for its verifier (no network involved)."""
 
@@ -174,8 +138,8 @@ async def start(settings: AuthSettings) -> RunningServer:
     pg, vk = settings.postgres, settings.valkey
     dsn = pg.dsn.get_secret_value()
     async with AsyncExitStack() as resources:
-        pool = await _open_pool(pg)
-        resources.push_async_callback(_close_pool, pool)
+        pool = await open_pool(pg, application_name="portico-auth")
+        resources.push_async_callback(close_pool, pool)
         resources.callback(track_pool("auth", pool))
         client = Valkey.from_url(
             vk.url.get_secret_value(),
@@ -252,9 +216,9 @@ async def start(settings: AuthSettings) -> RunningServer:
         if settings.metrics_port:  # bound before gRPC, so a taken port fails start-up cleanly
             metrics = MetricsServer(settings.grpc_host, settings.metrics_port)
             resources.push_async_callback(asyncio.to_thread, metrics.stop)
-            metrics_at = _bind_address(settings.grpc_host, metrics.port)
+            metrics_at = bind_address(settings.grpc_host, metrics.port)
             _log.info("metrics on http://%s/metrics", metrics_at)
-        address = _bind_address(settings.grpc_host, settings.grpc_port)
+        address = bind_address(settings.grpc_host, settings.grpc_port)
         port = server.add_insecure_port(address)
         await server.start()
         tasks = [
@@ -271,7 +235,7 @@ async def start(settings: AuthSettings) -> RunningServer:
             tasks.append(asyncio.create_task(relay.run(), name="auth-outbox-relay"))
         _log.info(
             "auth service listening on %s (signing kid %s, %d key(s) in the JWKS)",
-            _bind_address(settings.grpc_host, port),
+            bind_address(settings.grpc_host, port),
             keys.active.kid,
             len(keys.keys),
         )

@@ -22,9 +22,7 @@ import gc
 import logging
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import Any
 
-import asyncpg
 import grpc
 import protovalidate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,6 +35,7 @@ from portico_common.access import AccessInterceptor, rules_of
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.outbox import OutboxRelay, stop_task
+from portico_common.postgres import bind_address, close_pool, open_pool
 from portico_common.shutdown import stop_on_signals
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import (
@@ -47,7 +46,7 @@ from portico_common.tokens import (
     jwks_from_file,
 )
 from portico_users.cache import CachedUsers
-from portico_users.config import PostgresSettings, UsersSettings
+from portico_users.config import UsersSettings
 from portico_users.interceptors import (
     ErrorInterceptor,
     RequestIdInterceptor,
@@ -57,8 +56,6 @@ from portico_users.repository import UserRepository, ping_database
 from portico_users.servicer import UserServicer
 
 _log = logging.getLogger(__name__)
-
-_POOL_CLOSE_TIMEOUT_S = 5.0
 
 
 class RunningServer:
@@ -98,46 +95,13 @@ class RunningServer:
         _log.info("users service stopped")
 
 
-def _bind_address(host: str, port: int) -> str:
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # IPv6 literal
-    return f"{host}:{port}"
-
-
-async def _close_pool(pool: asyncpg.Pool[asyncpg.Record]) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT_S)
-    except TimeoutError:
-        _log.warning("PostgreSQL pool did not close in time; terminating it")
-        pool.terminate()
-
-
-async def _open_pool(pg: PostgresSettings) -> asyncpg.Pool[asyncpg.Record]:
-    """The pool, with ``pool_min`` connections open; empty (lazy) while PostgreSQL is down."""
-    options: dict[str, Any] = {
-        "max_size": pg.pool_max,
-        "timeout": pg.connect_timeout_s,
-        "command_timeout": pg.query_timeout_s,
-        "server_settings": {
-            "application_name": "portico-users",
-            "statement_timeout": str(pg.statement_timeout_ms),
-        },
-    }
-    dsn = pg.dsn.get_secret_value()
-    try:
-        return await asyncpg.create_pool(dsn, min_size=min(pg.pool_min, pg.pool_max), **options)
-    except Exception as exc:  # down, refusing, not ready: start anyway, connect on demand
-        _log.warning("PostgreSQL unavailable at startup (%s); starting anyway", type(exc).__name__)
-    return await asyncpg.create_pool(dsn, min_size=0, **options)
-
-
 async def start(settings: UsersSettings) -> RunningServer:
     """Build the whole service from ``settings``, bind it and start serving."""
     pg, vk = settings.postgres, settings.valkey
     dsn = pg.dsn.get_secret_value()
     async with AsyncExitStack() as resources:
-        pool = await _open_pool(settings.postgres)
-        resources.push_async_callback(_close_pool, pool)
+        pool = await open_pool(settings.postgres, application_name="portico-users")
+        resources.push_async_callback(close_pool, pool)
         resources.callback(track_pool("users", pool))
         client = Valkey.from_url(
             vk.url.get_secret_value(),
@@ -202,9 +166,9 @@ async def start(settings: UsersSettings) -> RunningServer:
         if settings.metrics_port:  # bound before gRPC, so a taken port fails start-up cleanly
             metrics = MetricsServer(settings.grpc_host, settings.metrics_port)
             resources.push_async_callback(asyncio.to_thread, metrics.stop)
-            metrics_at = _bind_address(settings.grpc_host, metrics.port)
+            metrics_at = bind_address(settings.grpc_host, metrics.port)
             _log.info("metrics on http://%s/metrics", metrics_at)
-        address = _bind_address(settings.grpc_host, settings.grpc_port)
+        address = bind_address(settings.grpc_host, settings.grpc_port)
         port = server.add_insecure_port(address)
         await server.start()
         monitor_task = asyncio.create_task(monitor.run(), name="users-health-probe")
@@ -214,7 +178,7 @@ async def start(settings: UsersSettings) -> RunningServer:
                 pool, client, schema="users", service="users", settings=settings.outbox
             )
             relay_task = asyncio.create_task(relay.run(), name="users-outbox-relay")
-        _log.info("users service listening on %s", _bind_address(settings.grpc_host, port))
+        _log.info("users service listening on %s", bind_address(settings.grpc_host, port))
         running = RunningServer(
             server=server,
             port=port,
