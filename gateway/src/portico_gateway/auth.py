@@ -9,8 +9,10 @@
 * :func:`enforce` is called by each route with the RPC's ``portico.access.v1.rule`` (the one the
   service's interceptor applies too, :mod:`portico_common.access`): 401 with
   ``WWW-Authenticate`` (RFC 6750) when a token is needed and missing or bad, 403 when the rule
-  does not admit the caller, 503 when the session store cannot be asked (fail closed: a token
-  whose revocation cannot be checked is not accepted).
+  does not admit the caller, 503 when the session store cannot be asked and the verifier's
+  :class:`~portico_common.tokens.SessionStorePolicy` does not accept the token without it
+  (by default GET/HEAD are accepted on the signature alone, writes only for a session this
+  process saw alive within the last minute).
 
 The gateway forwards the caller's ``Authorization`` upstream, and each service checks it again:
 the gateway is a convenience and a first filter, never the only gate.
@@ -39,6 +41,9 @@ from portico_gateway.middleware import header
 
 REALM = "portico"
 _UNAVAILABLE = "cannot check the session; retry later"
+#: Methods that change nothing: accepted on the token's signature while the session store is
+#: unreachable (the verifier's degraded mode; every GET route is bound to a ``get`` RPC).
+_READ_ONLY = frozenset({"GET", "HEAD"})
 
 
 def challenge(error: str | None = None, description: str | None = None) -> str:
@@ -67,7 +72,9 @@ class AuthenticationMiddleware:
             # then wants a bare challenge, without an error code.
             if bearer_token(authorization) is not None and verifier is not None:
                 try:
-                    state["principal"] = await authenticate(verifier, authorization)
+                    state["principal"] = await authenticate(
+                        verifier, authorization, read_only=scope["method"] in _READ_ONLY
+                    )
                 except (Unauthenticated, SessionCheckUnavailable) as exc:
                     state["auth_problem"] = exc
         await self.app(scope, receive, send)

@@ -18,8 +18,15 @@ from fastapi import FastAPI
 from google.protobuf.descriptor import ServiceDescriptor
 from valkey.asyncio import Valkey
 
+from portico_common.config import get_session_store_settings
 from portico_common.telemetry import client_interceptors
-from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions, jwks_from_auth_service
+from portico_common.tokens import (
+    JwksCache,
+    SessionStorePolicy,
+    TokenVerifier,
+    ValkeySessions,
+    jwks_from_auth_service,
+)
 from portico_gateway.clients.retries import channel_options
 from portico_gateway.clients.upstream import Upstream
 from portico_gateway.config import GatewaySettings
@@ -84,6 +91,7 @@ def make_lifespan(
                     ValkeySessions(client, key_prefix=settings.session_key_prefix),
                     issuer=settings.token_issuer,
                     audience=settings.token_audience,
+                    store_policy=SessionStorePolicy.from_settings(get_session_store_settings()),
                 )
             yield {
                 "upstreams": upstreams,

@@ -4,7 +4,7 @@ single-flight loading, and running without Valkey."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -15,6 +15,7 @@ import pytest
 import valkey.asyncio as valkey_asyncio
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
+from portico_common.config import get_session_store_settings
 from portico_users.cache import CachedUsers
 from portico_users.codec import user_to_proto
 from portico_users.domain import User, UserChanges
@@ -163,24 +164,49 @@ async def test_the_store_works_when_valkey_is_down(database_url: str) -> None:
         await pool.close()
 
 
-async def test_rpcs_fail_closed_when_sessions_cannot_be_checked(
-    database_url: str, tokens: Any
+@pytest.fixture
+def session_store_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Sets ``PORTICO_SESSION_STORE_FAIL_MODE`` for servers started after the call."""
+
+    def set_mode(mode: str) -> None:
+        monkeypatch.setenv("PORTICO_SESSION_STORE_FAIL_MODE", mode)
+        get_session_store_settings.cache_clear()
+
+    yield set_mode
+    monkeypatch.delenv("PORTICO_SESSION_STORE_FAIL_MODE", raising=False)
+    get_session_store_settings.cache_clear()
+
+
+@pytest.mark.parametrize("mode", ["degraded", "closed"])
+async def test_rpcs_when_sessions_cannot_be_checked(
+    database_url: str, tokens: Any, mode: str, session_store_mode: Callable[[str], None]
 ) -> None:
-    """Valkey also holds the sessions: a token whose revocation cannot be checked is refused
-    with UNAVAILABLE (retryable), never accepted unchecked."""
+    """Valkey also holds the sessions. Degraded (the default): a read is served from
+    PostgreSQL on the token's signature, a write by a session this process never saw alive is
+    UNAVAILABLE (retryable). Closed: every token-bearing call is UNAVAILABLE."""
+    session_store_mode(mode)
     settings = users_settings(
         database_url=database_url, valkey_url=f"redis://127.0.0.1:{closed_port()}/0"
     )
     running = await start(settings)
+    missing = str(UUID(int=1))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub: UserServiceAsyncStub = users_pb2_grpc.UserServiceStub(channel)
             metadata = (("authorization", f"Bearer {await tokens.admin()}"),)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
+            with pytest.raises(grpc.aio.AioRpcError) as read:
                 await stub.GetUser(
-                    users_pb2.GetUserRequest(id=str(UUID(int=1))), timeout=5, metadata=metadata
+                    users_pb2.GetUserRequest(id=missing), timeout=5, metadata=metadata
                 )
-            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert caught.value.details() == "cannot check the session; retry later"
+            with pytest.raises(grpc.aio.AioRpcError) as write:
+                await stub.DeleteUser(
+                    users_pb2.DeleteUserRequest(id=missing), timeout=5, metadata=metadata
+                )
     finally:
         await running.stop(0)
+    unavailable = (grpc.StatusCode.UNAVAILABLE, "cannot check the session; retry later")
+    if mode == "degraded":  # the read passed the access check and asked PostgreSQL
+        assert read.value.code() == grpc.StatusCode.NOT_FOUND
+    else:
+        assert (read.value.code(), read.value.details()) == unavailable
+    assert (write.value.code(), write.value.details()) == unavailable

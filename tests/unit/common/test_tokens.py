@@ -19,6 +19,7 @@ from portico_common.tokens import (
     InvalidToken,
     Jwk,
     JwksCache,
+    SessionStorePolicy,
     TokenVerifier,
     bearer_token,
     public_key_of,
@@ -71,8 +72,11 @@ def sign(key: Key, payload: dict[str, Any], *, kid: str | None = None) -> str:
 class Sessions:
     def __init__(self) -> None:
         self.ended: set[str] = set()
+        self.down = False  # True: the store fails as an unreachable Valkey does
 
     async def alive(self, session_id: str) -> bool:
+        if self.down:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         return session_id not in self.ended
 
 
@@ -286,3 +290,82 @@ async def test_the_memory_is_bounded(key: Key, sessions: Sessions, decoded: list
     await verifier.verify(tokens[0])  # the oldest was forgotten: checked again
     await verifier.verify(tokens[2])
     assert decoded == [tokens[0]]
+
+
+def _verifier_with_clock(
+    key: Key, sessions: Sessions, policy: SessionStorePolicy, now: list[float]
+) -> TokenVerifier:
+    return TokenVerifier(
+        JwksCache(Jwks(key)),
+        sessions,
+        issuer=ISS,
+        audience=AUD,
+        store_policy=policy,
+        monotonic=lambda: now[0],
+    )
+
+
+async def test_store_down_closed_mode_refuses_every_token(key: Key, sessions: Sessions) -> None:
+    verifier = _verifier_with_clock(key, sessions, SessionStorePolicy("closed"), [0.0])
+    token = sign(key, claims())
+    await verifier.verify(token)
+    sessions.down = True
+    for read_only in (True, False):
+        with pytest.raises(ConnectionError):
+            await verifier.verify(token, read_only=read_only)
+
+
+async def test_store_down_degraded_mode_accepts_signed_tokens_for_reads(
+    key: Key, sessions: Sessions
+) -> None:
+    verifier = _verifier_with_clock(key, sessions, SessionStorePolicy(), [0.0])
+    sessions.down = True
+    payload = claims()
+    principal = await verifier.verify(sign(key, payload), read_only=True)  # never seen before
+    assert principal.session_id == payload["sid"]
+    for case in ("tampered payload", "wrong kid", "expired"):  # signature and claims still count
+        with pytest.raises(InvalidToken):
+            await verifier.verify(BAD_TOKENS[case](key), read_only=True)
+
+
+async def test_store_down_degraded_mode_writes_need_a_recently_seen_session(
+    key: Key, sessions: Sessions
+) -> None:
+    now = [100.0]
+    verifier = _verifier_with_clock(key, sessions, SessionStorePolicy(write_grace_s=60), now)
+    seen, unseen = sign(key, claims()), sign(key, claims())
+    await verifier.verify(seen)  # the store says alive at t=100
+    sessions.down = True
+    now[0] = 160.0
+    assert await verifier.verify(seen)  # 60 s later: still within the grace
+    with pytest.raises(ConnectionError):
+        await verifier.verify(unseen)  # never seen alive: cannot be checked, not accepted
+    now[0] = 160.5
+    with pytest.raises(ConnectionError):
+        await verifier.verify(seen)  # the grace has passed
+    assert await verifier.verify(seen, read_only=True)  # reads still work
+
+
+async def test_store_down_a_session_seen_ended_stays_refused(key: Key, sessions: Sessions) -> None:
+    verifier = _verifier_with_clock(key, sessions, SessionStorePolicy(), [0.0])
+    payload = claims()
+    token = sign(key, payload)
+    await verifier.verify(token)
+    sessions.ended.add(payload["sid"])
+    with pytest.raises(InvalidToken, match="session ended"):
+        await verifier.verify(token)
+    sessions.down = True
+    for read_only in (True, False):
+        with pytest.raises(InvalidToken, match="session ended"):
+            await verifier.verify(token, read_only=read_only)
+
+
+async def test_store_down_memory_of_sessions_is_bounded(key: Key, sessions: Sessions) -> None:
+    verifier = _verifier_with_clock(key, sessions, SessionStorePolicy(memory=2), [0.0])
+    tokens = [sign(key, claims()) for _ in range(3)]
+    for token in tokens:
+        await verifier.verify(token)
+    sessions.down = True
+    with pytest.raises(ConnectionError):  # the oldest session was forgotten
+        await verifier.verify(tokens[0])
+    assert await verifier.verify(tokens[2])

@@ -36,7 +36,8 @@ from portico_audit.interceptors import (
 )
 from portico_audit.repository import EventRepository, ping_database
 from portico_audit.servicer import AuditServicer
-from portico_common.access import AccessInterceptor, rules_of
+from portico_common.access import AccessInterceptor, read_only_methods, rules_of
+from portico_common.config import get_session_store_settings
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.outbox import stop_task
@@ -45,6 +46,7 @@ from portico_common.shutdown import stop_on_signals
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import (
     JwksCache,
+    SessionStorePolicy,
     TokenVerifier,
     ValkeySessions,
     jwks_from_auth_service,
@@ -141,13 +143,15 @@ async def start(
             ValkeySessions(client, key_prefix=settings.session_key_prefix),
             issuer=settings.token_issuer,
             audience=settings.token_audience,
+            store_policy=SessionStorePolicy.from_settings(get_session_store_settings()),
         )
         server = grpc.aio.server(
             interceptors=[
                 *server_interceptors(),  # the server span, then RED metrics, outermost
                 RequestIdInterceptor(),
                 ErrorInterceptor(),
-                AccessInterceptor(verifier, rules_of([SERVICE])),  # before validation: 401 first
+                # before validation: 401 first
+                AccessInterceptor(verifier, rules_of([SERVICE]), read_only_methods([SERVICE])),
                 ValidationInterceptor(protovalidate.Validator()),
             ]
         )

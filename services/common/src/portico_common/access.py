@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.api import annotations_pb2
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
@@ -65,7 +66,7 @@ class PermissionDenied(AccessError):  # noqa: N818
 
 
 class SessionCheckUnavailable(Exception):  # noqa: N818 (the condition; maps to UNAVAILABLE)
-    """The session store did not answer, so the token cannot be checked (fail closed)."""
+    """The session store did not answer and the token cannot be accepted without it."""
 
 
 def rule_of(method: MethodDescriptor) -> access_pb2.Rule:
@@ -84,6 +85,19 @@ def rules_of(services: Iterable[ServiceDescriptor]) -> dict[str, access_pb2.Rule
         for service in services
         for method in service.methods
     }
+
+
+def read_only_methods(services: Iterable[ServiceDescriptor]) -> frozenset[str]:
+    """Method paths of ``services`` whose ``google.api.http`` binding is ``get``: calls that
+    change nothing (what the session store's degraded mode lets through, see
+    :class:`~portico_common.tokens.SessionStorePolicy`)."""
+    return frozenset(
+        f"/{service.full_name}/{method.name}"
+        for service in services
+        for method in service.methods
+        if method.GetOptions().HasExtension(annotations_pb2.http)
+        and method.GetOptions().Extensions[annotations_pb2.http].WhichOneof("pattern") == "get"
+    )
 
 
 def field_value(message: Message, dotted: str) -> Any:
@@ -117,17 +131,21 @@ def denial(rule: access_pb2.Rule) -> str:
     return "this call is allowed to " + (" or ".join(who) or "nobody")
 
 
-async def authenticate(verifier: TokenVerifier, authorization: str | None) -> Principal:
+async def authenticate(
+    verifier: TokenVerifier, authorization: str | None, *, read_only: bool = False
+) -> Principal:
     """The principal of an ``Authorization`` value; :class:`Unauthenticated` if there is none.
 
-    Raises :class:`SessionCheckUnavailable` when the session store fails: a token whose
-    revocation cannot be checked is not accepted (fail closed).
+    Raises :class:`SessionCheckUnavailable` when the session store fails and the verifier's
+    :class:`~portico_common.tokens.SessionStorePolicy` does not accept the token without it
+    (``read_only`` calls are accepted in its degraded mode, writes only for recently seen
+    sessions).
     """
     token = bearer_token(authorization)
     if token is None:
         raise Unauthenticated("missing bearer token")
     try:
-        return await verifier.verify(token)
+        return await verifier.verify(token, read_only=read_only)
     except InvalidToken as exc:
         raise Unauthenticated(exc.reason) from None
     except Exception as exc:  # the Valkey client's errors: connection, timeout …
@@ -140,11 +158,13 @@ async def check(
     verifier: TokenVerifier,
     authorization: str | None,
     request: Message,
+    *,
+    read_only: bool = False,
 ) -> Principal | None:
     """Apply ``rule`` to a call: the caller's principal (None for public RPCs), or raise."""
     if rule.public:
         return None
-    principal = await authenticate(verifier, authorization)
+    principal = await authenticate(verifier, authorization, read_only=read_only)
     if not allows(rule, principal, request):
         raise PermissionDenied(denial(rule))
     return principal
@@ -170,12 +190,19 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     ``rules`` comes from :func:`rules_of` over the services this server serves. Methods under
     :data:`OPEN_SERVICES` pass through; any other method without a rule gets
     :data:`DEFAULT_RULE`. Refusals abort with UNAUTHENTICATED / PERMISSION_DENIED (the reason
-    as message); an unreachable session store is UNAVAILABLE.
+    as message); an unreachable session store is UNAVAILABLE, unless the verifier's degraded
+    mode accepts the call (``read_only``: the methods of :func:`read_only_methods`).
     """
 
-    def __init__(self, verifier: TokenVerifier, rules: Mapping[str, access_pb2.Rule]) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        rules: Mapping[str, access_pb2.Rule],
+        read_only: Iterable[str] = (),
+    ) -> None:
         self._verifier = verifier
         self._rules = dict(rules)
+        self._read_only = frozenset(read_only)
         self._handlers = HandlerCache()
 
     async def intercept_service(
@@ -193,17 +220,19 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             return _refusing(handler)
         behaviour: Behaviour = handler.unary_unary  # type: ignore[assignment]
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap(behaviour, rule),
+            self._wrap(behaviour, rule, read_only=method in self._read_only),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, behaviour: Behaviour, rule: access_pb2.Rule) -> Behaviour:
+    def _wrap(self, behaviour: Behaviour, rule: access_pb2.Rule, *, read_only: bool) -> Behaviour:
         verifier = self._verifier
 
         async def call(request: Any, context: Context) -> Any:
             try:
-                principal = await check(rule, verifier, _authorization(context), request)
+                principal = await check(
+                    rule, verifier, _authorization(context), request, read_only=read_only
+                )
             except Unauthenticated as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.reason)
             except PermissionDenied as exc:

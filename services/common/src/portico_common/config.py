@@ -1,4 +1,5 @@
-"""Telemetry settings: the standard ``OTEL_*`` environment variables, read in one place.
+"""Settings every process shares: ``OTEL_*`` telemetry, ``PORTICO_METRICS_*`` and the
+session store's fail mode ``PORTICO_SESSION_STORE_*``, each read in one place.
 
 The OpenTelemetry SDK reads some of these by itself too (the OTLP exporter its endpoint, headers
 and TLS options; ``Resource`` ``OTEL_RESOURCE_ATTRIBUTES``); the ones below are the ones Portico
@@ -59,6 +60,37 @@ class MetricsSettings(BaseSettings):
             " cache and pool metrics stay); for pricing metrics, not for production."
         ),
     )
+
+
+class SessionStoreSettings(BaseSettings):
+    """What a token verifier does when the session store (Valkey) cannot be asked.
+
+    See :class:`portico_common.tokens.SessionStorePolicy` and SECURITY.md ("Revocable sessions").
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PORTICO_SESSION_STORE_", extra="ignore")
+
+    fail_mode: Literal["degraded", "closed"] = Field(
+        default="degraded",
+        description=(
+            "degraded: while the store is unreachable, read-only calls accept a validly signed"
+            " token unless this process saw its session end, and state-changing calls accept it"
+            " only if this process saw its session alive within write_grace_s; closed: refuse"
+            " every token-bearing call with 503 / UNAVAILABLE."
+        ),
+    )
+    write_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=900,
+        description="How recently a session must have been seen alive for a write (degraded).",
+    )
+
+
+@functools.cache
+def get_session_store_settings() -> SessionStoreSettings:
+    """The process's session-store fail mode, read from the environment once."""
+    return SessionStoreSettings()
 
 
 @functools.cache

@@ -20,6 +20,21 @@ the same token for many requests, and the Ed25519 check is most of the local cos
 ``bench/token_verification.py``). A remembered token is still refused once it expires, once its
 key leaves the JWKS, and — step 4 runs on every call — once its session ends.
 
+When the session store cannot be asked (Valkey down or timing out), :class:`SessionStorePolicy`
+decides. ``closed`` lets the store's error through (callers answer 503 / UNAVAILABLE).
+``degraded`` (the default) keeps reads working, as the cache does for data:
+
+* a session this process saw *end* (``EXISTS`` said 0) stays refused;
+* a read-only call (``read_only=True``: HTTP GET/HEAD, RPCs bound to ``get``) is accepted on
+  steps 1-3 alone;
+* a call that changes state is accepted only if this process saw the session alive within
+  ``write_grace_s`` (default 60 s); otherwise the store's error goes through.
+
+The exposure is bounded: no token can be issued while the store is down (the auth service
+creates the session there first), and access tokens live at most 15 minutes, so what a revoked
+token can still do during an outage is read, for what is left of its lifetime, unless this
+process saw the revocation. SECURITY.md ("Revocable sessions") states the trade-off.
+
 Errors are :class:`InvalidToken` with a short, client-safe ``reason``; details stay in logs.
 No per-request call reaches the auth service.
 """
@@ -30,14 +45,18 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+if TYPE_CHECKING:
+    from portico_common.config import SessionStoreSettings
 
 _log = logging.getLogger(__name__)
 
@@ -69,6 +88,20 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return "admin" in self.roles
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStorePolicy:
+    """What :meth:`TokenVerifier.verify` does when the session store fails (module docstring)."""
+
+    fail_mode: Literal["degraded", "closed"] = "degraded"
+    write_grace_s: float = 60.0
+    #: Sessions remembered as seen alive / seen ended (each map, oldest forgotten first).
+    memory: int = 10_000
+
+    @classmethod
+    def from_settings(cls, settings: SessionStoreSettings) -> SessionStorePolicy:
+        return cls(fail_mode=settings.fail_mode, write_grace_s=settings.write_grace_s)
 
 
 class SessionCheck(Protocol):
@@ -140,6 +173,13 @@ class JwksCache:
             self._fetched_at = self._clock()
 
 
+def _remember(memory: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    """``memory[key] = value``, forgetting the oldest key when ``memory`` is full."""
+    if key not in memory and len(memory) >= limit > 0:
+        del memory[next(iter(memory))]
+    memory[key] = value
+
+
 def _segment(part: str) -> dict[str, Any]:
     try:
         value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
@@ -162,7 +202,9 @@ class TokenVerifier:
         audience: str,
         leeway_s: float = 5.0,
         cache_size: int = 10_000,
+        store_policy: SessionStorePolicy = SessionStorePolicy(),
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._jwks = jwks
         self._sessions = sessions
@@ -170,14 +212,50 @@ class TokenVerifier:
         self._audience = audience
         self._leeway_s = leeway_s
         self._cache_size = cache_size
+        self._policy = store_policy
         self._clock = clock
+        self._monotonic = monotonic
         self._verified: dict[str, tuple[str, Principal]] = {}  # token → (kid, principal)
+        self._seen_alive: dict[str, float] = {}  # session id → when EXISTS last said 1
+        self._seen_ended: dict[str, None] = {}  # session ids EXISTS said 0 for (ordered set)
+        self._last_degraded_log = -math.inf
 
-    async def verify(self, token: str) -> Principal:
+    async def verify(self, token: str, *, read_only: bool = False) -> Principal:
+        """The principal of ``token``; ``read_only`` says the call changes nothing (it only
+        matters while the session store is unreachable, see :class:`SessionStorePolicy`)."""
         principal = await self._signed_principal(token)
-        if not await self._sessions.alive(principal.session_id):
+        sid = principal.session_id
+        try:
+            alive = await self._sessions.alive(sid)
+        except Exception:  # the store's errors: connection refused, timeout, …
+            if not self._tolerated(sid, read_only=read_only):
+                raise
+            return principal
+        if not alive:
+            self._seen_alive.pop(sid, None)
+            _remember(self._seen_ended, sid, None, self._policy.memory)
             raise InvalidToken("session ended")
+        _remember(self._seen_alive, sid, self._monotonic(), self._policy.memory)
         return principal
+
+    def _tolerated(self, sid: str, *, read_only: bool) -> bool:
+        """Whether the degraded mode accepts this session without asking the store."""
+        policy = self._policy
+        if policy.fail_mode != "degraded":
+            return False
+        if sid in self._seen_ended:
+            raise InvalidToken("session ended")
+        now = self._monotonic()
+        seen = self._seen_alive.get(sid)
+        if not read_only and (seen is None or now - seen > policy.write_grace_s):
+            return False
+        if now - self._last_degraded_log >= 10.0:  # one line per 10 s, not one per request
+            self._last_degraded_log = now
+            _log.warning(
+                "session store unreachable: accepting signed tokens for %s (degraded mode)",
+                "reads" if read_only else f"writes of sessions seen in {policy.write_grace_s:g} s",
+            )
+        return True
 
     async def _signed_principal(self, token: str) -> Principal:
         """Steps 1-3, remembered per token while it is valid (see the module docstring)."""

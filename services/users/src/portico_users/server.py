@@ -31,7 +31,8 @@ from grpc_reflection.v1alpha import reflection
 from valkey.asyncio import Valkey
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
-from portico_common.access import AccessInterceptor, rules_of
+from portico_common.access import AccessInterceptor, read_only_methods, rules_of
+from portico_common.config import get_session_store_settings
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.outbox import OutboxRelay, stop_task
@@ -40,6 +41,7 @@ from portico_common.shutdown import stop_on_signals
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import (
     JwksCache,
+    SessionStorePolicy,
     TokenVerifier,
     ValkeySessions,
     jwks_from_auth_service,
@@ -131,6 +133,7 @@ async def start(settings: UsersSettings) -> RunningServer:
             ValkeySessions(client, key_prefix=settings.session_key_prefix),
             issuer=settings.token_issuer,
             audience=settings.token_audience,
+            store_policy=SessionStorePolicy.from_settings(get_session_store_settings()),
         )
         service = users_pb2.DESCRIPTOR.services_by_name["UserService"]
         server = grpc.aio.server(
@@ -138,7 +141,8 @@ async def start(settings: UsersSettings) -> RunningServer:
                 *server_interceptors(),  # the server span, then RED metrics, outermost
                 RequestIdInterceptor(),
                 ErrorInterceptor(),
-                AccessInterceptor(verifier, rules_of([service])),  # before validation: 401 first
+                # before validation: 401 first
+                AccessInterceptor(verifier, rules_of([service]), read_only_methods([service])),
                 ValidationInterceptor(protovalidate.Validator()),
             ]
         )
