@@ -1,4 +1,5 @@
-"""The audit consumer on real PostgreSQL and Valkey: stored once, claims, dead letters."""
+"""The audit consumer on real PostgreSQL and Valkey: stored once, claims, dead letters (also of
+entries that kill the consumer), no dead letters while PostgreSQL is down, backlog gauges."""
 
 from __future__ import annotations
 
@@ -6,16 +7,19 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
 import pytest
 import valkey.asyncio as valkey_asyncio
+from prometheus_client import REGISTRY
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_audit.config import ConsumerSettings
 from portico_audit.consumer import EventConsumer
 from portico_audit.domain import AuditRecord
+from portico_audit.errors import Unavailable
 from portico_audit.repository import EventRepository
 from portico_audit.server import RunningServer as AuditServer
 from portico_users.server import RunningServer as UsersServer
@@ -187,3 +191,183 @@ async def test_stopping_finishes_the_batch_and_returns(
     one.stop()
     await asyncio.wait_for(running, 2)
     assert await pending(valkey) == 0
+
+
+async def delivered(valkey: Any, message_id: str) -> int:
+    """The entry's delivery count in the group (XPENDING), 0 once it is acknowledged."""
+    found = await valkey.xpending_range(STREAM, "audit", min=message_id, max=message_id, count=1)
+    return int(found[0]["times_delivered"]) if found else 0
+
+
+class Freezer:
+    """An ``after_commit`` hook that freezes the consumer for good on one event, like a process
+    SIGKILLed while handling it: it never acks, never runs another line, never gives anything
+    back. Its task is cancelled only at the end of the test, after every check."""
+
+    def __init__(self, event_id: str) -> None:
+        self.event_id = uuid.UUID(event_id)
+        self.reached = asyncio.Event()
+        self.tasks: list[asyncio.Task[int]] = []
+
+    async def __call__(self, record: AuditRecord) -> None:
+        if record.id == self.event_id:
+            self.reached.set()
+            await asyncio.Event().wait()  # never set
+
+    async def die_in(self, step: Awaitable[int]) -> None:
+        """Run ``step`` (a read or a claim) until the consumer froze on the event."""
+        self.reached.clear()
+        self.tasks.append(asyncio.ensure_future(step))
+        await asyncio.wait_for(self.reached.wait(), 5)
+
+    async def bury(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_an_entry_that_kills_the_consumer_is_dead_lettered_after_max_attempts(
+    pool: asyncpg.Pool[asyncpg.Record], valkey: Any
+) -> None:
+    poison, healthy = entry(), entry()
+    freezer = Freezer(poison["id"])
+    try:
+        first = consumer(pool, valkey, "dying-1", after_commit=freezer, max_attempts=3)
+        await first.ensure_group()
+        poison_id = (await valkey.xadd(STREAM, poison)).decode()
+        healthy_id = (await valkey.xadd(STREAM, healthy)).decode()
+        await freezer.die_in(first.read_batch())  # delivery 1: dies on the poison
+        assert await rows(pool, healthy["id"]) == 0  # read in the same batch, never reached
+
+        for attempt in (2, 3):  # a new process (new name) takes over each time, and dies again
+            await asyncio.sleep(0.15)
+            successor = consumer(pool, valkey, f"dying-{attempt}", after_commit=freezer)
+            await freezer.die_in(successor.claim_stale())
+            assert await delivered(valkey, poison_id) == attempt
+            # The healthy entry, taken over with it, was not charged for the deaths.
+            assert await delivered(valkey, healthy_id) == 1
+
+        await asyncio.sleep(0.15)
+        survivor = consumer(pool, valkey, "survivor", max_attempts=3)
+        assert await survivor.claim_stale() == 2
+    finally:
+        await freezer.bury()
+
+    dead = await valkey.xrange(DEAD)
+    assert len(dead) == 1
+    fields = {k.decode(): v.decode() for k, v in dead[0][1].items()}
+    assert fields["id"] == poison["id"]
+    assert fields["dead_letter_id"] == poison_id
+    assert fields["dead_letter_attempts"] == "3"
+    assert fields["dead_letter_reason"].startswith(
+        "delivered 3 times without being acknowledged (the consumer died while handling it"
+    )
+    assert await rows(pool, healthy["id"]) == 1  # stored exactly once
+    assert await rows(pool, poison["id"]) == 1  # committed before each death: one row still
+    assert await pending(valkey) == 0
+
+
+async def test_a_crash_loop_while_postgres_is_down_dead_letters_nothing(
+    pool: asyncpg.Pool[asyncpg.Record], valkey: Any, postgres_admin_dsn: str, database_url: str
+) -> None:
+    database = urlsplit(database_url).path.lstrip("/")
+    event = entry()
+    first = consumer(pool, valkey, "first", max_attempts=2)
+    await first.ensure_group()
+    message_id = (await valkey.xadd(STREAM, event)).decode()
+
+    admin = await asyncpg.connect(postgres_admin_dsn)
+    try:  # PostgreSQL refuses new connections to this database; the pool's are closed
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+        await pool.expire_connections()
+        with pytest.raises(Unavailable):
+            await first.read_batch()
+        for restart in range(4):  # each process takes over, fails on PostgreSQL, is restarted
+            await asyncio.sleep(0.15)
+            with pytest.raises(Unavailable):
+                await consumer(pool, valkey, f"restart-{restart}", max_attempts=2).claim_stale()
+            assert await delivered(valkey, message_id) == 1
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+
+    async def gone(record: AuditRecord) -> None:  # PostgreSQL went away after the check
+        raise Unavailable("PostgreSQL does not answer: ConnectionRefusedError")
+
+    for restart in range(3):  # a failure in the middle of handling gives the delivery back
+        await asyncio.sleep(0.15)
+        with pytest.raises(Unavailable):
+            await consumer(pool, valkey, f"flaky-{restart}", after_commit=gone).claim_stale()
+        assert await delivered(valkey, message_id) == 1
+
+    await asyncio.sleep(0.15)
+    assert await consumer(pool, valkey, "back", max_attempts=2).claim_stale() == 1
+    assert await rows(pool, event["id"]) == 1
+    assert await pending(valkey) == 0
+    assert await valkey.xlen(DEAD) == 0
+
+
+async def test_a_consumer_stuck_on_an_unanswering_postgres_has_counted_no_delivery(
+    valkey: Any,
+) -> None:
+    """Killed at that moment, it must not have charged the entry a delivery."""
+    peers: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer)  # accepts the connection, never says a word
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    hanging = await asyncpg.create_pool(f"postgresql://audit@127.0.0.1:{port}/audit", min_size=0)
+    try:
+        stuck = consumer(hanging, valkey, "stuck")
+        await stuck.ensure_group()
+        message_id = (await valkey.xadd(STREAM, entry())).decode()
+        await valkey.xreadgroup("audit", "died", {STREAM: ">"}, count=1)  # delivery 1, no ack
+        await asyncio.sleep(0.15)
+        claiming = asyncio.create_task(stuck.claim_stale())
+        await asyncio.sleep(0.3)
+        assert not claiming.done()  # waiting for PostgreSQL
+        assert await delivered(valkey, message_id) == 1
+        claiming.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await claiming
+        assert await delivered(valkey, message_id) == 1
+        assert await valkey.xlen(DEAD) == 0
+    finally:
+        hanging.terminate()
+        for peer in peers:
+            peer.close()
+        silent.close()
+        await silent.wait_closed()
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"stream": STREAM})
+
+
+async def test_the_backlog_gauges_show_pending_entries_and_lag(
+    pool: asyncpg.Pool[asyncpg.Record], valkey: Any
+) -> None:
+    one = consumer(pool, valkey, "a", backlog_interval_s=0.05, claim_interval_s=0.1)
+    await one.ensure_group()
+    events = [entry() for _ in range(5)]
+    for event in events:
+        await valkey.xadd(STREAM, event)
+    await valkey.xreadgroup("audit", "elsewhere", {STREAM: ">"}, count=2)  # 2 delivered, no ack
+    await one.report_backlog()
+    assert gauge("portico_audit_pending_entries") == 2
+    assert gauge("portico_audit_consumer_lag_entries") == 3  # Valkey >= 7.2 reports the lag
+
+    running = asyncio.create_task(one.run())  # takes the 3, claims the 2, updates the gauges
+
+    async def drained() -> bool:
+        return (
+            gauge("portico_audit_pending_entries") == 0
+            and gauge("portico_audit_consumer_lag_entries") == 0
+        )
+
+    await eventually(drained)
+    one.stop()
+    await asyncio.wait_for(running, 2)
+    assert all([await rows(pool, e["id"]) == 1 for e in events])

@@ -15,6 +15,7 @@ component's code writes. In a cluster each process has its own registry.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import uuid
@@ -23,8 +24,10 @@ from contextlib import asynccontextmanager
 
 import httpx
 
+from portico_audit.server import start as start_audit
 from portico_auth.server import start as start_auth
 from portico_users.server import start as start_users
+from tests.integration.audit.support import audit_settings
 from tests.integration.auth.support import auth_settings
 from tests.integration.gateway_client import gateway_client
 from tests.integration.tokens import Tokens, signing_material
@@ -39,7 +42,10 @@ from tests.observability.catalog import (
 
 PASSWORD = "correct horse battery staple"
 #: Equality matchers in rules that no healthy traffic can satisfy, and why.
-ONLY_ON_FAILURE = {("result", "error"): "a users cache read fails only when Valkey does"}
+ONLY_ON_FAILURE = {
+    ("result", "error"): "a users cache read fails only when Valkey does",
+    ("result", "dead_lettered"): "the audit consumer dead-letters only poison entries",
+}
 #: Labels Prometheus adds to a target's series at scrape time; the exposition has none of them.
 TARGET_LABELS = {"job", "instance", "namespace", "pod"}
 
@@ -53,12 +59,19 @@ def _free_port() -> int:
 @asynccontextmanager
 async def stack(
     database_url: str, valkey_url: str
-) -> AsyncIterator[tuple[httpx.AsyncClient, int, int]]:
-    """Users and auth services with their metrics servers on free ports, the gateway in front.
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, int]]]:
+    """Users, auth and audit services with their metrics servers on free ports, the gateway in
+    front of the first two.
 
-    Yields the gateway's client and the users and auth metrics ports.
+    Yields the gateway's client and each service's metrics port by name.
     """
-    users_metrics, auth_metrics = _free_port(), _free_port()
+    ports = {"users": _free_port(), "auth": _free_port(), "audit": _free_port()}
+    users_metrics, auth_metrics = ports["users"], ports["auth"]
+    audit = await start_audit(
+        audit_settings(
+            database_url=database_url, valkey_url=valkey_url, metrics_port=ports["audit"]
+        )
+    )
     users = await start_users(
         users_settings(database_url=database_url, valkey_url=valkey_url, metrics_port=users_metrics)
     )
@@ -76,11 +89,25 @@ async def stack(
             async with gateway_client(
                 users_port=users.port, auth_port=auth.port, valkey_url=valkey_url
             ) as api:
-                yield api, users_metrics, auth_metrics
+                yield api, ports
         finally:
             await auth.stop(0)
     finally:
         await users.stop(0)
+        await audit.stop(0)
+
+
+async def scrape_until(
+    client: httpx.AsyncClient, port: int, names: set[str], timeout_s: float = 15.0
+) -> httpx.Response:
+    """The service's exposition once it has samples of all ``names`` (background work — the
+    outbox relay, the audit consumer — records its metrics a little after the traffic)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        scrape = await client.get(f"http://127.0.0.1:{port}/metrics")
+        if names <= sample_names(scrape.text) or asyncio.get_running_loop().time() > deadline:
+            return scrape
+        await asyncio.sleep(0.2)
 
 
 async def drive_traffic(api: httpx.AsyncClient, tokens: Tokens) -> None:
@@ -128,13 +155,25 @@ def series(exposition: str) -> list[tuple[str, dict[str, str]]]:
 async def test_every_metric_the_dashboards_and_rules_query_is_exposed_after_traffic(
     database_url: str, valkey_url: str, tokens: Tokens
 ) -> None:
-    async with stack(database_url, valkey_url) as (api, users_port, auth_port):
+    async with stack(database_url, valkey_url) as (api, ports):
         await drive_traffic(api, tokens)
         gateway_scrape = await api.get("/metrics")
         async with httpx.AsyncClient() as client:
-            users_scrape = await client.get(f"http://127.0.0.1:{users_port}/metrics")
-            auth_scrape = await client.get(f"http://127.0.0.1:{auth_port}/metrics")
-    scrapes = {"gateway": gateway_scrape, "users": users_scrape, "auth": auth_scrape}
+            users_scrape = await scrape_until(
+                client, ports["users"], {"portico_outbox_published_total"}
+            )
+            auth_scrape = await client.get(f"http://127.0.0.1:{ports['auth']}/metrics")
+            audit_scrape = await scrape_until(
+                client,
+                ports["audit"],
+                {"portico_audit_events_total", "portico_audit_consumer_lag_entries"},
+            )
+    scrapes = {
+        "gateway": gateway_scrape,
+        "users": users_scrape,
+        "auth": auth_scrape,
+        "audit": audit_scrape,
+    }
     for component, scrape in scrapes.items():
         assert scrape.status_code == 200, component
     text = "\n".join(scrape.text for scrape in scrapes.values())
@@ -164,7 +203,7 @@ async def test_label_values_the_rules_select_exist_in_the_exposition(
     database_url: str, valkey_url: str, tokens: Tokens
 ) -> None:
     """A rule whose `service="..."` or `le="0.25"` matches nothing would stay silent forever."""
-    async with stack(database_url, valkey_url) as (api, _, _):
+    async with stack(database_url, valkey_url) as (api, _):
         await drive_traffic(api, tokens)
         text = (await api.get("/metrics")).text
     labelled = {(name, k, v) for name, labels in series(text) for k, v in labels.items()}

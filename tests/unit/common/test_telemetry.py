@@ -11,7 +11,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import REGISTRY
 
-from portico_audit.consumer import events_counter
+from portico_audit.consumer import backlog_gauges, events_counter
 from portico_common.config import TelemetrySettings
 from portico_common.metrics import grpc_metrics, record_build_info, track_pool
 from portico_common.outbox import outbox_metrics
@@ -70,6 +70,7 @@ def test_telemetry_settings_read_the_standard_variables(monkeypatch: pytest.Monk
 
 def test_every_custom_metric_and_attribute_is_in_semconv() -> None:
     grpc_metrics(), http_metrics(), cache_requests(), outbox_metrics(), events_counter()
+    backlog_gauges()
     record_build_info("test", "portico-common")
     track_pool("unit-test", _Pool())()
     names = {  # as exposed: counters get their _total suffix

@@ -64,7 +64,9 @@ class ConsumerSettings(BaseModel):
     claim_idle_ms: int = Field(default=30_000, ge=1)
     #: How often to look for such entries.
     claim_interval_s: float = Field(default=5.0, gt=0)
-    #: An entry whose processing failed on this many deliveries is dead-lettered.
+    #: An entry whose processing failed on this many deliveries is dead-lettered; so is one
+    #: taken over after this many deliveries that were never acknowledged (the process died
+    #: while handling it; at least 2 for that case).
     max_attempts: int = Field(default=5, ge=1)
     #: Where poison entries go (with the reason), acknowledged on the main stream.
     dead_letter_stream: str = "portico:events:v1:dead"
@@ -72,6 +74,8 @@ class ConsumerSettings(BaseModel):
     dead_letter_maxlen: int = Field(default=100_000, ge=1)
     #: Longest pause between retries while Valkey or PostgreSQL fails.
     max_backoff_s: float = Field(default=5.0, gt=0)
+    #: How often to read the group's backlog (``XINFO GROUPS``) into the pending/lag gauges.
+    backlog_interval_s: float = Field(default=5.0, gt=0)
 
 
 class AuditSettings(BaseSettings):

@@ -8,21 +8,65 @@ stream from its first entry; an existing group keeps its position). Each round:
 2. for each entry: parse it, ``INSERT … ON CONFLICT (id) DO NOTHING`` and commit (a redelivered
    event is a no-op), then ``XACK``. The ack comes only after the commit, so a crash in between
    leaves the entry pending: at-least-once, made exactly-once in the table by the event id;
-3. every ``claim_interval_s``, ``XAUTOCLAIM`` entries idle longer than ``claim_idle_ms`` (their
-   consumer died before acking) and process them the same way.
+3. every ``claim_interval_s``, take over the entries idle longer than ``claim_idle_ms`` (their
+   consumer died before acking, or failed on them): see "Redeliveries" below.
 
 Poison entries go to the dead-letter stream ``dead_letter_stream`` (the original fields plus
 ``dead_letter_reason``, ``dead_letter_id`` and ``dead_letter_attempts``) and are then acked:
-an entry that is not a Portico event at once, and an entry whose processing failed (PostgreSQL
-refused its data, a bug) once its delivery count (``XPENDING``) reaches ``max_attempts``. While
-PostgreSQL or Valkey is unreachable nothing is dead-lettered: entries stay pending and the loop
-retries with backoff.
+
+* an entry that is not a Portico event, at once;
+* an entry whose processing failed (PostgreSQL refused its data, a bug) once its delivery count
+  (``XPENDING``) reaches ``max_attempts``;
+* an entry that *kills the process* while it is handled (segfault, OOM kill, ``kill -9``): no
+  exception is ever raised for it, so it is recognised by its delivery count when it is taken
+  over again: ``delivered N times without being acknowledged (the consumer died while handling
+  it)`` once N reaches ``max_attempts`` (at least 2, see below), *without handling it again*.
+
+While PostgreSQL or Valkey is unreachable nothing is dead-lettered: entries stay pending and the
+loop retries with backoff.
+
+Redeliveries (``claim_stale``), one batch at a time:
+
+1. ``XPENDING <stream> <group> IDLE <claim_idle_ms> - + <batch_size>``: the stale entries with
+   their delivery counts and last owners (one call for the batch);
+2. ``XCLAIM … <claim_idle_ms> <ids…> JUSTID``: they are ours now, their delivery counts
+   *unchanged* (JUSTID does not count a delivery; entries trimmed from the stream are dropped);
+3. PostgreSQL must answer a cheap query (the newest event) before anything is counted or
+   dead-lettered; if it does not, the failure is raised and the loop backs off;
+4. in stream order: an entry delivered ``max_attempts`` times already goes to the dead-letter
+   stream unhandled; any other is charged one delivery right before it is handled (``XCLAIM``
+   of that one id, which also returns its fields), and handled as in a first delivery.
+
+So a delivery is counted only for the entry that is being handled at that moment, and only
+after PostgreSQL answered. An in-process failure that leaves the entry pending without a
+verdict (PostgreSQL or Valkey unreachable, cancellation at shutdown) gives its delivery back
+(``XCLAIM … RETRYCOUNT <previous count> JUSTID``). What stays counted is a process that died
+while handling the entry, or a failure the entry caused (then ``max_attempts`` applies as
+before). Trade-offs, deliberately accepted:
+
+* ``XREADGROUP`` counts a delivery for every entry of the batch at once; when the process dies
+  on one of them, the entries after it were never handled but count one delivery. That is why
+  this path dead-letters at ``max(max_attempts, 2)``: one phantom delivery alone never
+  dead-letters an entry, and with ``max_attempts`` ≥ 2 a good entry would need ``max_attempts
+  - 1`` deaths of the process *while handling that very entry*;
+* a process killed between the PostgreSQL check and the end of a handling whose store hangs on
+  a PostgreSQL that just went away is counted as a death: one delivery per such crash, within
+  one batch's time. A crash loop while PostgreSQL stays down counts nothing (every round stops
+  at step 3), so it cannot dead-letter good events, before or after PostgreSQL returns;
+* the redelivery path costs one extra ``XCLAIM`` per redelivered entry (the normal path costs
+  nothing more); redeliveries only follow a dead consumer or a failure.
 
 Tracing: each entry gets a CONSUMER span ``audit consume <type>``, a new trace *linked* to the
 span in the entry's ``traceparent`` (the request that caused the event), so the request's trace
 shows up from the audit record and vice versa (``trace_id`` is stored with the row).
 
-Metrics: ``portico_audit_events_total{result=stored|duplicate|dead_lettered}``.
+Metrics: ``portico_audit_events_total{result=stored|duplicate|dead_lettered}``, and the consumer
+group's backlog, read with one ``XINFO GROUPS`` every ``backlog_interval_s`` (also while
+PostgreSQL is down, when it matters most): ``portico_audit_pending_entries{stream}`` (delivered,
+not yet acknowledged) and ``portico_audit_consumer_lag_entries{stream}`` (in the stream, not yet
+delivered to the group; only when the server reports it: Valkey ≥ 7.2, and not while it cannot
+tell, e.g. after entries were deleted from the middle of the stream). Every replica reports the
+same group-wide values: aggregate them with ``max``, not ``sum``.
 """
 
 from __future__ import annotations
@@ -40,7 +84,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from valkey.asyncio import Valkey
 from valkey.exceptions import ResponseError, ValkeyError
 
@@ -69,6 +113,25 @@ def events_counter() -> Counter:
         "dead_lettered (poison, moved to the dead-letter stream).",
         ["result"],
     )
+
+
+@functools.cache
+def backlog_gauges() -> tuple[Gauge, Gauge]:
+    """The consumer group's backlog: ``portico_audit_pending_entries{stream}`` (delivered, not
+    acknowledged) and ``portico_audit_consumer_lag_entries{stream}`` (not delivered yet)."""
+    pending = Gauge(
+        "portico_audit_pending_entries",
+        "Entries of the event stream delivered to the audit consumer group and not yet "
+        "acknowledged (XINFO GROUPS pending; group-wide, every replica reports it).",
+        ["stream"],
+    )
+    lag = Gauge(
+        "portico_audit_consumer_lag_entries",
+        "Entries of the event stream not yet delivered to the audit consumer group (XINFO "
+        "GROUPS lag; group-wide; absent when the server cannot tell).",
+        ["stream"],
+    )
+    return pending, lag
 
 
 def _decode(fields: Mapping[Any, Any]) -> dict[str, str]:
@@ -127,24 +190,98 @@ class EventConsumer:
         return await self._handle_all(entries)
 
     async def claim_stale(self) -> int:
-        """XAUTOCLAIM entries idle > ``claim_idle_ms`` and handle them; how many it took."""
+        """Take over entries idle > ``claim_idle_ms`` and handle (or dead-letter) them; how many
+        it took. See "Redeliveries" in the module docstring."""
         s = self._settings
-        reply = await self._client.xautoclaim(
-            s.stream,
-            s.group,
-            s.name,
-            min_idle_time=s.claim_idle_ms,
-            start_id="0-0",
-            count=s.batch_size,
+        stale = await self._client.xpending_range(
+            s.stream, s.group, min="-", max="+", count=s.batch_size, idle=s.claim_idle_ms
         )
-        # [next start, [(id, fields), …], deleted ids]; entries trimmed away come as (id, None).
-        entries = [(mid, fields) for mid, fields in reply[1] if fields is not None]
-        deleted = [mid for mid, fields in reply[1] if fields is None] + list(
-            reply[2] if len(reply) > 2 else []
+        if not stale:
+            return 0
+        seen = {
+            _id(p["message_id"]): (int(p["times_delivered"]), _id(p["consumer"])) for p in stale
+        }
+        # JUSTID: ours now (nobody else takes them while we work), no delivery counted yet.
+        # Entries trimmed from the stream while pending are dropped from the group by the server.
+        claimed = [
+            _id(mid)
+            for mid in await self._client.xclaim(
+                s.stream, s.group, s.name, s.claim_idle_ms, list(seen), justid=True
+            )
+        ]
+        if not claimed:
+            return 0
+        _log.info(
+            "audit: took over %d stale entries (from %s)",
+            len(claimed),
+            ", ".join(sorted({seen[m][1] for m in claimed})),
         )
-        if deleted:  # trimmed from the stream while pending: nothing left to store
-            await self._client.xack(s.stream, s.group, *deleted)
-        return await self._handle_all(entries)
+        # Nothing is counted or dead-lettered unless PostgreSQL answers now: a consumer that
+        # crash-loops while PostgreSQL is down must not wear out the delivery counts.
+        await self._database_answers()
+        limit = max(s.max_attempts, 2)  # one delivery may be XREADGROUP's, never handled
+        for message_id in claimed:
+            delivered, owner = seen[message_id]
+            if delivered >= limit:
+                await self._dead_letter_unacknowledged(message_id, delivered, owner)
+            else:
+                await self._redeliver(message_id, delivered)
+        return len(claimed)
+
+    async def _database_answers(self) -> None:
+        """Raise the transient failure unless PostgreSQL answers (the newest event: an index
+        read, LIMIT 2)."""
+        await self._repository.list_events(page_size=1, after=None)
+
+    async def _redeliver(self, message_id: str, delivered: int) -> None:
+        """Count one delivery of ``message_id`` (XCLAIM, which returns its fields), handle it;
+        give the delivery back when the handling ended without a verdict."""
+        s = self._settings
+        reply = await self._client.xclaim(s.stream, s.group, s.name, 0, [message_id])
+        if not reply or reply[0][1] is None:
+            return  # acknowledged or trimmed meanwhile: nothing left to do
+        try:
+            await self.handle(message_id, _decode(reply[0][1]))
+        except BaseException:  # unreachable store, Valkey, shutdown: not this entry's fault
+            await self._give_back(message_id, delivered)
+            raise
+
+    async def _give_back(self, message_id: str, delivered: int) -> None:
+        s = self._settings
+        try:
+            await self._client.xclaim(
+                s.stream, s.group, s.name, 0, [message_id], retrycount=delivered, justid=True
+            )
+        except (ValkeyError, OSError) as exc:  # Valkey is failing too: one delivery too many
+            _log.warning("audit: cannot reset the delivery count of %s: %s", message_id, exc)
+
+    async def _dead_letter_unacknowledged(
+        self, message_id: str, delivered: int, owner: str
+    ) -> None:
+        s = self._settings
+        found = await self._client.xrange(s.stream, min=message_id, max=message_id, count=1)
+        if not found:  # trimmed meanwhile
+            await self._client.xack(s.stream, s.group, message_id)
+            return
+        reason = (
+            f"delivered {delivered} times without being acknowledged (the consumer died while "
+            f"handling it; last delivered to {owner})"
+        )
+        await self._dead_letter(message_id, _decode(found[0][1]), reason, attempts=delivered)
+
+    async def report_backlog(self) -> None:
+        """Set the backlog gauges from ``XINFO GROUPS`` (one call)."""
+        s = self._settings
+        pending, lag = backlog_gauges()
+        for group in await self._client.xinfo_groups(s.stream):
+            if _id(group.get("name")) != s.group:
+                continue
+            pending.labels(s.stream).set(int(group.get("pending") or 0))
+            behind = group.get("lag")
+            if behind is None:  # an older server, or it cannot tell now
+                lag.remove(s.stream)
+            else:
+                lag.labels(s.stream).set(int(behind))
 
     async def _handle_all(self, entries: Sequence[tuple[Any, Any]]) -> int:
         for message_id, fields in entries:
@@ -249,11 +386,14 @@ class EventConsumer:
         """Consume until :meth:`stop` (or cancellation); failures back off and retry."""
         s = self._settings
         failures = 0
-        last_claim = 0.0
+        last_claim = last_backlog = 0.0
         while not self._stopping.is_set():
             try:
                 if failures or last_claim == 0.0:
                     await self.ensure_group()  # also after a Valkey restart lost the group
+                if time.monotonic() - last_backlog >= s.backlog_interval_s:
+                    last_backlog = time.monotonic()  # first: also while PostgreSQL is down
+                    await self.report_backlog()
                 if time.monotonic() - last_claim >= s.claim_interval_s:
                     last_claim = time.monotonic()
                     await self.claim_stale()
