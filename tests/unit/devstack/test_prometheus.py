@@ -46,6 +46,7 @@ def test_promtool_accepts_the_config_with_the_repos_rules(tmp_path: Path) -> Non
         "audit.yaml",
         "auth.yaml",
         "gateway.yaml",
+        "postgres.yaml",
         "users.yaml",
     ]
     path = prometheus.write_config(tmp_path, targets, [rules / "*.yaml"])
@@ -53,7 +54,7 @@ def test_promtool_accepts_the_config_with_the_repos_rules(tmp_path: Path) -> Non
         ["promtool", "check", "config", str(path)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 4 rule files found" in done.stdout, done.stdout
+    assert "SUCCESS: 5 rule files found" in done.stdout, done.stdout
     for name in ("auth", "gateway", "users"):  # each file checked, and not empty
         assert f"Checking {rules / name}.yaml\n  SUCCESS: " in done.stdout, done.stdout
 
