@@ -86,12 +86,18 @@ def make_lifespan(
                     channel = grpc.aio.insecure_channel(settings.auth_target)
                     stack.push_async_callback(channel.close)
                 jwks = jwks_from_auth_service(channel)
+                session_store = get_session_store_settings()
+                sessions = ValkeySessions(
+                    client, key_prefix=settings.session_key_prefix, cache_s=session_store.cache_s
+                )
+                sessions.start()
+                stack.push_async_callback(sessions.aclose)
                 checker = TokenVerifier(
                     JwksCache(jwks, max_age_s=settings.jwks_max_age_s),
-                    ValkeySessions(client, key_prefix=settings.session_key_prefix),
+                    sessions,
                     issuer=settings.token_issuer,
                     audience=settings.token_audience,
-                    store_policy=SessionStorePolicy.from_settings(get_session_store_settings()),
+                    store_policy=SessionStorePolicy.from_settings(session_store),
                 )
             yield {
                 "upstreams": upstreams,

@@ -138,12 +138,18 @@ async def start(
             if settings.jwks_file is not None
             else jwks_from_auth_service(auth_channel)
         )
+        session_store = get_session_store_settings()
+        sessions = ValkeySessions(
+            client, key_prefix=settings.session_key_prefix, cache_s=session_store.cache_s
+        )
+        sessions.start()
+        resources.push_async_callback(sessions.aclose)
         verifier = TokenVerifier(
             JwksCache(jwks, max_age_s=settings.jwks_max_age_s),
-            ValkeySessions(client, key_prefix=settings.session_key_prefix),
+            sessions,
             issuer=settings.token_issuer,
             audience=settings.token_audience,
-            store_policy=SessionStorePolicy.from_settings(get_session_store_settings()),
+            store_policy=SessionStorePolicy.from_settings(session_store),
         )
         server = grpc.aio.server(
             interceptors=[

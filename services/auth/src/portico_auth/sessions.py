@@ -43,6 +43,7 @@ from valkey.asyncio import Valkey
 from valkey.exceptions import ValkeyError
 
 from portico_auth.errors import Unavailable
+from portico_common.tokens import sessions_ended_channel
 
 _SID = re.compile(r"[0-9a-f]{32}")
 VALKEY_FAILURES = (ValkeyError, OSError)
@@ -54,7 +55,10 @@ redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'roles', ARGV[2], 'cur', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
-# KEYS[1] = session; ARGV = presented hash, new hash, ttl ms.
+# Every script that deletes a session PUBLISHes its id on ARGV[n] (the sessions-ended channel,
+# portico_common.tokens.sessions_ended_channel) in the same atomic step, so verifiers that keep
+# "alive" answers in memory drop them at once.
+# KEYS[1] = session; ARGV = presented hash, new hash, ttl ms, channel, sid.
 # {0} no session; {1, uid, roles} rotated; {2, uid} reuse, session deleted; {3} unknown token.
 _ROTATE = """
 local cur = redis.call('HGET', KEYS[1], 'cur')
@@ -67,20 +71,29 @@ end
 if redis.call('HEXISTS', KEYS[1], 'old:' .. ARGV[1]) == 1 then
   local uid = redis.call('HGET', KEYS[1], 'uid')
   redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
   return {2, uid}
 end
 return {3}
 """
-# KEYS[1] = session; ARGV = presented hash. {0} no session; {1, uid} deleted; {3} unknown token.
+# KEYS[1] = session; ARGV = presented hash, channel, sid.
+# {0} no session; {1, uid} deleted; {3} unknown token.
 _END = """
 local cur = redis.call('HGET', KEYS[1], 'cur')
 if not cur then return {0} end
 if cur == ARGV[1] or redis.call('HEXISTS', KEYS[1], 'old:' .. ARGV[1]) == 1 then
   local uid = redis.call('HGET', KEYS[1], 'uid')
   redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
   return {1, uid}
 end
 return {3}
+"""
+# KEYS[1] = session; ARGV = channel, sid. The number of keys deleted (0 or 1).
+_DELETE = """
+local deleted = redis.call('DEL', KEYS[1])
+if deleted == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return deleted
 """
 
 
@@ -146,6 +159,8 @@ class Sessions:
         self._create = client.register_script(_CREATE)
         self._rotate = client.register_script(_ROTATE)
         self._end = client.register_script(_END)
+        self._delete = client.register_script(_DELETE)
+        self._channel = sessions_ended_channel(key_prefix)
 
     def key(self, session_id: str) -> str:
         """The Valkey key whose existence means the session is alive."""
@@ -168,7 +183,13 @@ class Sessions:
         if sid is None:
             return RotationResult(Rotation.UNKNOWN)
         new_token = new_refresh_token(sid)
-        args: list[str | int] = [token_hash(refresh_token), token_hash(new_token), self._ttl_ms]
+        args: list[str | int] = [
+            token_hash(refresh_token),
+            token_hash(new_token),
+            self._ttl_ms,
+            self._channel,
+            sid,
+        ]
         try:
             reply = await self._rotate(keys=[self.key(sid)], args=args)
         except VALKEY_FAILURES as exc:
@@ -187,7 +208,9 @@ class Sessions:
         if sid is None:
             return EndResult(ended=False)
         try:
-            reply = await self._end(keys=[self.key(sid)], args=[token_hash(refresh_token)])
+            reply = await self._end(
+                keys=[self.key(sid)], args=[token_hash(refresh_token), self._channel, sid]
+            )
         except VALKEY_FAILURES as exc:
             raise Unavailable() from exc
         code = int(reply[0])
@@ -198,7 +221,10 @@ class Sessions:
     async def end(self, session_id: str) -> bool:
         """Delete a session (its access and refresh tokens stop working); False: none was."""
         try:
-            return bool(await self._client.delete(self.key(session_id)))
+            deleted = await self._delete(
+                keys=[self.key(session_id)], args=[self._channel, session_id]
+            )
+            return bool(deleted)
         except VALKEY_FAILURES as exc:
             raise Unavailable() from exc
 

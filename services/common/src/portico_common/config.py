@@ -85,6 +85,16 @@ class SessionStoreSettings(BaseSettings):
         le=900,
         description="How recently a session must have been seen alive for a write (degraded).",
     )
+    cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description=(
+            "Remember a session Valkey said is alive for this long, while subscribed to the"
+            " auth service's sessions-ended channel (a revocation still lands in milliseconds;"
+            " this bounds it if the subscription dies silently); 0: EXISTS on every call."
+        ),
+    )
 
 
 @functools.cache

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -108,15 +109,134 @@ class SessionCheck(Protocol):
     async def alive(self, session_id: str) -> bool: ...
 
 
-class ValkeySessions:
-    """Session liveness as the auth service keeps it: ``EXISTS <prefix>session:<sid>``."""
+_PUBSUB_POLL_S = 1.0
+_SILENCE_S = 3.0
 
-    def __init__(self, client: Any, *, key_prefix: str = "portico:auth:v1:") -> None:
+
+def sessions_ended_channel(key_prefix: str) -> str:
+    """The Valkey pub/sub channel on which the auth service announces every session it ends."""
+    return f"{key_prefix}sessions-ended"
+
+
+class ValkeySessions:
+    """Session liveness as the auth service keeps it: ``EXISTS <prefix>session:<sid>``.
+
+    With ``cache_s`` > 0 an ``EXISTS`` that said "alive" is remembered for ``cache_s`` seconds,
+    but only while this object listens to :func:`sessions_ended_channel`, on which the auth
+    service publishes each session it ends (logout, refresh-token reuse, its own identity), in
+    the same Lua script as the ``DEL``. A message drops the session from memory and marks it
+    ended for good (session ids are never reused), so a revocation takes effect as soon as the
+    message arrives: milliseconds, not ``cache_s``. Whenever the subscription is not confirmed
+    (starting, Valkey restarting, the connection lost) nothing is remembered and every call
+    asks Valkey, and an answer that was on its way across a reconnection is not remembered
+    either (``_epoch``). The listener PINGs a quiet connection every second and gives it up after
+    3 s without an answer, so even a connection that dies silently (no FIN) stops the
+    remembering within seconds; ``cache_s`` bounds what is left: a revocation whose message was
+    lost in that window, or a session key deleted by hand or expired without a message.
+    :meth:`start` runs the listener; :meth:`aclose` ends it.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        key_prefix: str = "portico:auth:v1:",
+        cache_s: float = 0.0,
+        memory: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self._prefix = key_prefix
+        self._cache_s = cache_s
+        self._memory = memory
+        self._clock = clock
+        self._alive_until: dict[str, float] = {}
+        self._ended: dict[str, None] = {}  # announced ended (an ordered, bounded set)
+        self._listening = False
+        self._epoch = 0  # bumped on every (un)subscription: answers from before are not kept
+        self._listener: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Listen for ended sessions in the background (only when ``cache_s`` > 0)."""
+        if self._cache_s > 0 and self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name="session-ended-listener"
+            )
+
+    async def aclose(self) -> None:
+        self._closing = True
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            # The client's connect may absorb a cancellation; the loop then sees _closing.
+            await asyncio.wait({listener}, timeout=_PUBSUB_POLL_S + 1.0)
+            self._forget_all()
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
 
     async def alive(self, session_id: str) -> bool:
-        return bool(await self._client.exists(f"{self._prefix}session:{session_id}"))
+        if session_id in self._ended:
+            return False
+        if self._listening:
+            until = self._alive_until.get(session_id)
+            if until is not None and until > self._clock():
+                return True
+        epoch = self._epoch
+        alive = bool(await self._client.exists(f"{self._prefix}session:{session_id}"))
+        if alive and self._listening and epoch == self._epoch and session_id not in self._ended:
+            _remember(self._alive_until, session_id, self._clock() + self._cache_s, self._memory)
+        return alive
+
+    def _forget_all(self) -> None:
+        self._listening = False
+        self._epoch += 1
+        self._alive_until.clear()
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while not self._closing:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(sessions_ended_channel(self._prefix))
+                heard = self._clock()
+                while not self._closing:
+                    # Short reads (the client's socket timeout would end a blocking one) and a
+                    # PING after a quiet second: a connection that stops answering for
+                    # _SILENCE_S is treated as lost, so a dead one is noticed within seconds.
+                    message = await pubsub.get_message(timeout=_PUBSUB_POLL_S)
+                    now = self._clock()
+                    if message is None:
+                        if now - heard > _SILENCE_S:
+                            raise ConnectionError(f"no answer to PING in {_SILENCE_S:g} s")
+                        if now - heard > _PUBSUB_POLL_S:
+                            await pubsub.ping()
+                        continue
+                    heard = now
+                    kind = message.get("type")
+                    if kind in ("subscribe", b"subscribe"):
+                        self._epoch += 1
+                        self._listening = True
+                        backoff = 0.1
+                    elif kind in ("message", b"message"):
+                        data = message.get("data")
+                        sid = data.decode() if isinstance(data, bytes) else str(data)
+                        self._alive_until.pop(sid, None)
+                        _remember(self._ended, sid, None, self._memory)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the connection's errors: refused, reset, timeout …
+                if self._listening:
+                    _log.warning("session listener lost its subscription: %s", exc)
+            finally:
+                self._forget_all()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            if not self._closing:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
 
 def public_key_of(jwk: Jwk) -> Ed25519PublicKey | None:
