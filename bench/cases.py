@@ -35,6 +35,9 @@ PATHS: dict[str, tuple[str, ...]] = {
     # otel_overhead: a gateway + users pair each, started next to the stack (bench.harness).
     "gateway_otel_on": ("gateway_otel_on", "users_otel_on", "valkey", "postgres"),
     "gateway_otel_off": ("gateway_otel_off", "users_otel_off", "valkey", "postgres"),
+    # auth_overhead: a gateway + users pair each, likewise.
+    "gateway_auth_on": ("gateway_auth_on", "users_auth_on", "valkey", "postgres"),
+    "gateway_auth_off": ("gateway_auth_off", "users_auth_off", "valkey", "postgres"),
 }
 
 #: The telemetry-overhead pairs: gateway server → its mode. Both run the same code, against the
@@ -59,6 +62,17 @@ OTEL_ENV: dict[str, dict[str, str]] = {
     "off": {"OTEL_SDK_DISABLED": "true", "PORTICO_METRICS_ENABLED": "false"},
 }
 
+#: The auth-overhead pairs: gateway server → its mode. Both run the same code with the stack's
+#: environment; the ``off`` pair starts with ``bench/variants/auth_off`` first on its
+#: ``PYTHONPATH`` (:data:`AUTH_OFF_PATH`), whose ``sitecustomize`` makes each process verify an
+#: ``Authorization`` value once and then remember its principal: no signature check and no
+#: session ``EXISTS`` per request, the access rules still applied (see that module).
+AUTH_PAIRS: dict[str, Literal["on", "off"]] = {
+    "gateway_auth_on": "on",
+    "gateway_auth_off": "off",
+}
+AUTH_OFF_PATH = "bench/variants/auth_off"
+
 #: How many times a request to each server has its access token verified on the way.
 TOKEN_CHECKS: dict[str, int] = {
     "gateway": 2,  # the gateway, then the users service (each service checks it again)
@@ -68,6 +82,8 @@ TOKEN_CHECKS: dict[str, int] = {
     "floor": 0,
     "gateway_otel_on": 2,
     "gateway_otel_off": 2,
+    "gateway_auth_on": 2,
+    "gateway_auth_off": 0,  # looked up, not verified
 }
 
 
@@ -129,6 +145,19 @@ CASES: tuple[Case, ...] = (
         caller="owner",
         before_cell="warm_cached",
         full_path="otel on",
+    ),
+    Case(
+        "auth_overhead",
+        "GET /v1/users/{id} by its owner, cached, through gateway + users with token checks "
+        "(signature remembered per token, session EXISTS in Valkey, in each process) and with "
+        "each process answering a token it has checked once from a dict (bench/variants/auth_off)",
+        (
+            Variant("auth on", "gateway_auth_on", path="/v1/users/{user}"),
+            Variant("auth off", "gateway_auth_off", path="/v1/users/{user}"),
+        ),
+        caller="owner",
+        before_cell="warm_cached",
+        full_path="auth on",
     ),
     Case(
         "get_miss",

@@ -41,7 +41,7 @@ from valkey.asyncio import Valkey
 
 from bench import otlp_sink, startup, wrk
 from bench.baselines import DEFAULT_KEY_PREFIX
-from bench.cases import CASES, OTEL_ENV, OTEL_PAIRS, Case, Variant
+from bench.cases import AUTH_OFF_PATH, AUTH_PAIRS, CASES, OTEL_ENV, OTEL_PAIRS, Case, Variant
 from bench.grpc_load import TOKEN_VARIABLE
 from bench.procstats import Watched, cpu_us_per_request
 from bench.tokens import Caller, Tokens
@@ -308,15 +308,28 @@ class Bench:
         # Limits on would add RateLimit headers (and Valkey calls) to every answer.
         self.checks["gateway_rate_limits_off"] = "ratelimit" not in reply.headers
 
+    def _pair_env(self, server: str) -> tuple[str, dict[str, str]]:
+        """The users process's name and the extra environment of ``server``'s pair."""
+        if server in OTEL_PAIRS:
+            mode = OTEL_PAIRS[server]
+            sink = f"127.0.0.1:{self.sink_port}"
+            return f"users_otel_{mode}", {k: v.format(sink=sink) for k, v in OTEL_ENV[mode].items()}
+        mode = AUTH_PAIRS[server]
+        if mode == "on":
+            return "users_auth_on", {}
+        path = os.pathsep.join([str(REPO / AUTH_OFF_PATH), os.environ.get("PYTHONPATH", "")])
+        return "users_auth_off", {"PYTHONPATH": path.rstrip(os.pathsep)}
+
     async def start_otel_pairs(self) -> None:
-        """The gateway + users pairs of the tracing-overhead case, and the OTLP sink."""
+        """The gateway + users pairs of the tracing- and auth-overhead cases, and the OTLP sink."""
         selected = [c for c in CASES if c.name in self.options.cases]
-        servers = [v.server for c in selected for v in c.variants if v.server in OTEL_PAIRS]
+        pairs = OTEL_PAIRS.keys() | AUTH_PAIRS.keys()
+        servers = [v.server for c in selected for v in c.variants if v.server in pairs]
         if not servers:
             return
         stack = need(self.stack, "the stack")
         children = {c.name: c for c in stack.children}
-        if "on" in (OTEL_PAIRS[s] for s in servers):
+        if "on" in (OTEL_PAIRS[s] for s in servers if s in OTEL_PAIRS):
             self.sink_port = startup.free_port()
             argv = [sys.executable, "-m", "bench.otlp_sink", "--port", str(self.sink_port)]
             sink = await startup.spawn(argv, env=dict(os.environ), log=self.log, cwd=REPO)
@@ -324,16 +337,13 @@ class Bench:
             await startup.wait_ready(sink, self._sink_ready, 30)
             self.watched.add("otlp_sink", sink.pid)
         for server in dict.fromkeys(servers):
-            mode = OTEL_PAIRS[server]
-            telemetry = {
-                k: v.format(sink=f"127.0.0.1:{self.sink_port}") for k, v in OTEL_ENV[mode].items()
-            }
+            users_name, extra = self._pair_env(server)
             users, gateway = children["users"], children["gateway"]
             grpc_port, metrics_port, http_port = (startup.free_port() for _ in range(3))
             for child, name, env, probe in (
                 (
                     users,
-                    f"users_otel_{mode}",
+                    users_name,
                     {
                         "USERS_GRPC_PORT": str(grpc_port),
                         "USERS_METRICS_PORT": str(metrics_port),
@@ -351,9 +361,11 @@ class Bench:
                     startup.http_ok(f"http://127.0.0.1:{http_port}/readyz"),
                 ),
             ):
-                base = {k: v for k, v in child.env.items() if not k.startswith("OTEL_")}
+                base = child.env
+                if server in OTEL_PAIRS:  # their telemetry is all in ``extra``
+                    base = {k: v for k, v in base.items() if not k.startswith("OTEL_")}
                 proc = await startup.spawn(
-                    child.argv, env=base | env | telemetry, log=self.log, cwd=REPO
+                    child.argv, env=base | env | extra, log=self.log, cwd=REPO
                 )
                 self.otel[name] = proc
                 await startup.wait_ready(proc, probe, 30)
@@ -384,6 +396,21 @@ class Bench:
                 traced = "trace_id" in problem
                 key = "has" if mode == "on" else "has_no"
                 self.checks[f"otel_{mode}_problem_{key}_trace_id"] = traced == (mode == "on")
+            for server, mode in AUTH_PAIRS.items():
+                if server not in self.urls:
+                    continue
+                answer = await client.get(self.urls[server] + user_path)
+                self.checks[f"auth_{mode}_json_equals_gateway"] = answer.json() == expected
+                # Both still refuse a request without a token, and the owner's token is still
+                # only good for the owner's account (the rules are applied in both).
+                anonymous = await client.get(
+                    self.urls[server] + user_path, headers={"authorization": ""}
+                )
+                self.checks[f"auth_{mode}_refuses_no_token"] = anonymous.status_code == 401
+                other = await client.get(
+                    self.urls[server] + "/v1/users/00000000-0000-4000-8000-000000000000"
+                )
+                self.checks[f"auth_{mode}_refuses_another_account"] = other.status_code == 403
 
     async def finish_otel(self) -> None:
         """Stop the pairs (the traced one flushes its last spans on exit), then read the sink."""

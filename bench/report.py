@@ -26,6 +26,10 @@ _SHORT = {
     "users_otel_on": "users",
     "gateway_otel_off": "gw",
     "users_otel_off": "users",
+    "gateway_auth_on": "gw",
+    "users_auth_on": "users",
+    "gateway_auth_off": "gw",
+    "users_auth_off": "users",
 }
 
 
@@ -239,6 +243,18 @@ def _gateway_share(rows: list[dict[str, Any]], *_: Any) -> float | None:
     return 100 * (float(gw["p50_ms"]) - float(direct["p50_ms"])) / float(gw["p50_ms"])
 
 
+def _overhead(case: str, on: str, off: str) -> Callable[..., float | None]:
+    """How much longer the c=1 median is with a feature on than off, in percent."""
+
+    def measure(rows: list[dict[str, Any]], *_: Any) -> float | None:
+        with_it, without = _row(rows, case, on, 1), _row(rows, case, off, 1)
+        if with_it is None or without is None or not without["p50_ms"]:
+            return None
+        return 100 * (float(with_it["p50_ms"]) / float(without["p50_ms"]) - 1)
+
+    return measure
+
+
 def _worst(key: str, names: tuple[str, ...]) -> Callable[..., float | None]:
     def measure(_: Any, startup: dict[str, Any], rss: dict[str, Any]) -> float | None:
         source = startup if key != "idle" else {"idle": rss.get("idle", {})}
@@ -269,6 +285,10 @@ TARGETS: tuple[Target, ...] = (
            lambda v: v <= 15, "ms"),
     Target("gateway share of c=1 p50 (gw - direct gRPC) ÷ gw", "≤ 30 %", _gateway_share,
            lambda v: v <= 30, "%"),
+    Target("observability overhead, c=1 p50 (otel on ÷ off - 1)", "≤ 15 %",
+           _overhead("otel_overhead", "otel on", "otel off"), lambda v: v <= 15, "%"),
+    Target("auth overhead, c=1 p50 (auth on ÷ off - 1)", "≤ 10 %",
+           _overhead("auth_overhead", "auth on", "auth off"), lambda v: v <= 10, "%"),
     Target("slowest service exec → ready", "< 1 s",
            _worst("exec_to_ready_s", SERVICES), lambda v: v < 1, "s"),
     Target("make run → first request (warm)", "< 5 s", _make_run, lambda v: v < 5, "s"),

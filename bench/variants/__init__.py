@@ -1,0 +1,1 @@
+"""Process variants for the benchmark: directories put first on a pair's ``PYTHONPATH``."""
