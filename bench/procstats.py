@@ -20,8 +20,10 @@ class Watched:
     """Named processes whose CPU is attributed to each cell; ``tree`` includes child processes.
 
     PostgreSQL does its work in one backend process per connection, children of the postmaster,
-    so it is watched as a tree. The harness itself is watched as ``launcher``: it relays the
-    services' log lines, as ``make run`` does.
+    so it is watched as a tree: the live processes' CPU plus what each has collected from
+    children it reaped (a backend that exits during a cell moves its CPU time to the
+    postmaster's ``children_*`` times, so the sum never goes backwards). The harness itself is
+    watched as ``launcher``: it relays the services' log lines, as ``make run`` does.
     """
 
     def __init__(self) -> None:
@@ -47,6 +49,8 @@ class Watched:
             except psutil.NoSuchProcess:
                 continue
             total += t.user + t.system
+            if tree:  # children that exited and were reaped: their time moved to the parent
+                total += t.children_user + t.children_system
         return total
 
     def sample(self) -> Sample:
