@@ -35,6 +35,7 @@ PATHS: dict[str, tuple[str, ...]] = {
     # otel_overhead: a gateway + users pair each, started next to the stack (bench.harness).
     "gateway_otel_on": ("gateway_otel_on", "users_otel_on", "valkey", "postgres"),
     "gateway_otel_off": ("gateway_otel_off", "users_otel_off", "valkey", "postgres"),
+    "gateway_otel_sampled": ("gateway_otel_sampled", "users_otel_sampled", "valkey", "postgres"),
     # auth_overhead: a gateway + users pair each, likewise.
     "gateway_auth_on": ("gateway_auth_on", "users_auth_on", "valkey", "postgres"),
     "gateway_auth_off": ("gateway_auth_off", "users_auth_off", "valkey", "postgres"),
@@ -44,9 +45,10 @@ PATHS: dict[str, tuple[str, ...]] = {
 #: stack's Valkey, PostgreSQL and auth service; only their telemetry environment differs
 #: (:data:`OTEL_ENV`): tracing and request metrics on, or both off. Nothing scrapes the metrics
 #: during the cells; the access log is written in both.
-OTEL_PAIRS: dict[str, Literal["on", "off"]] = {
+OTEL_PAIRS: dict[str, Literal["on", "off", "sampled"]] = {
     "gateway_otel_on": "on",
     "gateway_otel_off": "off",
+    "gateway_otel_sampled": "sampled",
 }
 #: ``on``: every request sampled (``always_on``), spans batched and exported over OTLP/gRPC to
 #: :mod:`bench.otlp_sink` (``{sink}`` is its address), as to a collector, and request metrics
@@ -60,6 +62,17 @@ OTEL_ENV: dict[str, dict[str, str]] = {
         "PORTICO_METRICS_ENABLED": "true",
     },
     "off": {"OTEL_SDK_DISABLED": "true", "PORTICO_METRICS_ENABLED": "false"},
+    # ``sampled``: as ``on``, but the gateway keeps 1 trace in 10 (head sampling; the users
+    # service follows the caller's decision), under its own service name so the sink counts
+    # its spans apart.
+    "sampled": {
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://{sink}",
+        "OTEL_SERVICE_NAME": "{component}-sampled",
+        "PORTICO_METRICS_ENABLED": "true",
+    },
 }
 
 #: The auth-overhead pairs: gateway server → its mode. Both run the same code with the stack's
@@ -82,6 +95,7 @@ TOKEN_CHECKS: dict[str, int] = {
     "floor": 0,
     "gateway_otel_on": 2,
     "gateway_otel_off": 2,
+    "gateway_otel_sampled": 2,
     "gateway_auth_on": 2,
     "gateway_auth_off": 0,  # looked up, not verified
 }
@@ -141,6 +155,7 @@ CASES: tuple[Case, ...] = (
         (
             Variant("otel on", "gateway_otel_on", path="/v1/users/{user}"),
             Variant("otel off", "gateway_otel_off", path="/v1/users/{user}"),
+            Variant("otel 10%", "gateway_otel_sampled", path="/v1/users/{user}"),
         ),
         caller="owner",
         before_cell="warm_cached",

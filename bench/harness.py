@@ -310,10 +310,9 @@ class Bench:
 
     def _pair_env(self, server: str) -> tuple[str, dict[str, str]]:
         """The users process's name and the extra environment of ``server``'s pair."""
-        if server in OTEL_PAIRS:
+        if server in OTEL_PAIRS:  # templates: {sink} and {component} are filled per process
             mode = OTEL_PAIRS[server]
-            sink = f"127.0.0.1:{self.sink_port}"
-            return f"users_otel_{mode}", {k: v.format(sink=sink) for k, v in OTEL_ENV[mode].items()}
+            return f"users_otel_{mode}", dict(OTEL_ENV[mode])
         mode = AUTH_PAIRS[server]
         if mode == "on":
             return "users_auth_on", {}
@@ -329,7 +328,7 @@ class Bench:
             return
         stack = need(self.stack, "the stack")
         children = {c.name: c for c in stack.children}
-        if "on" in (OTEL_PAIRS[s] for s in servers if s in OTEL_PAIRS):
+        if any(OTEL_PAIRS[s] != "off" for s in servers if s in OTEL_PAIRS):
             self.sink_port = startup.free_port()
             argv = [sys.executable, "-m", "bench.otlp_sink", "--port", str(self.sink_port)]
             sink = await startup.spawn(argv, env=dict(os.environ), log=self.log, cwd=REPO)
@@ -340,8 +339,9 @@ class Bench:
             users_name, extra = self._pair_env(server)
             users, gateway = children["users"], children["gateway"]
             grpc_port, metrics_port, http_port = (startup.free_port() for _ in range(3))
-            for child, name, env, probe in (
+            for component, child, name, env, probe in (
                 (
+                    "users",
                     users,
                     users_name,
                     {
@@ -352,6 +352,7 @@ class Bench:
                     startup.grpc_serving(grpc_port),
                 ),
                 (
+                    "gateway",
                     gateway,
                     server,
                     {
@@ -362,11 +363,12 @@ class Bench:
                 ),
             ):
                 base = child.env
+                own = extra
                 if server in OTEL_PAIRS:  # their telemetry is all in ``extra``
                     base = {k: v for k, v in base.items() if not k.startswith("OTEL_")}
-                proc = await startup.spawn(
-                    child.argv, env=base | env | extra, log=self.log, cwd=REPO
-                )
+                    address = f"127.0.0.1:{self.sink_port}"
+                    own = {k: v.format(sink=address, component=component) for k, v in extra.items()}
+                proc = await startup.spawn(child.argv, env=base | env | own, log=self.log, cwd=REPO)
                 self.otel[name] = proc
                 await startup.wait_ready(proc, probe, 30)
                 self.watched.add(name, proc.pid)
@@ -391,6 +393,8 @@ class Bench:
                     continue
                 answer = await client.get(self.urls[server] + user_path)
                 self.checks[f"otel_{mode}_json_equals_gateway"] = answer.json() == expected
+                if mode == "sampled":  # a problem names its trace only when it was sampled
+                    continue
                 # A problem names its trace only when the request was traced (errors.problem).
                 problem = (await client.get(self.urls[server] + "/v1/no-such-route")).json()
                 traced = "trace_id" in problem
@@ -421,14 +425,21 @@ class Bench:
             await startup.terminate(self.otel[name])
         if self.otel_stats:
             stats = self.otel_stats
-            traced = self.sent["gateway_otel_on"]
+            traced = self.sent.get("gateway_otel_on", 0)
             gateway_spans = int(stats["server_spans"].get("gateway", 0))
+            always = sum(v for k, v in stats["spans"].items() if not k.endswith("-sampled"))
             self.otel_stats |= {
                 "requests_to_traced_gateway": traced,
-                "spans_per_request": sum(stats["spans"].values()) / max(gateway_spans, 1),
+                "spans_per_request": always / max(gateway_spans, 1),
                 "exported_share": gateway_spans / max(traced, 1),
             }
             self.checks["otel_on_spans_exported"] = gateway_spans > 0
+            if "gateway_otel_sampled" in self.sent:
+                sampled = int(stats["server_spans"].get("gateway-sampled", 0))
+                share = sampled / max(self.sent["gateway_otel_sampled"], 1)
+                self.otel_stats["sampled_share"] = share
+                # 1 in 10 by trace id: far from 0 and from 1 over thousands of requests.
+                self.checks["otel_sampled_keeps_about_a_tenth"] = 0.05 < share < 0.2
 
     async def measure_process_startup(self) -> None:
         """Copies of each service on another port, against the running backends and services."""
