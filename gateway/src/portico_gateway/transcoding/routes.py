@@ -33,7 +33,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from google.api import annotations_pb2, http_pb2
-from google.protobuf import json_format, message_factory
+from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,6 +45,7 @@ from portico_gateway.clients.upstream import Upstream
 from portico_gateway.middleware import request_id_of
 from portico_gateway.transcoding import openapi
 from portico_gateway.transcoding.headers import parse_if_match, parse_timeout
+from portico_gateway.transcoding.json_out import to_dict
 from portico_gateway.transcoding.request import build_message, find_field, mask_paths, read_body
 from portico_gateway.transcoding.template import PathTemplate, UnsupportedTemplate, parse_template
 
@@ -176,9 +177,7 @@ def render(binding: Binding, request: Request, reply: Message) -> Response:
     status = binding.success_status
     if status == 204:
         return Response(status_code=204)
-    content = json_format.MessageToDict(
-        result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    content = to_dict(result)  # json_format's output, compiled per message type
     headers: dict[str, str] = {}
     fields = result.DESCRIPTOR.fields_by_name
     resource_id = str(getattr(result, "id")) if "id" in fields else ""  # noqa: B009
