@@ -87,11 +87,13 @@ def make_lifespan(
                     stack.push_async_callback(channel.close)
                 jwks = jwks_from_auth_service(channel)
                 session_store = get_session_store_settings()
-                sessions = ValkeySessions(
-                    client, key_prefix=settings.session_key_prefix, cache_s=session_store.cache_s
+                sessions = await stack.enter_async_context(
+                    ValkeySessions(
+                        client,
+                        key_prefix=settings.session_key_prefix,
+                        cache_s=session_store.cache_s,
+                    )
                 )
-                sessions.start()
-                stack.push_async_callback(sessions.aclose)
                 checker = TokenVerifier(
                     JwksCache(jwks, max_age_s=settings.jwks_max_age_s),
                     sessions,

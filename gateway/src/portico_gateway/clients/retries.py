@@ -22,9 +22,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from google.api import annotations_pb2
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
+from portico_common.access import is_read_only
 from portico_gateway.config import GatewaySettings
 
 #: Each backoff is this many times the previous one, up to ``retry_max_backoff_s``.
@@ -34,16 +34,7 @@ RETRYABLE_CODES = ("UNAVAILABLE",)
 
 def idempotent_methods(service: ServiceDescriptor) -> list[MethodDescriptor]:
     """The RPCs of ``service`` whose HTTP rules (additional bindings too) are all ``get``."""
-    found = []
-    for method in service.methods:
-        options = method.GetOptions()
-        if not options.HasExtension(annotations_pb2.http):
-            continue
-        rule = options.Extensions[annotations_pb2.http]
-        rules = [rule, *rule.additional_bindings]
-        if all(r.WhichOneof("pattern") == "get" for r in rules):
-            found.append(method)
-    return found
+    return [method for method in service.methods if is_read_only(method)]
 
 
 def _duration(seconds: float) -> str:

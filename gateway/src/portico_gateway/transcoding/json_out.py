@@ -14,9 +14,10 @@ types never change, so :func:`to_dict` builds, once per message type, a list of
 * a field with presence (a message, an ``optional`` or ``oneof`` member) only when it is set;
   one without presence always, even when it holds its default.
 
-A message type with anything else anywhere inside it (floats, bytes, maps, ``Struct``,
-``Any``, wrappers, durations, field masks …) is written by ``json_format`` itself, so the
-output is always json_format's (``tests/unit/gateway/test_json_out.py`` holds every response
+A message type with any other field (floats, bytes, maps, ``Struct``, ``Any``, wrappers,
+durations, field masks …) is written by ``json_format`` itself, also where it is nested in a
+compiled one (json_format writes a nested message as it writes it alone), so the output is
+always json_format's (``tests/unit/gateway/test_json_out.py`` holds every response
 type of every service to that). Keys come in field-number order. Hand-written rather than a
 library: no maintained package compiles protobuf's JSON mapping for Python's upb messages;
 ``bench/render.py`` measures the difference.
@@ -125,6 +126,5 @@ def _converter(field: FieldDescriptor) -> Callable[[Any], Any] | None:
             return lambda timestamp: timestamp.ToJsonString()
         if nested.full_name.startswith("google.protobuf.") or nested.GetOptions().map_entry:
             return None  # well-known types with JSON forms of their own; maps
-        compiled = _compile(nested)
-        return compiled
+        return writer(nested)  # compiled once per type; json_format's own for the rest
     return None  # float/double (json_format's NaN and precision rules), bytes, groups

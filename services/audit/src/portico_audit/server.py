@@ -139,11 +139,11 @@ async def start(
             else jwks_from_auth_service(auth_channel)
         )
         session_store = get_session_store_settings()
-        sessions = ValkeySessions(
-            client, key_prefix=settings.session_key_prefix, cache_s=session_store.cache_s
+        sessions = await resources.enter_async_context(
+            ValkeySessions(
+                client, key_prefix=settings.session_key_prefix, cache_s=session_store.cache_s
+            )
         )
-        sessions.start()
-        resources.push_async_callback(sessions.aclose)
         verifier = TokenVerifier(
             JwksCache(jwks, max_age_s=settings.jwks_max_age_s),
             sessions,

@@ -87,16 +87,24 @@ def rules_of(services: Iterable[ServiceDescriptor]) -> dict[str, access_pb2.Rule
     }
 
 
+def is_read_only(method: MethodDescriptor) -> bool:
+    """Whether every ``google.api.http`` binding of ``method`` (additional ones too) is ``get``:
+    a call that changes nothing, safe to retry and to accept in the session store's degraded
+    mode (:class:`~portico_common.tokens.SessionStorePolicy`)."""
+    options = method.GetOptions()
+    if not options.HasExtension(annotations_pb2.http):
+        return False
+    rule = options.Extensions[annotations_pb2.http]
+    return all(r.WhichOneof("pattern") == "get" for r in (rule, *rule.additional_bindings))
+
+
 def read_only_methods(services: Iterable[ServiceDescriptor]) -> frozenset[str]:
-    """Method paths of ``services`` whose ``google.api.http`` binding is ``get``: calls that
-    change nothing (what the session store's degraded mode lets through, see
-    :class:`~portico_common.tokens.SessionStorePolicy`)."""
+    """Method paths (``/pkg.Service/Method``) of ``services`` that :func:`is_read_only`."""
     return frozenset(
         f"/{service.full_name}/{method.name}"
         for service in services
         for method in service.methods
-        if method.GetOptions().HasExtension(annotations_pb2.http)
-        and method.GetOptions().Extensions[annotations_pb2.http].WhichOneof("pattern") == "get"
+        if is_read_only(method)
     )
 
 

@@ -133,7 +133,7 @@ class ValkeySessions:
     3 s without an answer, so even a connection that dies silently (no FIN) stops the
     remembering within seconds; ``cache_s`` bounds what is left: a revocation whose message was
     lost in that window, or a session key deleted by hand or expired without a message.
-    :meth:`start` runs the listener; :meth:`aclose` ends it.
+    :meth:`start` runs the listener; :meth:`aclose` ends it (or ``async with``).
     """
 
     def __init__(
@@ -156,6 +156,13 @@ class ValkeySessions:
         self._epoch = 0  # bumped on every (un)subscription: answers from before are not kept
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
+
+    async def __aenter__(self) -> ValkeySessions:
+        self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
 
     def start(self) -> None:
         """Listen for ended sessions in the background (only when ``cache_s`` > 0)."""
