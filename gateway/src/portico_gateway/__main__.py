@@ -17,7 +17,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from portico_common.config import get_telemetry_settings
+from portico_common.config import get_session_store_settings, get_telemetry_settings
 from portico_common.logs import configure_logging
 from portico_common.telemetry import setup_telemetry
 from portico_gateway.app import create_app
@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         setup_telemetry(get_telemetry_settings(), service_name="gateway")
     except ValueError as exc:  # pydantic's ValidationError is one too
         sys.exit(f"portico-gateway: invalid OTEL_* settings: {exc}")
+    try:
+        get_session_store_settings()  # read at start-up, so a typo stops here, not mid-serve
+    except ValueError as exc:
+        sys.exit(f"portico-gateway: invalid PORTICO_SESSION_STORE_* settings: {exc}")
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -28,3 +28,22 @@ def test_a_missing_dsn_fails_at_startup() -> None:
     get_settings.cache_clear()
     with pytest.raises(ValueError, match="postgres"):
         get_settings()
+
+
+def test_a_bad_session_store_setting_stops_start_up_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from portico_common.config import get_session_store_settings
+    from portico_users.__main__ import main
+    from portico_users.config import get_settings
+
+    monkeypatch.setenv("USERS_POSTGRES__DSN", "postgresql://u@127.0.0.1:1/x")
+    monkeypatch.setenv("PORTICO_SESSION_STORE_FAIL_MODE", "open")
+    get_settings.cache_clear()
+    get_session_store_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match=r"PORTICO_SESSION_STORE_(?s:.*)fail_mode"):
+            main([])
+    finally:
+        get_settings.cache_clear()
+        get_session_store_settings.cache_clear()

@@ -8,7 +8,7 @@ import sys
 
 from pydantic import BaseModel, ValidationError
 
-from portico_common.config import get_telemetry_settings
+from portico_common.config import get_session_store_settings, get_telemetry_settings
 from portico_common.telemetry import setup_telemetry
 from portico_users._logging import configure_logging
 from portico_users.config import UsersSettings, get_settings
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         setup_telemetry(get_telemetry_settings(), service_name="users", instrument_asyncpg=True)
     except ValueError as exc:  # pydantic's ValidationError is one too
         sys.exit(f"portico-users: invalid OTEL_* settings: {exc}")
+    try:
+        get_session_store_settings()  # read at start-up, so a typo stops here, not mid-serve
+    except ValueError as exc:
+        sys.exit(f"portico-users: invalid PORTICO_SESSION_STORE_* settings: {exc}")
     from portico_users.server import serve  # after logging is configured
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
