@@ -72,7 +72,11 @@ class Stack:
 def start_stack(
     data_dir: Path, *, timeout_s: float = 90.0, extra_env: dict[str, str] | None = None
 ) -> Stack:
-    """Run ``portico-dev`` on free ports (plus ``extra_env``); return once the gateway is ready."""
+    """Run ``portico-dev`` on free ports (plus ``extra_env``); return once its banner is printed.
+
+    The banner ends with "Ctrl-C stops everything": waiting for "ready in", its first line, let
+    a test read the output before the lines after it (the Prometheus URL) had arrived.
+    """
     gateway_port, users_port, auth_port = free_port(), free_port(), free_port()
     env = {
         k: v
@@ -121,7 +125,7 @@ def start_stack(
     stack.pump = threading.Thread(target=pump, daemon=True)
     stack.pump.start()
     deadline = time.monotonic() + timeout_s
-    while not any("ready in" in line for line in stack.output):
+    while not any(line.endswith("Ctrl-C stops everything") for line in stack.output):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             stack.wait(10)

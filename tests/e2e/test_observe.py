@@ -52,7 +52,7 @@ def test_observe_runs_prometheus_scraping_every_process_with_the_rules(tmp_path:
     url = f"http://127.0.0.1:{port}"
     try:
         assert any(line.startswith(f"portico | Prometheus {url}") for line in stack.output), (
-            stack.output
+            "\n".join(stack.output)
         )
         prometheus = next(
             c for c in stack.children() if Path(c.cmdline()[0]).name.startswith("prometheus")
