@@ -5,7 +5,7 @@
 * the generated Applications (template + templatePatch, rendered here for each overlay) sync
   automatically with prune + selfHeal everywhere but prod;
 * the AppProject allows every kind the overlays render, and their namespaces;
-* sync waves: operators/CRDs -> database and cache -> migrations (PreSync) -> services -> mesh
+* sync waves: operators/CRDs -> database and cache -> migrations (Sync hook) -> services -> mesh
   policy, inside each environment (k8s/components/sync-waves) and in the root app;
 * the Lua health checks of argocd-cm-health.yaml, run against sample objects (lupa).
 
@@ -317,10 +317,12 @@ def test_environment_waves_order_the_tiers(docs: list[Manifest]) -> None:
     assert {wave(d) for d in docs} <= {PREREQUISITES, DATA, MIGRATIONS, SERVICES, MESH_POLICY}
 
 
-def test_migration_job_is_a_presync_hook_before_the_services(docs: list[Manifest]) -> None:
+def test_migration_job_runs_in_its_wave_after_the_database(docs: list[Manifest]) -> None:
+    """A Sync-phase hook keeps its wave; a PreSync hook would run before every wave, so on an
+    environment's first sync it would wait for a database the same sync has not created yet."""
     job = one(docs, "Job", "migrations")
     annotations = job["metadata"]["annotations"]
-    assert annotations["argocd.argoproj.io/hook"] == "PreSync"
+    assert annotations["argocd.argoproj.io/hook"] == "Sync"
     assert "BeforeHookCreation" in annotations["argocd.argoproj.io/hook-delete-policy"]
     services = [d for d in docs if d["kind"] in SERVICE_KINDS]
     assert services

@@ -129,10 +129,11 @@ def test_every_image_is_a_skaffold_artifact_or_a_pinned_upstream(
                 assert ":" in image.split("/")[-1], f"{image} has no tag outside dev"
 
 
-def test_migration_job_is_a_presync_hook_without_sidecar(docs: list[Manifest]) -> None:
+def test_migration_job_is_a_sync_hook_without_sidecar(docs: list[Manifest]) -> None:
     job = one(docs, "Job", "migrations")
     annotations = job["metadata"]["annotations"]
-    assert annotations["argocd.argoproj.io/hook"] == "PreSync"
+    # Sync, not PreSync: a PreSync hook runs before the database wave on a first sync.
+    assert annotations["argocd.argoproj.io/hook"] == "Sync"
     assert (
         annotations["argocd.argoproj.io/hook-delete-policy"] == "BeforeHookCreation,HookSucceeded"
     )
