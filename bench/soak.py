@@ -7,7 +7,14 @@ callers) and sends a mix of reads and writes through the gateway:
 * ``get``: the owner reads their own account (the cached GET), 60 %;
 * ``list``: the admin lists the first page of 20 users, 20 %;
 * ``create``: the admin creates a user (a new email each time), 10 %;
-* ``patch``: the admin renames one of the users created here, 10 %.
+* ``patch``: the admin renames one of the users created here, 10 %;
+* ``session``: a whole session, 1 %: the owner logs in (password grant: one argon2id hash,
+  ≈ 150 ms of CPU, hence the small share), refreshes (rotation), logs out, then reads with the
+  refreshed access token, which must now answer 401 (``expected``: the gateway's remembered
+  "alive" must be dropped by the logout's pub/sub message, not after its 5 s). Four requests,
+  each timed and counted on its own.
+
+The operations are interleaved (smooth weighted round-robin), not sent in runs of one kind.
 
 **Open loop at a fixed rate.** Request *i* is due at ``start + i / rate``, and is sent then
 whether or not earlier ones have answered (each is its own task), so a slow server does not slow
@@ -46,8 +53,10 @@ import psutil
 from bench import report
 from bench.harness import DATA, REPO, STACK_ENV, Bench, Options, need, say, stdout_to, utc_stamp
 
-#: Operation → share of requests (out of 10).
-MIX: dict[str, int] = {"get": 6, "list": 2, "create": 1, "patch": 1}
+#: Operation → share of operations (out of 100); a ``session`` is four requests.
+MIX: dict[str, int] = {"get": 59, "list": 20, "create": 10, "patch": 10, "session": 1}
+#: Outcomes that are not errors besides 2xx: the read after a logout must be refused.
+EXPECTED = "expected"
 #: Processes whose RSS growth is judged (the others are reported only).
 JUDGED = ("gateway", "users", "auth")
 RSS_OF = ("gateway", "users", "auth", "valkey", "postgres")
@@ -64,7 +73,7 @@ class Interval:
 
     def row(self, at_s: float, rss: dict[str, float], seconds: float) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
-        errors = {k: v for k, v in self.outcomes.items() if not k.startswith("2")}
+        errors = _errors(self.outcomes)
         return {
             "t_s": round(at_s, 1),
             "requests": len(lat),
@@ -77,6 +86,25 @@ class Interval:
             "errors_by_status": errors,
             "rss_mb": {k: round(v, 1) for k, v in rss.items()},
         }
+
+
+def _errors(outcomes: Counter[str]) -> dict[str, int]:
+    return {k: v for k, v in outcomes.items() if not (k.startswith("2") or k.endswith(EXPECTED))}
+
+
+def schedule(mix: dict[str, int]) -> list[str]:
+    """One cycle of ``sum(mix.values())`` operations, each as often as its weight, spread out
+    (smooth weighted round-robin, as nginx balances upstreams) rather than in runs of one kind."""
+    total = sum(mix.values())
+    current = dict.fromkeys(mix, 0)
+    out: list[str] = []
+    for _ in range(total):
+        for op, weight in mix.items():
+            current[op] += weight
+        chosen = max(current, key=lambda op: current[op])
+        current[chosen] -= total
+        out.append(chosen)
+    return out
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -108,7 +136,60 @@ class Soak:
             return {name: every[name] for name in RSS_OF if name in every}
         raise RuntimeError("cannot read the stack's RSS: a process is gone")
 
+    def _record(self, op: str, outcome: str, since: float) -> None:
+        self.current.latencies_ms.append((time.perf_counter() - since) * 1000)
+        self.current.outcomes[outcome if outcome.startswith("2") else f"{op} {outcome}"] += 1
+
+    async def session(self, http: httpx.AsyncClient, due: float) -> None:
+        """Log in, refresh, log out, then read with the refreshed token: it must be refused."""
+        owner = need(self.bench.tokens, "the tokens").logins["owner"]
+        steps = iter(("login", "refresh", "logout", "read after logout"))
+        step, since = next(steps), due
+        try:
+            reply = await http.post(
+                "/v1/auth/token",
+                data={
+                    "grant_type": "password",
+                    "username": owner.email,
+                    "password": owner.password,
+                },
+            )
+            self._record(step, str(reply.status_code), since)
+            if reply.status_code != 200:
+                return
+            step, since = next(steps), time.perf_counter()
+            refresh = reply.json()["refresh_token"]
+            reply = await http.post("/v1/auth/refresh", json={"refresh_token": refresh})
+            self._record(step, str(reply.status_code), since)
+            if reply.status_code != 200:
+                return
+            body = reply.json()
+            step, since = next(steps), time.perf_counter()
+            reply = await http.post(
+                "/v1/auth/logout", json={"refresh_token": body["refresh_token"]}
+            )
+            self._record(step, str(reply.status_code), since)
+            if reply.status_code != 204:
+                return
+            step, since = next(steps), time.perf_counter()
+            reply = await http.get(
+                f"/v1/users/{owner.user_id}",
+                headers={"Authorization": f"Bearer {body['access_token']}"},
+            )
+            ended = reply.status_code == 401
+            self._record(
+                step, f"401 {EXPECTED}" if ended else f"{reply.status_code} (not 401)", since
+            )
+        except httpx.HTTPError as exc:
+            self._record(step, type(exc).__name__, since)
+
     async def one(self, http: httpx.AsyncClient, op: str, due: float) -> None:
+        if op == "session":
+            try:
+                await self.session(http, due)
+            finally:
+                self.in_flight -= 1
+            return
         tokens = need(self.bench.tokens, "the tokens")
         try:
             if op == "patch" and not self.created:
@@ -144,13 +225,12 @@ class Soak:
             outcome = type(exc).__name__
         finally:
             self.in_flight -= 1
-        self.current.latencies_ms.append((time.perf_counter() - due) * 1000)
-        self.current.outcomes[f"{op} {outcome}" if not outcome.startswith("2") else outcome] += 1
+        self._record(op, outcome, due)
 
     async def run(self) -> dict[str, Any]:
         a = self.args
         url = need(self.bench.stack, "the stack").gateway_url
-        ops = [op for op, weight in MIX.items() for _ in range(weight)]
+        ops = schedule(MIX)
         rss_start = self.rss()
         say(f"RSS at start (MiB): {_fmt(rss_start)}")
         intervals: list[dict[str, Any]] = []
@@ -202,7 +282,7 @@ class Soak:
         warm = rss_warm or rss_start
         growth = {n: round(rss_end[n] - warm[n], 1) for n in rss_end}
         suspects = [n for n in JUDGED if growth.get(n, 0.0) > a.leak_mb]
-        errors = {k: v for k, v in self.totals.items() if not k.startswith("2")}
+        errors = _errors(self.totals)
         lags = sorted(self.lags_ms)
         return {
             "options": {k: v for k, v in vars(a).items() if k != "out"},
