@@ -179,7 +179,7 @@ test-e2e: sync ## End-to-end tier: the stack `make run` starts (or PORTICO_E2E_B
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 .PHONY: test-reliability
-test-reliability: sync ## Fault drills under load: Valkey/PostgreSQL restarts, rolling users restart, audit kill -9, gateway SIGTERM
+test-reliability: sync ## Fault drills under load: Valkey/PostgreSQL restarts, rolling users and gateway restarts, audit kill -9
 	$(BIN)/pytest tests/reliability $(PYTEST_ARGS)
 
 .PHONY: clean

@@ -204,6 +204,8 @@ class DrillStack:
             return common | {
                 "GATEWAY_HOST": "127.0.0.1",
                 "GATEWAY_PORT": str(port),
+                # A rolling restart on one host: the new gateway joins the old one's port.
+                "GATEWAY_REUSE_PORT": "true",
                 "GATEWAY_USERS_TARGET": f"127.0.0.1:{self.users_port}",
                 "GATEWAY_AUTH_TARGET": f"127.0.0.1:{self.auth_port}",
                 "GATEWAY_AUDIT_TARGET": f"127.0.0.1:{self.audit_port}",

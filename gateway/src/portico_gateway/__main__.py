@@ -72,6 +72,11 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
+            # uvicorn names its address only when it bound the socket itself.
+            for sock in sockets or ():
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                _log.info("listening on http://%s:%d (SO_REUSEPORT)", shown, port)
             gc.collect()
             gc.freeze()
 
@@ -107,6 +112,30 @@ class _Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def shared_listener(host: str, port: int) -> socket.socket:
+    """A bound TCP socket with ``SO_REUSEPORT`` (uvicorn listens on it).
+
+    uvicorn has no option for it (its ``Config.bind_socket`` sets ``SO_REUSEADDR`` only), so
+    the gateway binds the socket and hands it to ``Server.run(sockets=...)``. Every process that
+    binds the port this way, as the same user, joins one group and the kernel spreads new
+    connections over the group's listeners. A listener that closes drops the connections still in
+    its own accept queue (unless the host sets ``net.ipv4.tcp_migrate_req=1``, Linux 5.14+), so a
+    stopping gateway first keeps accepting for ``GATEWAY_SHUTDOWN_DELAY_S``.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     _parser().parse_args(argv)
     settings = get_settings()
@@ -135,7 +164,15 @@ def main(argv: list[str] | None = None) -> None:
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     server = _Server(config, app=app, delay_s=settings.shutdown_delay_s)
-    server.run()
+    if settings.reuse_port:
+        try:
+            listener = shared_listener(settings.host, settings.port)
+        except OSError as exc:
+            sys.exit(f"portico-gateway: cannot bind {settings.host}:{settings.port}: {exc}")
+        with listener:
+            server.run(sockets=[listener])
+    else:
+        server.run()
     if server.force_exit:
         _log.warning("stopped by a second signal: in-flight requests were cut off")
         sys.exit(FORCED_EXIT_CODE)

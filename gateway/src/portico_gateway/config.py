@@ -24,6 +24,12 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port.")
+    reuse_port: bool = Field(
+        default=False,
+        description="Bind with SO_REUSEPORT, so another gateway can listen on the same port: "
+        "a rolling restart on one host (start the new one, then SIGTERM the old one) refuses no "
+        "connection, and one gateway per core can share a port.",
+    )
     users_target: str = Field(
         default="127.0.0.1:50051", description="gRPC address of the users service."
     )

@@ -1,10 +1,14 @@
 """The gateway process on SIGTERM: /readyz 503 first, in-flight requests finish, exit 0; a second
-signal forces a prompt exit (1). Real processes: the gateway runs as ``python -m portico_gateway``
-in front of real users and auth servers; a slow request is a PATCH whose row is locked."""
+signal forces a prompt exit (1); with ``GATEWAY_REUSE_PORT`` a new gateway joins the port and the
+old one leaves it without a refused connection. Real processes: the gateway runs as
+``python -m portico_gateway`` in front of real users and auth servers; a slow request is a PATCH
+whose row is locked."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -42,9 +46,9 @@ async def auth_port(
 
 
 async def start_gateway(
-    users_port: int, auth_port: int, valkey_url: str, **settings: str
+    users_port: int, auth_port: int, valkey_url: str, port: int | None = None, **settings: str
 ) -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
+    port = port or free_port()
     env = {
         "GATEWAY_PORT": str(port),
         "GATEWAY_USERS_TARGET": f"127.0.0.1:{users_port}",
@@ -158,3 +162,85 @@ async def test_a_second_sigterm_forces_a_prompt_exit_1(
         kill(process)
     assert code == 1, rest
     assert "second signal" in rest
+
+
+def drain(process: asyncio.subprocess.Process) -> asyncio.Task[str]:
+    """Read the process's output until it exits (its access log must not fill the pipe)."""
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    async def read() -> str:
+        return (await stdout.read()).decode(errors="replace")
+
+    return asyncio.ensure_future(read())
+
+
+async def test_without_reuse_port_a_second_gateway_on_the_port_fails_to_start(
+    users_server: RunningServer, auth_port: int, valkey_url: str
+) -> None:
+    first, url = await start_gateway(users_server.port, auth_port, valkey_url)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        second = await spawn(
+            "portico_gateway",
+            {"GATEWAY_PORT": str(port), "GATEWAY_VALKEY_URL": valkey_url},
+        )
+        try:
+            code, output = await exit_of(second, within_s=20)
+        finally:
+            kill(second)
+        assert code == 3, output  # uvicorn's STARTUP_FAILURE
+        assert "address already in use" in output, output
+        assert "Traceback" not in output, output
+    finally:
+        kill(first)
+        await first.wait()
+
+
+async def test_with_reuse_port_a_new_gateway_takes_over_without_a_refused_connection(
+    users_server: RunningServer, auth_port: int, valkey_url: str
+) -> None:
+    settings = {"reuse_port": "true", "shutdown_delay_s": "0.5", "shutdown_grace_s": "5"}
+    old, url = await start_gateway(users_server.port, auth_port, valkey_url, None, **settings)
+    old_output = drain(old)
+    port = int(url.rsplit(":", 1)[1])
+    new: asyncio.subprocess.Process | None = None
+    try:
+        new, _ = await start_gateway(users_server.port, auth_port, valkey_url, port, **settings)
+        new_output = drain(new)
+        outcomes: collections.Counter[str] = collections.Counter()
+        # One request at a time, each on a new connection, from before the SIGTERM until well
+        # after the old gateway has exited.
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+
+            async def probe() -> None:
+                try:
+                    reply = await http.get("/healthz", headers={"Connection": "close"})
+                    outcomes[str(reply.status_code)] += 1
+                except httpx.HTTPError as exc:
+                    outcomes[type(exc).__name__] += 1
+
+            for _ in range(20):
+                await probe()
+            old.send_signal(signal.SIGTERM)
+            while old.returncode is None:
+                await probe()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(old.wait(), 0.005)
+            for _ in range(20):
+                await probe()
+        assert await old.wait() == 0, await old_output
+        assert new.returncode is None
+    finally:
+        kill(old)
+        if new is not None:
+            kill(new)
+            await new.wait()
+            await new_output
+    assert "listening on http://127.0.0.1" in await old_output
+    served = outcomes.pop("200", 0)
+    # No connection refused: a listener was always there. The old listener drops what sits in
+    # its accept queue at the instant it closes; one request at a time, that is one at most.
+    assert "ConnectError" not in outcomes, outcomes
+    assert sum(outcomes.values()) <= 1, outcomes
+    assert served >= 60, outcomes  # the old gateway drained for 0.5 s with requests arriving
