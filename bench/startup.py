@@ -115,8 +115,10 @@ async def terminate(proc: asyncio.subprocess.Process, *, timeout_s: float = 20.0
     try:
         await asyncio.wait_for(proc.wait(), timeout_s)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        # spawn() made it a process-group leader: SIGKILL the group it leads, so that a child
+        # which ignored the SIGTERM (make's portico-dev, say) does not outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
 
 

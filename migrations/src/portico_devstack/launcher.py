@@ -48,7 +48,8 @@ class StartupError(Exception):
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # If the launcher is killed outright, its children get SIGTERM instead of living on.
+    # If the launcher is killed outright, its children get SIGTERM instead of living on. (A
+    # preexec_fn means fork(), not vfork(): see the package docstring on gRPC's fork handlers.)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
