@@ -17,9 +17,8 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from portico_common.config import get_session_store_settings, get_telemetry_settings
+from portico_common.cli import setup_telemetry_or_exit
 from portico_common.logs import configure_logging
-from portico_common.telemetry import setup_telemetry
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings, get_settings
 
@@ -140,14 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     _parser().parse_args(argv)
     settings = get_settings()
     configure_logging(level=settings.log_level, service="gateway", fmt=settings.log_format)
-    try:
-        setup_telemetry(get_telemetry_settings(), service_name="gateway")
-    except ValueError as exc:  # pydantic's ValidationError is one too
-        sys.exit(f"portico-gateway: invalid OTEL_* settings: {exc}")
-    try:
-        get_session_store_settings()  # read at start-up, so a typo stops here, not mid-serve
-    except ValueError as exc:
-        sys.exit(f"portico-gateway: invalid PORTICO_SESSION_STORE_* settings: {exc}")
+    setup_telemetry_or_exit("portico-gateway", "gateway")
     app = create_app(settings)
     config = uvicorn.Config(
         app,
