@@ -17,7 +17,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from portico_common.cli import setup_telemetry_or_exit
+from portico_common.cli import load_settings, setup_telemetry_or_exit
 from portico_common.logs import configure_logging
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings, get_settings
@@ -137,7 +137,7 @@ def shared_listener(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> None:
     _parser().parse_args(argv)
-    settings = get_settings()
+    settings = load_settings("portico-gateway", "GATEWAY_", get_settings)
     configure_logging(level=settings.log_level, service="gateway", fmt=settings.log_format)
     setup_telemetry_or_exit("portico-gateway", "gateway")
     app = create_app(settings)
