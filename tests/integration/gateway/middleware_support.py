@@ -27,6 +27,7 @@ from portico_common.tokens import Principal
 from portico_gateway.errors import install_error_handlers
 from portico_gateway.middleware import RequestIdMiddleware
 from tests.asgi import per_request_state
+from tests.integration.timeouts import VALKEY_TIMEOUT_S
 
 USER_HEADER = "X-Test-User"
 Middleware = tuple[Any, dict[str, Any]]  # (middleware class, its options)
@@ -81,7 +82,7 @@ def build_app(valkey_url: str, middleware: list[Middleware], calls: Calls) -> Fa
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         client: Any = valkey_asyncio.Valkey.from_url(
-            valkey_url, socket_timeout=0.25, socket_connect_timeout=0.25
+            valkey_url, socket_timeout=VALKEY_TIMEOUT_S, socket_connect_timeout=VALKEY_TIMEOUT_S
         )
         try:
             yield {"valkey": client}

@@ -16,6 +16,7 @@ from portico.auth.v1 import auth_pb2
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
 from tests.asgi import asgi_client
+from tests.integration.timeouts import VALKEY_TIMEOUT_S
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
@@ -127,6 +128,7 @@ async def gateway(
         "users_target": f"127.0.0.1:{users_port}",
         "auth_target": f"127.0.0.1:{auth_port}",
         "valkey_url": SecretStr(valkey_url),
+        "valkey_timeout_s": VALKEY_TIMEOUT_S,
     }
     if audit_port is not None:
         values["audit_target"] = f"127.0.0.1:{audit_port}"

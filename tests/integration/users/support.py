@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import SecretStr
 
 from portico_users.config import PostgresSettings, UsersSettings, ValkeySettings
+from tests.integration.timeouts import VALKEY_TIMEOUT_S
 from tests.integration.tokens import signing_material
 
 
@@ -28,7 +29,11 @@ def users_settings(*, database_url: str, valkey_url: str, **overrides: Any) -> U
         "postgres": PostgresSettings(
             dsn=SecretStr(database_url), connect_timeout_s=1.0, query_timeout_s=5.0
         ),
-        "valkey": ValkeySettings(url=SecretStr(valkey_url)),
+        "valkey": ValkeySettings(
+            url=SecretStr(valkey_url),
+            socket_timeout_s=VALKEY_TIMEOUT_S,
+            socket_connect_timeout_s=VALKEY_TIMEOUT_S,
+        ),
         "jwks_file": signing_material().jwks_file,  # tokens from tests.integration.tokens
     }
     values.update(overrides)

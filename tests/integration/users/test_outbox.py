@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
@@ -250,3 +251,45 @@ async def test_while_valkey_is_down_events_stay_pending_then_are_published(
         await asyncio.gather(task, return_exceptions=True)
         await client.aclose()
         await asyncio.to_thread(server.stop)
+
+
+async def test_the_service_stops_within_its_budget_with_its_database_gone(
+    database_url: str, postgres_admin_dsn: str, valkey_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop never waits on the relay's retry loop (CI once hung here until pytest-timeout).
+
+    The test's database is dropped under the running service, as its fixture does at teardown:
+    the relay and the pool then fail and retry. Stopping must still end every background task
+    and close the pool within the stop budget.
+    """
+    from portico_common.tasks import STOP_BUDGET_S
+    from portico_users.server import start
+    from tests.integration.users.support import users_settings
+
+    running = await start(
+        users_settings(
+            database_url=database_url,
+            valkey_url=valkey_url,
+            outbox=OutboxSettings(poll_interval_s=0.02, max_backoff_s=0.1),
+        )
+    )
+    name = urlsplit(database_url).path.lstrip("/")
+    conn = await asyncpg.connect(postgres_admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    for _ in range(200):  # the relay has noticed: it is in its retry loop now
+        if "outbox relay (users) failed" in caplog.text:
+            break
+        await asyncio.sleep(0.05)
+    assert "outbox relay (users) failed" in caplog.text
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # The budget of the background tasks, plus the pool's close: generous for a slow machine,
+    # far below the pytest timeout a hang would reach.
+    await asyncio.wait_for(running.stop(0), STOP_BUDGET_S + 10.0)
+    assert loop.time() - started < STOP_BUDGET_S + 10.0
+    left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("users-")]
+    assert not left

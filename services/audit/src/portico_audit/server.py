@@ -40,9 +40,9 @@ from portico_common.access import AccessInterceptor, read_only_methods, rules_of
 from portico_common.config import get_session_store_settings
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
-from portico_common.outbox import stop_task
 from portico_common.postgres import bind_address, close_pool, open_pool
 from portico_common.shutdown import stop_on_signals
+from portico_common.tasks import stop_task
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import (
     JwksCache,

@@ -19,7 +19,6 @@ Valkey and the pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,6 +55,7 @@ from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.outbox import OutboxRelay
 from portico_common.postgres import bind_address, close_pool, open_pool
 from portico_common.shutdown import stop_on_signals
+from portico_common.tasks import stop_tasks
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import Jwk, JwksCache, TokenVerifier, ValkeySessions
 
@@ -88,11 +88,7 @@ class RunningServer:
         if self._stopped:
             return
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         await self.health.enter_graceful_shutdown()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -115,8 +111,10 @@ async def _reconcile_forever(service: AuthService, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
         try:
             ended = await service.reconcile()
-        except Exception:  # PostgreSQL down: try again next round
-            _log.warning("sign-up reconciliation failed; retrying later", exc_info=True)
+        except Exception as exc:  # PostgreSQL down: try again next round
+            _log.warning(
+                "sign-up reconciliation failed (%s: %s); retrying later", type(exc).__name__, exc
+            )
         else:
             if ended:
                 _log.info("reconciled %d pending sign-up(s)", ended)
@@ -125,8 +123,12 @@ async def _reconcile_forever(service: AuthService, interval_s: float) -> None:
 async def _end_identity(identity: ServiceIdentity) -> None:
     try:
         await identity.close()
-    except Exception:  # Valkey down at shutdown: the session expires by itself
-        _log.warning("could not end the service identity's session", exc_info=True)
+    except Exception as exc:  # Valkey down at shutdown: the session expires by itself
+        _log.warning(
+            "could not end the service identity's session (%s: %s); it expires by itself",
+            type(exc).__name__,
+            exc,
+        )
 
 
 async def start(settings: AuthSettings) -> RunningServer:

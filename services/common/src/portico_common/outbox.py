@@ -31,7 +31,6 @@ needs travels inside the event (its ``traceparent``), and the audit consumer's s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -294,10 +293,3 @@ class OutboxRelay:
             failures = 0
             if published < settings.batch_size:
                 await asyncio.sleep(settings.poll_interval_s)
-
-
-async def stop_task(task: asyncio.Task[None]) -> None:
-    """Cancel a background task and wait for it to end."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

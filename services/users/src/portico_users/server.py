@@ -35,9 +35,10 @@ from portico_common.access import AccessInterceptor, read_only_methods, rules_of
 from portico_common.config import get_session_store_settings
 from portico_common.health import DatabaseHealth
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
-from portico_common.outbox import OutboxRelay, stop_task
+from portico_common.outbox import OutboxRelay
 from portico_common.postgres import bind_address, close_pool, open_pool
 from portico_common.shutdown import stop_on_signals
+from portico_common.tasks import stop_tasks
 from portico_common.telemetry import client_interceptors, server_interceptors
 from portico_common.tokens import (
     JwksCache,
@@ -86,9 +87,7 @@ class RunningServer:
         if self._stopped:
             return
         self._stopped = True
-        await stop_task(self._monitor)
-        if self._relay is not None:
-            await stop_task(self._relay)
+        await stop_tasks(task for task in (self._monitor, self._relay) if task is not None)
         await self.health.enter_graceful_shutdown()
         if delay > 0:
             await asyncio.sleep(delay)
