@@ -48,7 +48,7 @@ from portico_devstack.launcher import Stack
 DATA = REPO / ".data" / "idle-rss"
 SOURCES = (
     "gateway/src",
-    "services/common/src",
+    "libs/common/src",
     "services/users/src",
     "services/auth/src",
     "services/audit/src",

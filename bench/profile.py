@@ -4,11 +4,11 @@ The regular bench (``python -m bench``) compares the gateway with baselines; thi
 *code*: a copy of the users service + gateway per **variant**, each variant its own source tree,
 all sharing one stack's PostgreSQL, Valkey and auth service (started as ``make run`` does, on
 free ports, limits off as in :data:`bench.harness.STACK_ENV`). A variant is ``name=DIR``, where
-``DIR`` holds ``gateway/src``, ``services/common/src`` and ``services/users/src`` (a copy of the
+``DIR`` holds ``gateway/src``, ``libs/common/src`` and ``services/users/src`` (a copy of the
 tree taken before a change), put first on ``PYTHONPATH``; ``name=`` (empty) is the working tree.
 So a before/after pair is measured in one run, on the same machine noise::
 
-    mkdir -p /tmp/base && for d in gateway/src services/common/src services/users/src; do
+    mkdir -p /tmp/base && for d in gateway/src libs/common/src services/users/src; do
       mkdir -p /tmp/base/$d && cp -a $d/. /tmp/base/$d/; done   # before editing
     .venv/bin/python -m bench.profile --variant before=/tmp/base --variant after= \\
         --rounds 6 --duration 3 --concurrency 1,16
@@ -49,7 +49,7 @@ from portico_devstack.config import DevSettings
 from portico_devstack.launcher import Stack
 
 DATA = REPO / ".data" / "profile"
-SOURCES = ("gateway/src", "services/common/src", "services/users/src")
+SOURCES = ("gateway/src", "libs/common/src", "services/users/src")
 
 
 @dataclass

@@ -376,7 +376,7 @@ def test_service_to_service_rules_match_what_the_code_calls(mesh: list[Manifest]
         ROOT / "services/auth/src/portico_auth/users_client.py", r"self\._stub\.(\w+)\b"
     )
     users_calls = _called_by_source(
-        ROOT / "services/common/src/portico_common/tokens.py",
+        ROOT / "libs/common/src/portico_common/tokens.py",
         r'"/portico\.auth\.v1\.AuthService/(\w+)"',
     )
     assert auth_calls == {"CreateUser", "GetUser", "ListUsers", "DeleteUser"}

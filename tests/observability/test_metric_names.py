@@ -1,7 +1,7 @@
 """Every metric the dashboards, rules and data sources use exists somewhere, and is explained.
 
 A name is accepted when it is one of Portico's own metrics (``observability/semconv.yaml``, the
-registry ``tests/unit/common/test_telemetry.py`` keeps complete), a recording rule of
+registry ``tests/unit/libs/common/test_telemetry.py`` keeps complete), a recording rule of
 ``observability/prometheus/rules``, or an external metric listed in
 ``catalog.EXTERNAL_METRICS`` with where it comes from. That the Portico ones are really exposed
 after traffic is ``tests/integration/observability/test_metrics_catalog.py``'s job.
