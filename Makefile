@@ -32,6 +32,8 @@ K8S_OUT    := $(K8S_TOOLS)/rendered
 OBS_OUT    := $(TOOLS)/obs
 OVERLAYS   := dev staging prod
 CHECKOV    := $(TOOLS)/checkov
+# Workspace members with a src/ folder: deptry checks each one's imports against its pyproject.toml.
+MEMBERS    := libs/common gateway services/users services/auth services/audit migrations tools/devstack tools/dbtools
 DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile services/audit/Dockerfile migrations/Dockerfile
 
 ##@ Everyday
@@ -77,11 +79,13 @@ sync: $(UV) ## Install the workspace into .venv from uv.lock
 ##@ Quality
 
 .PHONY: lint
-lint: sync $(BUF) ## ruff, ruff format --check, mypy --strict, buf lint + format, uv lock --check
+lint: sync $(BUF) ## ruff, ruff format --check, mypy --strict, import contracts, deptry, buf lint + format, uv lock --check
 	$(UV) lock --check --quiet
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	@for member in $(MEMBERS); do (cd $$member && $(BIN)/deptry src --no-ansi) || exit 1; done
 	$(MAKE) --no-print-directory proto-lint
 
 .PHONY: fmt

@@ -20,15 +20,16 @@ from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_common.metrics import record_build_info
 from portico_common.tokens import TokenVerifier
-from portico_gateway.auth import AuthenticationMiddleware
 from portico_gateway.config import GatewaySettings
 from portico_gateway.errors import install_error_handlers
-from portico_gateway.idempotency import IdempotencyMiddleware
 from portico_gateway.lifespan import make_lifespan
-from portico_gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from portico_gateway.ratelimit import Limit, RateLimitMiddleware
+from portico_gateway.middleware.authentication import AuthenticationMiddleware
+from portico_gateway.middleware.body_limit import BodyLimitMiddleware
+from portico_gateway.middleware.idempotency import IdempotencyMiddleware
+from portico_gateway.middleware.rate_limit import Limit, RateLimitMiddleware
+from portico_gateway.middleware.request_id import RequestIdMiddleware
+from portico_gateway.middleware.security_headers import SecurityHeadersMiddleware, cors_options
 from portico_gateway.routers import docs, health
-from portico_gateway.security import SecurityHeadersMiddleware, cors_options
 from portico_gateway.telemetry import AccessMiddleware, instrument, metrics_router
 from portico_gateway.transcoding.openapi import OAUTH2_PASSWORD, SECURITY_SCHEME
 from portico_gateway.transcoding.routes import add_routes, bindings_of, settle_paths

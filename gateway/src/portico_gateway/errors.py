@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from portico_common.logs import trace_ids
-from portico_gateway.middleware import REQUEST_ID_HEADER, BodyTooLarge, request_id_of
+from portico_gateway.request_context import REQUEST_ID_HEADER, request_id_of
 
 _log = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ _GENERIC_DETAIL = {
     503: "a service is temporarily unavailable; retry later",
     504: "a service did not answer in time",
 }
+
+
+class BodyTooLarge(Exception):  # noqa: N818 (an HTTP condition, named after 413)
+    """The request body exceeded the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes")
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ class State(TypedDict):
     #: Sessions (token checks), rate limits and idempotency records; middleware finds it in
     #: ``scope["state"]["valkey"]``.
     valkey: Valkey
-    #: Checks access tokens (see :mod:`portico_gateway.auth`).
+    #: Checks access tokens (see :mod:`portico_gateway.middleware.authentication`).
     verifier: TokenVerifier
 
 

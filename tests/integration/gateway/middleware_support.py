@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from portico_common.tokens import Principal
 from portico_gateway.errors import install_error_handlers
-from portico_gateway.middleware import RequestIdMiddleware
+from portico_gateway.middleware.request_id import RequestIdMiddleware
 from tests.asgi import per_request_state
 from tests.integration.timeouts import VALKEY_TIMEOUT_S
 

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
-from portico_gateway.idempotency import IdempotencyMiddleware, parse_key
+from portico_gateway.middleware.idempotency import IdempotencyMiddleware, parse_key
 from tests.asgi import asgi_client
 from tests.integration.gateway.middleware_support import (
     USER_HEADER,

@@ -15,8 +15,8 @@ from pydantic import SecretStr
 
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
-from portico_gateway.ratelimit import Limit, RateLimitMiddleware
-from portico_gateway.security import API_CSP
+from portico_gateway.middleware.rate_limit import Limit, RateLimitMiddleware
+from portico_gateway.middleware.security_headers import API_CSP
 from tests.asgi import asgi_client
 from tests.integration.gateway.middleware_support import (
     USER_HEADER,
@@ -179,7 +179,7 @@ async def test_valkey_down_fails_open_with_a_counter_and_one_warning(
         closed_port_url(), calls, address=Limit(60, 1), user=Limit(60, 1), warning_interval_s=60
     )
     before = REGISTRY.get_sample_value("portico_gateway_rate_limit_errors_total") or 0.0
-    with caplog.at_level(logging.WARNING, logger="portico_gateway.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="portico_gateway.middleware.rate_limit"):
         async with clients(app) as client:
             answers: list[httpx.Response] = [
                 await client().get("/v1/things", headers={USER_HEADER: "u1"}) for _ in range(3)
@@ -190,7 +190,7 @@ async def test_valkey_down_fails_open_with_a_counter_and_one_warning(
     assert not any("ratelimit" in a.headers for a in answers)
     after = REGISTRY.get_sample_value("portico_gateway_rate_limit_errors_total")
     assert after == before + 3
-    warnings = [r for r in caplog.records if r.name == "portico_gateway.ratelimit"]
+    warnings = [r for r in caplog.records if r.name == "portico_gateway.middleware.rate_limit"]
     assert len(warnings) == 1
     assert "failing open" in warnings[0].getMessage()
 

@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
 from portico_gateway.config import GatewaySettings
-from portico_gateway.security import (
+from portico_gateway.middleware.security_headers import (
     API_CSP,
     CORS_EXPOSED_HEADERS,
     SecurityHeadersMiddleware,

@@ -37,7 +37,7 @@ from portico_common.access import (
 )
 from portico_common.tokens import Principal, TokenVerifier, bearer_token
 from portico_gateway.errors import RequestError
-from portico_gateway.middleware import header
+from portico_gateway.middleware.asgi import header
 
 REALM = "portico"
 _UNAVAILABLE = "cannot check the session; retry later"

@@ -51,7 +51,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from valkey.exceptions import ValkeyError
 
 from portico_common.tokens import Principal
-from portico_gateway.middleware import BodyTooLarge
+from portico_gateway.errors import BodyTooLarge
+from portico_gateway.middleware.asgi import no_body
 
 _log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class IdempotencyMiddleware:
         from portico_gateway.errors import problem  # errors.py imports middleware.py
 
         response = problem(Request(scope), status=status, detail=detail, kind=kind, headers=headers)
-        await response(scope, _no_body, send)
+        await response(scope, no_body, send)
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -310,8 +311,4 @@ def _replay_body(body: bytes, receive: Receive) -> Receive:
 async def _replay(scope: Scope, send: Send, status: int, headers: bytes, body: bytes) -> None:
     kept: dict[str, str] = dict(json.loads(headers))
     kept[REPLAYED_HEADER] = "true"
-    await Response(body, status_code=status, headers=kept)(scope, _no_body, send)
-
-
-async def _no_body() -> Message:
-    return {"type": "http.disconnect"}
+    await Response(body, status_code=status, headers=kept)(scope, no_body, send)

@@ -51,6 +51,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from valkey.exceptions import ValkeyError
 
 from portico_common.tokens import Principal
+from portico_gateway.errors import problem
+from portico_gateway.middleware.asgi import no_body
 
 _log = logging.getLogger(__name__)
 
@@ -216,7 +218,6 @@ class RateLimitMiddleware:
         return int(reply[0]) == 1, states
 
     async def _refuse(self, scope: Scope, send: Send, policy: str, spent: list[_State]) -> None:
-        from portico_gateway.errors import problem  # errors.py imports middleware.py
 
         wait = max(1, *(_seconds(s.micros) for s in spent))
         names = ", ".join(s.policy for s in spent)
@@ -227,7 +228,7 @@ class RateLimitMiddleware:
         }
         detail = f"rate limit exceeded ({names}); retry after {wait} s"
         response = problem(Request(scope), status=429, detail=detail, headers=headers)
-        await response(scope, _no_body, send)
+        await response(scope, no_body, send)
 
     def _failed(self, exc: BaseException) -> None:
         self._errors.inc()
@@ -241,7 +242,3 @@ class RateLimitMiddleware:
                 exc,
             )
             self._last_warning, self._unreported = now, 0
-
-
-async def _no_body() -> Message:
-    return {"type": "http.disconnect"}

@@ -32,7 +32,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portico_gateway.config import GatewaySettings
-from portico_gateway.middleware import response_headers
+from portico_gateway.middleware.asgi import response_headers
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 SWAGGER_CDN = "https://cdn.jsdelivr.net"

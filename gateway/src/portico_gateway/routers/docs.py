@@ -15,8 +15,8 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from portico_gateway.auth import authenticated
 from portico_gateway.errors import RequestError
+from portico_gateway.middleware.authentication import authenticated
 
 OPENAPI_URL = "/openapi.json"
 DOCS_URL = "/docs"

@@ -10,7 +10,7 @@ from portico_gateway.transcoding.request import FORM, is_plain_message, resolve_
 from portico_gateway.transcoding.schema import add_message, component_ref, field_schema
 
 if TYPE_CHECKING:
-    from portico_gateway.transcoding.routes import Binding
+    from portico_gateway.transcoding.binding import Binding
 
 PROBLEM = "Problem"
 SECURITY_SCHEME = "OAuth2"

@@ -27,91 +27,30 @@ Conventions on top of grpc-gateway's (AIP standard methods):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from portico_common.access import rule_of
-from portico_gateway.auth import enforce, enforce_authenticated
 from portico_gateway.clients.upstream import Upstream
-from portico_gateway.middleware import request_id_of
+from portico_gateway.middleware.authentication import enforce, enforce_authenticated
+from portico_gateway.request_context import request_id_of
 from portico_gateway.transcoding import openapi
+from portico_gateway.transcoding.binding import Binding
 from portico_gateway.transcoding.headers import parse_if_match, parse_timeout
 from portico_gateway.transcoding.json_out import to_dict
-from portico_gateway.transcoding.request import build_message, find_field, mask_paths, read_body
-from portico_gateway.transcoding.template import PathTemplate, UnsupportedTemplate, parse_template
+from portico_gateway.transcoding.request import build_message, mask_paths, read_body
+from portico_gateway.transcoding.template import UnsupportedTemplate, parse_template
 
 _VERBS = ("get", "put", "post", "delete", "patch")
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """One HTTP rule of one RPC."""
-
-    upstream: str
-    method: MethodDescriptor
-    verb: str
-    template: PathTemplate
-    body: str
-    response_body: str
-    request_class: type[Message]
-    response_class: type[Message]
-    index: int = 0  # 0 for the rule itself, 1… for its additional_bindings
-
-    @property
-    def operation_id(self) -> str:
-        """Unique per binding, as OpenAPI requires: ``UserService_GetUser``, then ``…_2``."""
-        base = f"{self.method.containing_service.name}_{self.method.name}"
-        return base if self.index == 0 else f"{base}_{self.index + 1}"
-
-    @property
-    def rpc_path(self) -> str:
-        return f"/{self.method.containing_service.full_name}/{self.method.name}"
-
-    @property
-    def body_descriptor(self) -> Descriptor | None:
-        if self.body == "*":
-            return self.method.input_type
-        field = find_field(self.method.input_type, self.body) if self.body else None
-        return field.message_type if field is not None else None
-
-    @property
-    def result_descriptor(self) -> Descriptor:
-        if not self.response_body:
-            return self.method.output_type
-        field = find_field(self.method.output_type, self.response_body)
-        if field is None or field.message_type is None:
-            raise UnsupportedTemplate(f"{self.rpc_path}: response_body must name a message field")
-        return field.message_type
-
-    @property
-    def derives_mask(self) -> bool:
-        mask = self.method.input_type.fields_by_name.get("update_mask")
-        return (
-            self.verb == "patch"
-            and self.body not in ("", "*")
-            and mask is not None
-            and mask.message_type is not None
-            and mask.message_type.full_name == "google.protobuf.FieldMask"
-        )
-
-    @property
-    def takes_etag(self) -> bool:
-        return "etag" in self.method.input_type.fields_by_name
-
-    @property
-    def success_status(self) -> int:
-        if not self.result_descriptor.fields:
-            return 204
-        return 201 if self.verb == "post" and self.method.name.startswith("Create") else 200
 
 
 def _rules(rule: http_pb2.HttpRule) -> list[http_pb2.HttpRule]:
