@@ -186,7 +186,7 @@ async def test_a_failure_after_create_user_deletes_the_user_again(
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _Failing(monkeypatch, auth_server.service._credentials, "activate", times=1)
+    _Failing(monkeypatch, auth_server.core._credentials, "activate", times=1)
     key = uuid.uuid4()
 
     error = await failure(auth.SignUp(request("ada@example.com", key), timeout=10))
@@ -206,7 +206,7 @@ async def test_a_user_left_by_a_crashed_sign_up_is_adopted_by_the_reconciler(
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    service = auth_server.service
+    service = auth_server.core
     _Failing(monkeypatch, service._credentials, "activate", times=1)
     _Failing(monkeypatch, service._users, "delete_user", times=1)  # compensation fails too
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from portico_auth.errors import ResourceExhausted
-from portico_auth.interceptors import status_of
+from portico_auth.errors import ERROR_DOMAIN, ResourceExhausted
 from portico_auth.servicer import bearer_token
 from portico_auth.sessions import new_refresh_token, new_session_id, session_of, token_hash
 from portico_auth.throttle import client_address
+from portico_common.errors import ServiceError
+from portico_common.errors import status_of as _status_of
+
+
+def status_of(error: ServiceError) -> grpc.Status:
+    return _status_of(error, domain=ERROR_DOMAIN)
 
 
 def test_refresh_tokens_name_their_session_and_carry_256_random_bits() -> None:

@@ -6,7 +6,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from portico_common import errors
 from portico_users.errors import (
+    ERROR_DOMAIN,
     AlreadyExists,
     DeadlineExceeded,
     DomainError,
@@ -16,7 +18,11 @@ from portico_users.errors import (
     NotFound,
     Unavailable,
 )
-from portico_users.interceptors import status_of
+
+
+def status_of(error: DomainError) -> grpc.Status:
+    """The status the users service's error interceptor gives ``error``."""
+    return errors.status_of(error, domain=ERROR_DOMAIN)
 
 
 def rich(status: grpc.Status) -> status_pb2.Status:

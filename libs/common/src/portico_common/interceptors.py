@@ -27,12 +27,14 @@ from __future__ import annotations
 import abc
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from portico_common.deadlines import CALL_DEADLINE
 from portico_common.logs import REQUEST_ID
 
 _log = logging.getLogger(__name__)
@@ -118,14 +120,20 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
 
 
 class RequestIdInterceptor(UnaryInterceptor):
-    """Sets :data:`REQUEST_ID` from ``x-request-id`` (a new id if absent or odd)."""
+    """Sets :data:`REQUEST_ID` from ``x-request-id`` (a new id if absent or odd), and
+    :data:`~portico_common.deadlines.CALL_DEADLINE` from the caller's deadline."""
 
     def wrap(self, behaviour: Behaviour, method: str) -> Behaviour:
         async def call(request: Any, context: Context) -> Any:
             token = REQUEST_ID.set(_request_id_of(context))
+            remaining = context.time_remaining()
+            deadline = CALL_DEADLINE.set(
+                None if remaining is None else time.monotonic() + remaining
+            )
             try:
                 return await behaviour(request, context)
             finally:
+                CALL_DEADLINE.reset(deadline)
                 REQUEST_ID.reset(token)
 
         return call

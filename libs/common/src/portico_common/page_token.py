@@ -8,8 +8,8 @@ A token is URL-safe base64 (no padding) of::
 The checksum catches truncated, edited and hand-made tokens (it is not a signature: a client
 that forges a valid cursor can only skip ahead in a list it may read anyway), and its
 personalisation keeps one listing's tokens from being accepted by another. Anything that does
-not decode to exactly this shape raises :class:`InvalidPageToken`; each service turns that into
-its INVALID_ARGUMENT on ``page_token``.
+not decode to exactly this shape raises :class:`InvalidPageToken`; :meth:`PageTokens.cursor`
+turns that into the listing's INVALID_ARGUMENT on ``page_token``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ import hashlib
 import hmac
 import re
 import struct
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from uuid import UUID
+
+from portico_common.errors import InvalidArgument
+
+C = TypeVar("C")
 
 _VERSION = 1
 _BODY = struct.Struct(">Bq16s")
@@ -35,10 +41,12 @@ class InvalidPageToken(ValueError):  # noqa: N818 (the condition; services map i
 
 
 class PageTokens:
-    """Encodes and decodes the tokens of one listing (``person``: at most 16 bytes)."""
+    """Encodes and decodes the tokens of one listing (``person``: at most 16 bytes; ``listing``:
+    the RPC, named in the error a bad token gets)."""
 
-    def __init__(self, person: bytes) -> None:
+    def __init__(self, person: bytes, *, listing: str = "list") -> None:
         self._person = person
+        self._listing = listing
 
     def _checksum(self, body: bytes) -> bytes:
         return hashlib.blake2b(body, digest_size=_CHECKSUM_SIZE, person=self._person).digest()
@@ -75,3 +83,16 @@ class PageTokens:
         if self.encode(at, id_) != token:  # non-canonical base64 (e.g. altered padding bits)
             raise InvalidPageToken(token)
         return at, id_
+
+    def cursor(self, token: str, make: Callable[[datetime, UUID], C]) -> C | None:
+        """``make(timestamp, id)`` of the cursor in ``token``; None for the empty token (the
+        first page); ``InvalidArgument`` on ``page_token`` for anything this listing did not
+        issue."""
+        try:
+            decoded = self.decode(token)
+        except InvalidPageToken:
+            raise InvalidArgument.for_field(
+                "page_token",
+                f"must be a next_page_token returned by a previous {self._listing} call",
+            ) from None
+        return None if decoded is None else make(*decoded)

@@ -1,18 +1,30 @@
-"""The asyncpg pool every service opens the same way, and the gRPC bind address.
+"""PostgreSQL as every service uses it: the pool, one call's connection and deadline, the ping.
 
 ``open_pool`` starts even while PostgreSQL is down: the pool is then empty and connects on
 demand, health says NOT_SERVING, calls answer UNAVAILABLE, and all of it recovers when
 PostgreSQL returns. ``close_pool`` never hangs a shutdown on a stuck connection.
+
+A repository spends a call's time through :class:`Deadline` (the configured query limit, or the
+caller's gRPC deadline when it ends sooner) and takes its connection with :func:`connection`,
+which turns database failures into the service errors of :mod:`portico_common.errors`.
+:func:`ping` is the health probe's question.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from pydantic import SecretStr
+
+from portico_common.deadlines import call_time_left
+from portico_common.errors import DeadlineExceeded, ServiceError, Unavailable
 
 _log = logging.getLogger(__name__)
 
@@ -69,3 +81,94 @@ def bind_address(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{host}:{port}"
+
+
+#: Failures that mean "PostgreSQL cannot serve us right now" once a connection was handed out.
+CONNECTION_LOST: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+class Deadline:
+    """The time a call may still spend on the database, measured on the monotonic clock.
+
+    The budget is the configured limit, or less: the caller's deadline (``time_left``, or the
+    current gRPC call's, see :mod:`portico_common.deadlines`) when it ends sooner.
+    """
+
+    def __init__(self, limit: float, time_left: float | None = None) -> None:
+        caller = time_left if time_left is not None else call_time_left()
+        budget = limit if caller is None else min(caller, limit)
+        self._end = time.monotonic() + budget
+
+    def left(self) -> float:
+        """Seconds left; raises ``DeadlineExceeded`` when none are."""
+        remaining = self._end - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded()
+        return remaining
+
+
+def _unavailable() -> ServiceError:
+    return Unavailable()
+
+
+@asynccontextmanager
+async def connection(
+    pool: asyncpg.Pool[asyncpg.Record],
+    deadline: Deadline,
+    *,
+    unavailable: Callable[[], ServiceError] = _unavailable,
+    unique_violation: Callable[[], ServiceError] | None = None,
+) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    """A pool connection for one call, with database failures turned into service errors.
+
+    Acquiring and every query are limited by ``deadline`` (the caller passes ``deadline.left()``
+    to each query); running out of time is ``DeadlineExceeded``; a connection that cannot be
+    opened or is lost is ``unavailable()``; a unique violation is ``unique_violation()`` when
+    given. The original exception is chained (``__cause__``) for the server log.
+    """
+    try:
+        conn = await pool.acquire(timeout=deadline.left())
+    except TimeoutError as exc:
+        raise DeadlineExceeded() from exc
+    except Exception as exc:  # any failure to connect (refused, auth, no such db, ...)
+        _log.warning("cannot get a PostgreSQL connection: %s: %s", type(exc).__name__, exc)
+        raise unavailable() from exc
+    try:
+        yield conn
+    except (TimeoutError, asyncpg.QueryCanceledError) as exc:
+        raise DeadlineExceeded() from exc
+    except asyncpg.UniqueViolationError as exc:
+        if unique_violation is None:
+            raise
+        raise unique_violation() from exc
+    except CONNECTION_LOST as exc:
+        _log.warning("PostgreSQL connection failed: %s: %s", type(exc).__name__, exc)
+        raise unavailable() from exc
+    finally:
+        try:
+            await pool.release(conn, timeout=1.0)
+        except Exception:  # the pool already dropped the broken connection
+            _log.debug("releasing a connection failed", exc_info=True)
+
+
+async def ping(*, dsn: str, time_limit_s: float) -> None:
+    """Raise ``Unavailable`` unless PostgreSQL answers ``SELECT 1`` within ``time_limit_s``.
+
+    Uses a connection of its own, not the pool: a pool busy with slow queries is not a dead
+    database, and the health probe must not say otherwise.
+    """
+    try:
+        conn = await asyncpg.connect(dsn, timeout=time_limit_s)
+        try:
+            await conn.fetchval("SELECT 1", timeout=time_limit_s)
+        finally:
+            await conn.close(timeout=time_limit_s)
+    except Exception as exc:  # refused, timed out, auth, shutting down, ...
+        raise Unavailable(f"PostgreSQL does not answer: {type(exc).__name__}") from exc

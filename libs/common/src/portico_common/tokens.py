@@ -51,13 +51,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-if TYPE_CHECKING:
-    from portico_common.config import SessionStoreSettings
+from portico_common.config import SessionStoreSettings, get_session_store_settings
 
 _log = logging.getLogger(__name__)
 
@@ -504,3 +503,33 @@ def jwks_from_auth_service(channel: Any, *, timeout_s: float = 2.0) -> FetchJwks
         ]
 
     return fetch
+
+
+async def open_token_verifier(
+    resources: contextlib.AsyncExitStack,
+    client: Any,
+    jwks: FetchJwks,
+    *,
+    issuer: str,
+    audience: str,
+    session_key_prefix: str,
+    jwks_max_age_s: float,
+) -> TokenVerifier:
+    """The token verifier every component builds the same way (gateway, users, audit).
+
+    Keys from ``jwks`` (kept for ``jwks_max_age_s``), sessions in the Valkey of ``client``
+    (remembered while subscribed to their end, ``PORTICO_SESSION_STORE_CACHE_S``), and the
+    session-store fail mode of ``PORTICO_SESSION_STORE_*``. The session listener stops when
+    ``resources`` closes.
+    """
+    store = get_session_store_settings()
+    sessions = await resources.enter_async_context(
+        ValkeySessions(client, key_prefix=session_key_prefix, cache_s=store.cache_s)
+    )
+    return TokenVerifier(
+        JwksCache(jwks, max_age_s=jwks_max_age_s),
+        sessions,
+        issuer=issuer,
+        audience=audience,
+        store_policy=SessionStorePolicy.from_settings(store),
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from portico_audit._logging import configure_logging
 from portico_audit.config import AuditSettings, get_settings
 from portico_common.cli import (
     load_settings,
@@ -13,6 +12,7 @@ from portico_common.cli import (
     settings_help,
     setup_telemetry_or_exit,
 )
+from portico_common.logs import configure_logging
 
 PROG = "portico-audit"
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args(argv)
     settings = load_settings(PROG, "AUDIT_", get_settings)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(level=settings.log_level, service="audit", fmt=settings.log_format)
     setup_telemetry_or_exit(PROG, "audit", instrument_asyncpg=True)
     from portico_audit.server import serve  # after logging is configured
 

@@ -10,11 +10,21 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from portico_common import service_settings
+from portico_common.service_settings import PostgresSettings, TokenCheckingSettings
+
+__all__ = [
+    "AuditSettings",
+    "ConsumerSettings",
+    "PostgresSettings",
+    "ValkeySettings",
+    "get_settings",
+]
 
 
 def default_consumer_name() -> str:
@@ -22,27 +32,11 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class PostgresSettings(BaseModel):
-    """The PostgreSQL pool. ``dsn`` is an asyncpg DSN; it may hold a password, so it is secret."""
-
-    dsn: SecretStr
-    pool_min: int = Field(default=1, ge=0)
-    pool_max: int = Field(default=10, ge=1)
-    #: Time limit for opening one connection.
-    connect_timeout_s: float = Field(default=3.0, gt=0)
-    #: Longest a database call may take when the caller sent no deadline.
-    query_timeout_s: float = Field(default=10.0, gt=0)
-    #: Server-side ``statement_timeout`` (a backstop when the client vanished), milliseconds.
-    statement_timeout_ms: int = Field(default=30_000, ge=0)
-
-
-class ValkeySettings(BaseModel):
+class ValkeySettings(service_settings.ValkeySettings):
     """The Valkey that carries the event stream (and the auth service's sessions)."""
 
-    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     #: Must exceed ``consumer.block_ms``: XREADGROUP BLOCK holds the socket that long.
     socket_timeout_s: float = Field(default=5.0, gt=0)
-    socket_connect_timeout_s: float = Field(default=0.5, gt=0)
 
 
 class ConsumerSettings(BaseModel):
@@ -78,38 +72,15 @@ class ConsumerSettings(BaseModel):
     backlog_interval_s: float = Field(default=5.0, gt=0)
 
 
-class AuditSettings(BaseSettings):
+class AuditSettings(TokenCheckingSettings):
     """Everything the audit service needs to start."""
 
     model_config = SettingsConfigDict(
         env_prefix="AUDIT_", env_nested_delimiter="__", extra="ignore"
     )
 
-    grpc_host: str = "127.0.0.1"
-    #: 0 binds an ephemeral port (tests); the bound one is ``RunningServer.port``.
     grpc_port: int = Field(default=50053, ge=0, le=65535)
-    #: After SIGTERM, keep serving this long with health NOT_SERVING; then drain (and let the
-    #: consumer finish its batch) for up to shutdown_grace_s.
-    shutdown_delay_s: float = Field(default=1.0, ge=0)
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
-    #: How often the health probe asks PostgreSQL whether it answers.
-    health_check_interval_s: float = Field(default=5.0, gt=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    #: ``json`` (one object per line, for collectors) or ``text`` (one readable line, for humans).
-    log_format: Literal["json", "text"] = "json"
-    #: Prometheus ``/metrics`` over HTTP on ``grpc_host``; 0 disables it.
     metrics_port: int = Field(default=9103, ge=0, le=65535)
-    #: gRPC address of the auth service, asked for the JWKS (signing keys).
-    auth_target: str = "127.0.0.1:50052"
-    #: Required ``iss`` and ``aud`` of access tokens (the auth service's AUTH_ISSUER/AUDIENCE).
-    token_issuer: str = "portico"  # noqa: S105 (a claim value, not a secret)
-    token_audience: str = "portico-api"  # noqa: S105
-    jwks_max_age_s: float = Field(default=300.0, gt=0)
-    #: A JWK Set file to read the keys from instead of asking ``auth_target``.
-    jwks_file: Path | None = None
-    #: Where the auth service keeps sessions (same Valkey as ``valkey.url``).
-    session_key_prefix: str = "portico:auth:v1:"
-    postgres: PostgresSettings
     valkey: ValkeySettings = ValkeySettings()
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
 

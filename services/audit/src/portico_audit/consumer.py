@@ -91,14 +91,17 @@ from valkey.exceptions import ResponseError, ValkeyError
 from portico_audit.config import ConsumerSettings
 from portico_audit.domain import AuditRecord, MalformedEventError, parse_entry
 from portico_audit.errors import DeadlineExceeded, Unavailable
-from portico_audit.repository import CONNECTION_LOST, EventRepository
+from portico_audit.repository import EventRepository
+from portico_common.postgres import CONNECTION_LOST
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("portico_audit.consumer")
 _propagator = TraceContextTextMapPropagator()
 
 #: Failures that say "the store is unreachable now", not "this entry is bad": no dead-letter.
-_TRANSIENT = (Unavailable, DeadlineExceeded, *CONNECTION_LOST)
+_TRANSIENT: tuple[type[Exception], ...] = (Unavailable, DeadlineExceeded, *CONNECTION_LOST)
+#: What the consume loop backs off from and retries (anything else is a bug: it propagates).
+_RETRIED: tuple[type[Exception], ...] = (ValkeyError, *_TRANSIENT, asyncpg.PostgresError)
 
 #: Called after an event's commit, before its XACK (tests inject a crash here).
 AfterCommit = Callable[[AuditRecord], Awaitable[None]]
@@ -163,6 +166,7 @@ class EventConsumer:
         self._settings = settings
         self._after_commit = after_commit
         self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -382,8 +386,25 @@ class EventConsumer:
         """Finish the current batch, then return from :meth:`run`."""
         self._stopping.set()
 
+    async def finish(self, grace: float | None) -> None:
+        """Stop, and wait up to ``grace`` s for the current batch (the service's before-stop
+        hook; what is still running after it is cancelled with the other background tasks:
+        its entries stay pending and are claimed later, at-least-once)."""
+        self.stop()
+        try:
+            await asyncio.wait_for(self._finished.wait(), grace)
+        except TimeoutError:
+            if grace:
+                _log.warning("audit consumer did not finish its batch in %ss; cancelling", grace)
+
     async def run(self) -> None:
         """Consume until :meth:`stop` (or cancellation); failures back off and retry."""
+        try:
+            await self._consume()
+        finally:
+            self._finished.set()
+
+    async def _consume(self) -> None:
         s = self._settings
         failures = 0
         last_claim = last_backlog = 0.0
@@ -400,7 +421,7 @@ class EventConsumer:
                 await self.read_batch()
             except asyncio.CancelledError:
                 raise
-            except (ValkeyError, *_TRANSIENT, asyncpg.PostgresError) as exc:
+            except _RETRIED as exc:
                 failures += 1
                 delay = min(0.1 * 2**failures, s.max_backoff_s)
                 _log.warning(

@@ -1,16 +1,12 @@
-"""Opaque ``page_token`` values for ListAuditEvents' keyset pagination (format:
-:mod:`portico_common.page_token`, cursor ``(recorded_at, id)``).
-
-Anything the service did not issue is INVALID_ARGUMENT on ``page_token``.
-"""
+"""Opaque ``page_token`` values for ListAuditEvents' keyset pagination (format and checks:
+:mod:`portico_common.page_token`, cursor ``(recorded_at, id)``)."""
 
 from __future__ import annotations
 
 from portico_audit.domain import Cursor
-from portico_audit.errors import InvalidArgument
-from portico_common.page_token import InvalidPageToken, PageTokens
+from portico_common.page_token import PageTokens
 
-_TOKENS = PageTokens(person=b"portico.audit")
+_TOKENS = PageTokens(person=b"portico.audit", listing="ListAuditEvents")
 
 
 def encode_page_token(cursor: Cursor) -> str:
@@ -19,11 +15,5 @@ def encode_page_token(cursor: Cursor) -> str:
 
 
 def decode_page_token(token: str) -> Cursor | None:
-    """The cursor in ``token``; None for the empty token (the first page)."""
-    try:
-        decoded = _TOKENS.decode(token)
-    except InvalidPageToken:
-        raise InvalidArgument.for_field(
-            "page_token", "must be a next_page_token returned by a previous ListAuditEvents call"
-        ) from None
-    return None if decoded is None else Cursor(recorded_at=decoded[0], id=decoded[1])
+    """The cursor in ``token``; None for the empty token; INVALID_ARGUMENT for a foreign one."""
+    return _TOKENS.cursor(token, Cursor)

@@ -8,19 +8,15 @@ consumer acknowledges the stream entry only after ``store`` returned, i.e. after
 from __future__ import annotations
 
 import json
-import logging
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from portico_audit.domain import AuditRecord, Cursor, Page
-from portico_audit.errors import DeadlineExceeded, Unavailable
-
-_log = logging.getLogger(__name__)
+from portico_audit.errors import Unavailable
+from portico_common.postgres import Deadline, connection
 
 _COLUMNS = "id, type, subject, actor, service, occurred_at, recorded_at, payload, trace_id"
 _INSERT = """
@@ -41,20 +37,6 @@ CONNECTION_LOST = (
     # internal client error on its next use instead of a connection error.
     asyncpg.exceptions.InternalClientError,
 )
-
-
-class _Deadline:
-    """The time a call may still spend, measured on the monotonic clock."""
-
-    def __init__(self, time_left: float | None, limit: float) -> None:
-        budget = limit if time_left is None else min(time_left, limit)
-        self._end = time.monotonic() + budget
-
-    def left(self) -> float:
-        remaining = self._end - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded()
-        return remaining
 
 
 def _record(row: Any) -> AuditRecord:
@@ -79,29 +61,10 @@ class EventRepository:
         self._pool = pool
         self._limit = query_timeout_s
 
-    @asynccontextmanager
-    async def _connection(
-        self, deadline: _Deadline
-    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
-        try:
-            conn = await self._pool.acquire(timeout=deadline.left())
-        except TimeoutError as exc:
-            raise DeadlineExceeded() from exc
-        except Exception as exc:  # any failure to connect (refused, auth, no such db, ...)
-            _log.warning("cannot get a PostgreSQL connection: %s: %s", type(exc).__name__, exc)
-            raise Unavailable() from exc
-        try:
-            yield conn
-        except (TimeoutError, asyncpg.QueryCanceledError) as exc:
-            raise DeadlineExceeded() from exc
-        except CONNECTION_LOST as exc:
-            _log.warning("PostgreSQL connection failed: %s: %s", type(exc).__name__, exc)
-            raise Unavailable() from exc
-        finally:
-            try:
-                await self._pool.release(conn, timeout=1.0)
-            except Exception:  # the pool already dropped the broken connection
-                _log.debug("releasing a connection failed", exc_info=True)
+    def _connection(
+        self, deadline: Deadline
+    ) -> AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
+        return connection(self._pool, deadline, unavailable=Unavailable)
 
     async def store(self, record: AuditRecord) -> bool:
         """Insert ``record`` and commit; False when an event with its id was stored before.
@@ -109,7 +72,7 @@ class EventRepository:
         Raises ``Unavailable``/``DeadlineExceeded`` when PostgreSQL cannot take it now (retry
         later), and asyncpg's own errors when PostgreSQL refuses this event's data.
         """
-        deadline = _Deadline(None, self._limit)
+        deadline = Deadline(self._limit)
         async with self._connection(deadline) as conn, conn.transaction():
             status = await conn.execute(
                 _INSERT,
@@ -135,7 +98,7 @@ class EventRepository:
         time_left: float | None = None,
     ) -> Page:
         """One page, newest first, optionally only of ``subject`` and/or ``type_``."""
-        deadline = _Deadline(time_left, self._limit)
+        deadline = Deadline(self._limit, time_left)
         conditions: list[str] = []
         args: list[Any] = []
         if subject:
@@ -164,15 +127,3 @@ class EventRepository:
             else None
         )
         return Page(events=events, next_cursor=next_cursor)
-
-
-async def ping_database(*, dsn: str, time_limit_s: float) -> None:
-    """Raise ``Unavailable`` unless PostgreSQL answers ``SELECT 1`` within ``time_limit_s``."""
-    try:
-        conn = await asyncpg.connect(dsn, timeout=time_limit_s)
-        try:
-            await conn.fetchval("SELECT 1", timeout=time_limit_s)
-        finally:
-            await conn.close(timeout=time_limit_s)
-    except Exception as exc:  # refused, timed out, auth, shutting down, ...
-        raise Unavailable(f"PostgreSQL does not answer: {type(exc).__name__}") from exc

@@ -11,7 +11,6 @@ import asyncio
 import sys
 from pathlib import Path
 
-from portico_auth._logging import configure_logging
 from portico_auth.config import AuthSettings, get_settings
 from portico_common.cli import (
     load_settings,
@@ -19,6 +18,7 @@ from portico_common.cli import (
     settings_help,
     setup_telemetry_or_exit,
 )
+from portico_common.logs import configure_logging
 
 PROG = "portico-auth"
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         _keygen(args.path)
         return
     settings = load_settings(PROG, "AUTH_", get_settings)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(level=settings.log_level, service="auth", fmt=settings.log_format)
     # The auth service owns the sessions: no session-store fail mode to read.
     setup_telemetry_or_exit(PROG, "auth", instrument_asyncpg=True, session_store=False)
     from portico_auth.keys import KeyConfigError

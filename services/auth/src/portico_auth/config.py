@@ -18,35 +18,30 @@ import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from portico_common import service_settings
 from portico_common.outbox import OutboxSettings
+from portico_common.service_settings import PostgresSettings, ServiceSettings
+
+__all__ = [
+    "Argon2Settings",
+    "AuthSettings",
+    "PostgresSettings",
+    "SignUpSettings",
+    "ThrottleSettings",
+    "ValkeySettings",
+    "get_settings",
+]
 
 #: Longest access-token lifetime this service will issue (15 minutes).
 MAX_ACCESS_TOKEN_TTL_S = 900
 
 
-class PostgresSettings(BaseModel):
-    """The PostgreSQL pool. ``dsn`` is an asyncpg DSN; it may hold a password, so it is secret."""
-
-    dsn: SecretStr
-    pool_min: int = Field(default=1, ge=0)
-    pool_max: int = Field(default=10, ge=1)
-    #: Time limit for opening one connection.
-    connect_timeout_s: float = Field(default=3.0, gt=0)
-    #: Longest a database call may take when the caller sent no deadline.
-    query_timeout_s: float = Field(default=10.0, gt=0)
-    #: Server-side ``statement_timeout`` (a backstop when the client vanished), milliseconds.
-    statement_timeout_ms: int = Field(default=30_000, ge=0)
-
-
-class ValkeySettings(BaseModel):
+class ValkeySettings(service_settings.ValkeySettings):
     """Valkey holds the sessions and the throttling counters (key layout: ``sessions.py``)."""
 
-    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    socket_timeout_s: float = Field(default=0.5, gt=0)
-    socket_connect_timeout_s: float = Field(default=0.5, gt=0)
     key_prefix: str = "portico:auth:v1:"
 
 
@@ -79,14 +74,13 @@ class SignUpSettings(BaseModel):
     users_timeout_s: float = Field(default=5.0, gt=0)
 
 
-class AuthSettings(BaseSettings):
+class AuthSettings(ServiceSettings):
     """Everything the auth service needs to start."""
 
     model_config = SettingsConfigDict(env_prefix="AUTH_", env_nested_delimiter="__", extra="ignore")
 
-    grpc_host: str = "127.0.0.1"
-    #: 0 binds an ephemeral port (tests); the bound one is ``RunningServer.port``.
     grpc_port: int = Field(default=50052, ge=0, le=65535)
+    metrics_port: int = Field(default=9102, ge=0, le=65535)
     #: gRPC address of the users service (portico.users.v1.UserService).
     users_target: str = "127.0.0.1:50051"
     #: ``production`` refuses to start without signing key files; ``dev`` makes a throwaway one.
@@ -101,17 +95,6 @@ class AuthSettings(BaseSettings):
     refresh_token_ttl_s: int = Field(default=14 * 24 * 3600, ge=60)
     #: Emails (case-insensitive) whose tokens carry the "admin" role.
     admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    #: After SIGTERM, keep serving this long with health NOT_SERVING; then drain.
-    shutdown_delay_s: float = Field(default=1.0, ge=0)
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
-    #: How often the health probe asks PostgreSQL whether it answers.
-    health_check_interval_s: float = Field(default=5.0, gt=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    #: ``json`` (one object per line, for collectors) or ``text`` (one readable line, for humans).
-    log_format: Literal["json", "text"] = "json"
-    #: Prometheus ``/metrics`` over HTTP on ``grpc_host``; 0 disables it.
-    metrics_port: int = Field(default=9102, ge=0, le=65535)
-    postgres: PostgresSettings
     valkey: ValkeySettings = ValkeySettings()
     throttle: ThrottleSettings = ThrottleSettings()
     argon2: Argon2Settings = Argon2Settings()

@@ -13,9 +13,7 @@ in the same transaction as the change; session events, whose state is in Valkey,
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from uuid import UUID
 
@@ -23,10 +21,9 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from portico_auth.domain import Credential, CredentialState
-from portico_auth.errors import AlreadyExists, DeadlineExceeded, Unavailable
+from portico_auth.errors import AlreadyExists, Unavailable
 from portico_common.outbox import OUTBOX_COLUMNS, Event, new_event
-
-_log = logging.getLogger(__name__)
+from portico_common.postgres import Deadline, connection
 
 _INSERT_PENDING = """
     INSERT INTO auth.credentials (email, display_name, password_hash, idempotency_key)
@@ -73,16 +70,6 @@ _INSERT_EVENT = f"""
     INSERT INTO auth.outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
 """  # noqa: S608 (a constant column list)
 
-#: Failures that mean "PostgreSQL cannot serve us right now" once a connection was handed out.
-_CONNECTION_LOST = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
-
 
 def _credential(row: Any) -> Credential:
     return Credential(
@@ -98,39 +85,24 @@ def _credential(row: Any) -> Credential:
 
 
 class CredentialRepository:
-    """Credentials on PostgreSQL. Each call is limited to ``query_timeout_s``."""
+    """Credentials on PostgreSQL. Each call is limited to ``query_timeout_s``, or less: the
+    caller's deadline when it ends sooner (:class:`portico_common.postgres.Deadline`)."""
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
         self._pool = pool
-        self._timeout = query_timeout_s
+        self._limit = query_timeout_s
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
-        try:
-            conn = await self._pool.acquire(timeout=self._timeout)
-        except TimeoutError as exc:
-            raise DeadlineExceeded() from exc
-        except Exception as exc:  # any failure to connect (refused, auth, no such db, ...)
-            _log.warning("cannot get a PostgreSQL connection: %s: %s", type(exc).__name__, exc)
-            raise Unavailable() from exc
-        try:
-            yield conn
-        except (TimeoutError, asyncpg.QueryCanceledError) as exc:
-            raise DeadlineExceeded() from exc
-        except asyncpg.UniqueViolationError as exc:
-            raise AlreadyExists() from exc
-        except _CONNECTION_LOST as exc:
-            _log.warning("PostgreSQL connection failed: %s: %s", type(exc).__name__, exc)
-            raise Unavailable() from exc
-        finally:
-            try:
-                await self._pool.release(conn, timeout=1.0)
-            except Exception:  # the pool already dropped the broken connection
-                _log.debug("releasing a connection failed", exc_info=True)
+    def _connection(
+        self, deadline: Deadline
+    ) -> AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
+        return connection(
+            self._pool, deadline, unavailable=Unavailable, unique_violation=AlreadyExists
+        )
 
     async def _one(self, query: str, *args: Any) -> Credential | None:
-        async with self._connection() as conn:
-            row = await conn.fetchrow(query, *args, timeout=self._timeout)
+        deadline = Deadline(self._limit)
+        async with self._connection(deadline) as conn:
+            row = await conn.fetchrow(query, *args, timeout=deadline.left())
         return None if row is None else _credential(row)
 
     async def insert_pending(
@@ -155,13 +127,14 @@ class CredentialRepository:
 
         ``AlreadyExists`` when another credential already names ``user_id``.
         """
-        async with self._connection() as conn, conn.transaction():
+        deadline = Deadline(self._limit)
+        async with self._connection(deadline) as conn, conn.transaction():
             done = await conn.fetchval(
                 _ACTIVATE,
                 credential.id,
                 credential.idempotency_key,
                 user_id,
-                timeout=self._timeout,
+                timeout=deadline.left(),
             )
             if done is not None:
                 event = new_event(
@@ -169,57 +142,47 @@ class CredentialRepository:
                     subject=str(user_id),
                     payload={"credential_id": str(credential.id)},
                 )
-                await conn.execute(_INSERT_EVENT, *event.row(), timeout=self._timeout)
+                await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
         return done is not None
 
     async def drop_pending(self, credential: Credential) -> bool:
         """Delete a still-pending credential; False when it is no longer that pending row."""
-        async with self._connection() as conn:
+        deadline = Deadline(self._limit)
+        async with self._connection(deadline) as conn:
             done = await conn.fetchval(
-                _DROP_PENDING, credential.id, credential.idempotency_key, timeout=self._timeout
+                _DROP_PENDING, credential.id, credential.idempotency_key, timeout=deadline.left()
             )
         return done is not None
 
     async def delete(self, credential_id: UUID) -> None:
         """Delete a credential (+ ``credential.deleted`` when it was active)."""
-        async with self._connection() as conn, conn.transaction():
-            user_id = await conn.fetchval(_DELETE, credential_id, timeout=self._timeout)
+        deadline = Deadline(self._limit)
+        async with self._connection(deadline) as conn, conn.transaction():
+            user_id = await conn.fetchval(_DELETE, credential_id, timeout=deadline.left())
             if user_id is not None:
                 event = new_event(
                     "credential.deleted",
                     subject=str(user_id),
                     payload={"credential_id": str(credential_id)},
                 )
-                await conn.execute(_INSERT_EVENT, *event.row(), timeout=self._timeout)
+                await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
 
     async def record(self, event: Event) -> None:
         """Write ``event`` to the outbox in a transaction of its own (for changes made
         elsewhere, e.g. sessions in Valkey: the event follows the change, it is not atomic
         with it)."""
-        async with self._connection() as conn:
-            await conn.execute(_INSERT_EVENT, *event.row(), timeout=self._timeout)
+        deadline = Deadline(self._limit)
+        async with self._connection(deadline) as conn:
+            await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
 
     async def stale_pending(self, *, older_than_s: float, limit: int = 100) -> list[Credential]:
         """Pending credentials created more than ``older_than_s`` ago, oldest first."""
-        async with self._connection() as conn:
-            rows = await conn.fetch(_STALE_PENDING, older_than_s, limit, timeout=self._timeout)
+        deadline = Deadline(self._limit)
+        async with self._connection(deadline) as conn:
+            rows = await conn.fetch(_STALE_PENDING, older_than_s, limit, timeout=deadline.left())
         return [_credential(row) for row in rows]
 
     async def set_password_hash(self, credential_id: UUID, password_hash: str) -> None:
-        async with self._connection() as conn:
-            await conn.execute(_SET_HASH, credential_id, password_hash, timeout=self._timeout)
-
-
-async def ping_database(*, dsn: str, time_limit_s: float) -> None:
-    """Raise ``Unavailable`` unless PostgreSQL answers ``SELECT 1`` within ``time_limit_s``.
-
-    Uses a connection of its own, not the pool: a busy pool is not a dead database.
-    """
-    try:
-        conn = await asyncpg.connect(dsn, timeout=time_limit_s)
-        try:
-            await conn.fetchval("SELECT 1", timeout=time_limit_s)
-        finally:
-            await conn.close(timeout=time_limit_s)
-    except Exception as exc:  # refused, timed out, auth, shutting down, ...
-        raise Unavailable(f"PostgreSQL does not answer: {type(exc).__name__}") from exc
+        deadline = Deadline(self._limit)
+        async with self._connection(deadline) as conn:
+            await conn.execute(_SET_HASH, credential_id, password_hash, timeout=deadline.left())

@@ -11,7 +11,7 @@ from portico_common.cli import (
     settings_help,
     setup_telemetry_or_exit,
 )
-from portico_users._logging import configure_logging
+from portico_common.logs import configure_logging
 from portico_users.config import UsersSettings, get_settings
 
 PROG = "portico-users"
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args(argv)
     settings = load_settings(PROG, "USERS_", get_settings)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(level=settings.log_level, service="users", fmt=settings.log_format)
     setup_telemetry_or_exit(PROG, "users", instrument_asyncpg=True)
     from portico_users.server import serve  # after logging is configured
 

@@ -17,10 +17,7 @@ and a write that changes nothing (not found, etag mismatch) records none.
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -28,16 +25,14 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from portico_common.outbox import OUTBOX_COLUMNS, Event, new_event
+from portico_common.postgres import Deadline, connection
 from portico_users.domain import Cursor, Page, User, UserChanges, version_from_etag
 from portico_users.errors import (
     AlreadyExists,
-    DeadlineExceeded,
     EtagMismatch,
     NotFound,
     Unavailable,
 )
-
-_log = logging.getLogger(__name__)
 
 _INSERT = """
     INSERT INTO users.users (email, display_name) VALUES ($1, $2)
@@ -78,30 +73,6 @@ _INSERT_EVENT = f"""
     INSERT INTO users.outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
 """  # noqa: S608 (a constant column list)
 
-#: Failures that mean "PostgreSQL cannot serve us right now" once a connection was handed out.
-_CONNECTION_LOST = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
-
-
-class _Deadline:
-    """The time a call may still spend, measured on the monotonic clock."""
-
-    def __init__(self, time_left: float | None, limit: float) -> None:
-        budget = limit if time_left is None else min(time_left, limit)
-        self._end = time.monotonic() + budget
-
-    def left(self) -> float:
-        remaining = self._end - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded()
-        return remaining
-
 
 def _user(row: Any) -> User:
     return User(
@@ -128,31 +99,15 @@ class UserRepository:
         self._pool = pool
         self._limit = query_timeout_s
 
-    @asynccontextmanager
-    async def _connection(
-        self, deadline: _Deadline
-    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
-        try:
-            conn = await self._pool.acquire(timeout=deadline.left())
-        except TimeoutError as exc:
-            raise DeadlineExceeded() from exc
-        except Exception as exc:  # any failure to connect (refused, auth, no such db, ...)
-            _log.warning("cannot get a PostgreSQL connection: %s: %s", type(exc).__name__, exc)
-            raise Unavailable() from exc
-        try:
-            yield conn
-        except (TimeoutError, asyncpg.QueryCanceledError) as exc:
-            raise DeadlineExceeded() from exc
-        except asyncpg.UniqueViolationError as exc:
-            raise AlreadyExists("a user with this email already exists") from exc
-        except _CONNECTION_LOST as exc:
-            _log.warning("PostgreSQL connection failed: %s: %s", type(exc).__name__, exc)
-            raise Unavailable() from exc
-        finally:
-            try:
-                await self._pool.release(conn, timeout=1.0)
-            except Exception:  # the pool already dropped the broken connection
-                _log.debug("releasing a connection failed", exc_info=True)
+    def _connection(
+        self, deadline: Deadline
+    ) -> AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
+        return connection(
+            self._pool,
+            deadline,
+            unavailable=Unavailable,
+            unique_violation=lambda: AlreadyExists("a user with this email already exists"),
+        )
 
     async def create_user(
         self,
@@ -162,7 +117,7 @@ class UserRepository:
         actor: str | None = None,
         time_left: float | None = None,
     ) -> User:
-        deadline = _Deadline(time_left, self._limit)
+        deadline = Deadline(self._limit, time_left)
         async with self._connection(deadline) as conn, conn.transaction():
             row = await conn.fetchrow(_INSERT, email, display_name, timeout=deadline.left())
             user = _user(row)
@@ -172,7 +127,7 @@ class UserRepository:
         return user
 
     async def get_user(self, *, user_id: UUID, time_left: float | None = None) -> User:
-        deadline = _Deadline(time_left, self._limit)
+        deadline = Deadline(self._limit, time_left)
         async with self._connection(deadline) as conn:
             row = await conn.fetchrow(_SELECT, user_id, timeout=deadline.left())
         if row is None:
@@ -182,7 +137,7 @@ class UserRepository:
     async def list_users(
         self, *, page_size: int, after: Cursor | None, time_left: float | None = None
     ) -> Page:
-        deadline = _Deadline(time_left, self._limit)
+        deadline = Deadline(self._limit, time_left)
         async with self._connection(deadline) as conn:
             if after is None:
                 rows = await conn.fetch(_FIRST_PAGE, page_size + 1, timeout=deadline.left())
@@ -205,7 +160,7 @@ class UserRepository:
         actor: str | None = None,
         time_left: float | None = None,
     ) -> User:
-        deadline = _Deadline(time_left, self._limit)
+        deadline = Deadline(self._limit, time_left)
         expected = _expected_version(etag)
         async with self._connection(deadline) as conn, conn.transaction():
             row = await conn.fetchrow(
@@ -240,7 +195,7 @@ class UserRepository:
         actor: str | None = None,
         time_left: float | None = None,
     ) -> None:
-        deadline = _Deadline(time_left, self._limit)
+        deadline = Deadline(self._limit, time_left)
         expected = _expected_version(etag)
         async with self._connection(deadline) as conn, conn.transaction():
             deleted = await conn.fetchval(_DELETE, user_id, expected, timeout=deadline.left())
@@ -252,7 +207,7 @@ class UserRepository:
     async def _raise_missing(
         self,
         conn: PoolConnectionProxy[asyncpg.Record],
-        deadline: _Deadline,
+        deadline: Deadline,
         *,
         user_id: UUID,
         conditional: str | None,
@@ -266,23 +221,7 @@ class UserRepository:
 
 
 async def _record(
-    conn: PoolConnectionProxy[asyncpg.Record], deadline: _Deadline, event: Event
+    conn: PoolConnectionProxy[asyncpg.Record], deadline: Deadline, event: Event
 ) -> None:
     """INSERT ``event`` into the outbox, inside the caller's transaction."""
     await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
-
-
-async def ping_database(*, dsn: str, time_limit_s: float) -> None:
-    """Raise ``Unavailable`` unless PostgreSQL answers ``SELECT 1`` within ``time_limit_s``.
-
-    Uses a connection of its own, not the pool: a pool busy with slow queries is not a dead
-    database, and the health probe must not say otherwise.
-    """
-    try:
-        conn = await asyncpg.connect(dsn, timeout=time_limit_s)
-        try:
-            await conn.fetchval("SELECT 1", timeout=time_limit_s)
-        finally:
-            await conn.close(timeout=time_limit_s)
-    except Exception as exc:  # refused, timed out, auth, shutting down, ...
-        raise Unavailable(f"PostgreSQL does not answer: {type(exc).__name__}") from exc
