@@ -7,10 +7,16 @@ for longer than 0.25 s, and a connect that succeeded at the socket level then "t
 (seen: `session check failed: TimeoutError: Timeout connecting to server` turned into
 UNAVAILABLE for a sign-up). Tests of the behaviour under a failing Valkey use a closed port or
 a killed server, which fail at once whatever the timeout; tests of the timeouts themselves set
-theirs explicitly.
+theirs explicitly. The same holds for the other timeouts below.
 """
 
 from __future__ import annotations
 
 #: Socket and connect timeout of every Valkey client the tier's servers and gateways build.
 VALKEY_TIMEOUT_S = 5.0
+#: Opening one PostgreSQL connection (the pool's, the health probe's). The product's 3 s default
+#: is for a network; here, the loop that must answer the server's handshake may be busy.
+POSTGRES_CONNECT_TIMEOUT_S = 10.0
+#: The auth service's call to the users service during a sign-up (seen in CI: CreateUser ran
+#: out of the 2 s the tier used to give it while three sign-ups hashed passwords at once).
+USERS_CALL_TIMEOUT_S = 15.0

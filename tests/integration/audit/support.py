@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from portico_audit.config import AuditSettings, ConsumerSettings, PostgresSettings, ValkeySettings
-from tests.integration.timeouts import VALKEY_TIMEOUT_S
+from tests.integration.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
 from tests.integration.tokens import signing_material
 
 STREAM = "portico:events:v1"
@@ -28,7 +28,9 @@ def audit_settings(
         "shutdown_grace_s": 2.0,
         "health_check_interval_s": 0.2,
         "postgres": PostgresSettings(
-            dsn=SecretStr(database_url), connect_timeout_s=1.0, query_timeout_s=5.0
+            dsn=SecretStr(database_url),
+            connect_timeout_s=POSTGRES_CONNECT_TIMEOUT_S,
+            query_timeout_s=5.0,
         ),
         "valkey": ValkeySettings(
             url=SecretStr(valkey_url),

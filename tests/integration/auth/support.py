@@ -15,7 +15,11 @@ from portico_auth.config import (
     SignUpSettings,
     ValkeySettings,
 )
-from tests.integration.timeouts import VALKEY_TIMEOUT_S
+from tests.integration.timeouts import (
+    POSTGRES_CONNECT_TIMEOUT_S,
+    USERS_CALL_TIMEOUT_S,
+    VALKEY_TIMEOUT_S,
+)
 
 #: argon2id parameters small enough for a fast suite (production uses the defaults).
 FAST_ARGON2 = Argon2Settings(time_cost=1, memory_cost_kib=1024, parallelism=1)
@@ -39,7 +43,9 @@ def auth_settings(
         "shutdown_grace_s": 2.0,
         "health_check_interval_s": 0.2,
         "postgres": PostgresSettings(
-            dsn=SecretStr(database_url), connect_timeout_s=1.0, query_timeout_s=5.0
+            dsn=SecretStr(database_url),
+            connect_timeout_s=POSTGRES_CONNECT_TIMEOUT_S,
+            query_timeout_s=5.0,
         ),
         "valkey": ValkeySettings(
             url=SecretStr(valkey_url),
@@ -47,7 +53,7 @@ def auth_settings(
             socket_connect_timeout_s=VALKEY_TIMEOUT_S,
         ),
         "argon2": FAST_ARGON2,
-        "signup": SignUpSettings(users_timeout_s=2.0, reconcile_interval_s=3600.0),
+        "signup": SignUpSettings(users_timeout_s=USERS_CALL_TIMEOUT_S, reconcile_interval_s=3600.0),
     }
     values.update(overrides)
     return AuthSettings(**values)

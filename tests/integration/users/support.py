@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import SecretStr
 
 from portico_users.config import PostgresSettings, UsersSettings, ValkeySettings
-from tests.integration.timeouts import VALKEY_TIMEOUT_S
+from tests.integration.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
 from tests.integration.tokens import signing_material
 
 
@@ -27,7 +27,9 @@ def users_settings(*, database_url: str, valkey_url: str, **overrides: Any) -> U
         "shutdown_grace_s": 2.0,
         "health_check_interval_s": 0.2,
         "postgres": PostgresSettings(
-            dsn=SecretStr(database_url), connect_timeout_s=1.0, query_timeout_s=5.0
+            dsn=SecretStr(database_url),
+            connect_timeout_s=POSTGRES_CONNECT_TIMEOUT_S,
+            query_timeout_s=5.0,
         ),
         "valkey": ValkeySettings(
             url=SecretStr(valkey_url),
