@@ -18,15 +18,8 @@ from fastapi import FastAPI
 from google.protobuf.descriptor import ServiceDescriptor
 from valkey.asyncio import Valkey
 
-from portico_common.config import get_session_store_settings
 from portico_common.telemetry import client_interceptors
-from portico_common.tokens import (
-    JwksCache,
-    SessionStorePolicy,
-    TokenVerifier,
-    ValkeySessions,
-    jwks_from_auth_service,
-)
+from portico_common.tokens import TokenVerifier, jwks_from_auth_service, open_token_verifier
 from portico_gateway.clients.retries import channel_options
 from portico_gateway.clients.upstream import Upstream
 from portico_gateway.config import GatewaySettings
@@ -85,21 +78,14 @@ def make_lifespan(
                 else:
                     channel = grpc.aio.insecure_channel(settings.auth_target)
                     stack.push_async_callback(channel.close)
-                jwks = jwks_from_auth_service(channel)
-                session_store = get_session_store_settings()
-                sessions = await stack.enter_async_context(
-                    ValkeySessions(
-                        client,
-                        key_prefix=settings.session_key_prefix,
-                        cache_s=session_store.cache_s,
-                    )
-                )
-                checker = TokenVerifier(
-                    JwksCache(jwks, max_age_s=settings.jwks_max_age_s),
-                    sessions,
+                checker = await open_token_verifier(
+                    stack,
+                    client,
+                    jwks_from_auth_service(channel),
                     issuer=settings.token_issuer,
                     audience=settings.token_audience,
-                    store_policy=SessionStorePolicy.from_settings(session_store),
+                    session_key_prefix=settings.session_key_prefix,
+                    jwks_max_age_s=settings.jwks_max_age_s,
                 )
             yield {
                 "upstreams": upstreams,

@@ -12,7 +12,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from portico.users.v1 import users_pb2
 from portico_users.domain import Cursor
-from portico_users.page_token import encode_page_token
+from portico_users.page_token import PAGE_TOKENS
 from tests.integration.users.support import field_violations
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ Update = users_pb2.UserUpdate
 
 
 def _token() -> str:
-    return encode_page_token(Cursor(datetime(2024, 1, 1, tzinfo=UTC), uuid.uuid4()))
+    return PAGE_TOKENS.encode(Cursor(datetime(2024, 1, 1, tzinfo=UTC), uuid.uuid4()))
 
 
 def _tampered() -> str:

@@ -4,22 +4,26 @@
 * :func:`load_settings`: read them, or exit with one line naming the variables to fix;
 * :func:`setup_telemetry_or_exit`: ``OTEL_*`` (and ``PORTICO_SESSION_STORE_*``) read at start-up,
   so a typo stops the process with its name instead of a traceback from inside the server;
-* :func:`new_event_loop`: the event loop they run on.
+* :func:`new_event_loop`: the event loop they run on;
+* :func:`service_parser` and :func:`serve_service`: a whole service ``__main__``, in two calls.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from portico_common.config import get_session_store_settings, get_telemetry_settings
+from portico_common.logs import LogFormat, configure_logging
 from portico_common.telemetry import setup_telemetry
 
 S = TypeVar("S")
+SS = TypeVar("SS", bound="ServiceSettingsLike")
 
 
 def settings_help(model: type[BaseModel], prefix: str) -> list[str]:
@@ -83,3 +87,48 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:  # pragma: no cover - Windows; the images and the venv have it
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+class ServiceSettingsLike(Protocol):
+    """What :func:`serve_service` reads of a service's settings."""
+
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def log_format(self) -> LogFormat: ...
+
+
+def service_parser(
+    prog: str, description: str, settings: type[BaseModel], prefix: str
+) -> argparse.ArgumentParser:
+    """The ``--help`` of a service: what it serves, then every setting it reads."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Settings (environment variables; docs/configuration.md has their meaning):\n"
+        + "\n".join(settings_help(settings, prefix)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def serve_service(
+    prog: str,
+    service: str,
+    prefix: str,
+    load: Callable[[], SS],
+    serve: Callable[[], Callable[[SS], Coroutine[Any, Any, None]]],
+    *,
+    session_store: bool = True,
+) -> None:
+    """The process of a gRPC service: settings (or exit naming the bad ones), logging,
+    telemetry, then ``serve()(settings)`` on the event loop until it stops.
+
+    ``serve`` returns the service's ``serve`` function: it is imported only after logging is
+    configured, so what the server modules log at import goes through it.
+    """
+    settings = load_settings(prog, prefix, load)
+    configure_logging(level=settings.log_level, service=service, fmt=settings.log_format)
+    setup_telemetry_or_exit(prog, service, instrument_asyncpg=True, session_store=session_store)
+    run = serve()
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(run(settings))

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import re
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Generic, TypeVar
 from uuid import UUID
 
 from portico_common.errors import InvalidArgument
@@ -96,3 +97,20 @@ class PageTokens:
                 f"must be a next_page_token returned by a previous {self._listing} call",
             ) from None
         return None if decoded is None else make(*decoded)
+
+
+class CursorTokens(Generic[C]):
+    """The page tokens of one listing whose cursor is a ``(timestamp, id)`` dataclass."""
+
+    def __init__(self, cursor_type: type[C], *, person: bytes, listing: str) -> None:
+        self._tokens = PageTokens(person, listing=listing)
+        self._cursor_type = cursor_type
+
+    def encode(self, cursor: C) -> str:
+        """The token that resumes the listing right after ``cursor``."""
+        at, id_ = (getattr(cursor, f.name) for f in dataclasses.fields(cursor))  # type: ignore[arg-type]
+        return self._tokens.encode(at, id_)
+
+    def decode(self, token: str) -> C | None:
+        """The cursor in ``token``; None for the empty token; INVALID_ARGUMENT for a foreign one."""
+        return self._tokens.cursor(token, self._cursor_type)

@@ -91,6 +91,9 @@ CONNECTION_LOST: tuple[type[Exception], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.InsufficientResourcesError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A connection the server terminated (pg_terminate_backend, a restart) can surface as an
+    # internal client error on its next use instead of a connection error.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

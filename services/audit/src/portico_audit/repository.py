@@ -8,11 +8,10 @@ consumer acknowledges the stream entry only after ``store`` returned, i.e. after
 from __future__ import annotations
 
 import json
-from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from portico_audit.domain import AuditRecord, Cursor, Page
 from portico_audit.errors import Unavailable
@@ -24,19 +23,6 @@ _INSERT = """
     VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
     ON CONFLICT (id) DO NOTHING
 """
-
-#: Errors that mean "PostgreSQL is not reachable", not "this event is bad".
-CONNECTION_LOST = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.exceptions.OperatorInterventionError,
-    # A connection the server terminated (pg_terminate_backend, a restart) can surface as an
-    # internal client error on its next use instead of a connection error.
-    asyncpg.exceptions.InternalClientError,
-)
 
 
 def _record(row: Any) -> AuditRecord:
@@ -59,12 +45,9 @@ class EventRepository:
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
         self._pool = pool
+        #: A connection for one call, database failures turned into this service's errors.
+        self._connection = partial(connection, pool, unavailable=Unavailable)
         self._limit = query_timeout_s
-
-    def _connection(
-        self, deadline: Deadline
-    ) -> AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        return connection(self._pool, deadline, unavailable=Unavailable)
 
     async def store(self, record: AuditRecord) -> bool:
         """Insert ``record`` and commit; False when an event with its id was stored before.

@@ -10,7 +10,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from portico.audit.v1 import audit_pb2, audit_pb2_grpc
 from portico_audit.domain import AuditRecord
-from portico_audit.page_token import decode_page_token, encode_page_token
+from portico_audit.page_token import PAGE_TOKENS
 from portico_audit.repository import EventRepository
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -56,12 +56,12 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         subject = str(UUID(request.subject)) if request.subject else ""  # validated already
         page = await self._repository.list_events(
             page_size=page_size,
-            after=decode_page_token(request.page_token),
+            after=PAGE_TOKENS.decode(request.page_token),
             subject=subject,
             type_=request.type,
             time_left=context.time_remaining(),
         )
         return audit_pb2.ListAuditEventsResponse(
             events=[event_to_proto(record) for record in page.events],
-            next_page_token=encode_page_token(page.next_cursor) if page.next_cursor else "",
+            next_page_token=PAGE_TOKENS.encode(page.next_cursor) if page.next_cursor else "",
         )

@@ -6,19 +6,13 @@ prints its kid; it refuses to overwrite an existing file.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from portico_auth.config import AuthSettings, get_settings
-from portico_common.cli import (
-    load_settings,
-    new_event_loop,
-    settings_help,
-    setup_telemetry_or_exit,
-)
-from portico_common.logs import configure_logging
+from portico_common.cli import serve_service, service_parser
 
 PROG = "portico-auth"
 
@@ -33,17 +27,20 @@ def _keygen(path: Path) -> None:
     sys.stdout.write(f"{kid}\n")
 
 
+def _serve() -> Callable[[AuthSettings], Coroutine[Any, Any, None]]:
+    from portico_auth.server import serve  # after logging is configured
+
+    return serve
+
+
 def main(argv: list[str] | None = None) -> None:
     """Read the settings from the environment, set up logging and serve (or run keygen)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Portico's auth service: portico.auth.v1.AuthService over gRPC (sign-up, "
-        "OAuth2 password-grant tokens, refresh rotation, logout, JWKS), with grpc.health.v1 "
-        "health and server reflection. Stops gracefully on SIGTERM.",
-        epilog="Settings (environment variables; lists are JSON or comma-separated):\n"
-        + "\n".join(settings_help(AuthSettings, "AUTH_")),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    description = (
+        "Portico's auth service: portico.auth.v1.AuthService over gRPC (sign-up, OAuth2 "
+        "password-grant tokens, refresh rotation, logout, JWKS), with grpc.health.v1 health and "
+        "server reflection. Stops gracefully on SIGTERM. Lists are JSON or comma-separated."
     )
+    parser = service_parser(PROG, description, AuthSettings, "AUTH_")
     commands = parser.add_subparsers(dest="command")
     keygen = commands.add_parser(
         "keygen", help="write a new Ed25519 signing key file and print its kid"
@@ -53,16 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "keygen":
         _keygen(args.path)
         return
-    settings = load_settings(PROG, "AUTH_", get_settings)
-    configure_logging(level=settings.log_level, service="auth", fmt=settings.log_format)
-    # The auth service owns the sessions: no session-store fail mode to read.
-    setup_telemetry_or_exit(PROG, "auth", instrument_asyncpg=True, session_store=False)
     from portico_auth.keys import KeyConfigError
-    from portico_auth.server import serve  # after logging is configured
 
     try:
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(serve(settings))
+        # The auth service owns the sessions: no session-store fail mode to read.
+        serve_service(PROG, "auth", "AUTH_", get_settings, _serve, session_store=False)
     except KeyConfigError as exc:
         sys.exit(f"portico-auth: {exc}")
 

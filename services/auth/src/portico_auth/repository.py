@@ -13,12 +13,11 @@ in the same transaction as the change; session events, whose state is in Valkey,
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from portico_auth.domain import Credential, CredentialState
 from portico_auth.errors import AlreadyExists, Unavailable
@@ -90,14 +89,11 @@ class CredentialRepository:
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
         self._pool = pool
-        self._limit = query_timeout_s
-
-    def _connection(
-        self, deadline: Deadline
-    ) -> AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        return connection(
-            self._pool, deadline, unavailable=Unavailable, unique_violation=AlreadyExists
+        #: A connection for one call, database failures turned into this service's errors.
+        self._connection = partial(
+            connection, pool, unavailable=Unavailable, unique_violation=AlreadyExists
         )
+        self._limit = query_timeout_s
 
     async def _one(self, query: str, *args: Any) -> Credential | None:
         deadline = Deadline(self._limit)

@@ -2,38 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from portico_common.cli import (
-    load_settings,
-    new_event_loop,
-    settings_help,
-    setup_telemetry_or_exit,
-)
-from portico_common.logs import configure_logging
+from portico_common.cli import serve_service, service_parser
 from portico_users.config import UsersSettings, get_settings
 
 PROG = "portico-users"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Read the settings from the environment, set up logging and serve."""
-    argparse.ArgumentParser(
-        prog=PROG,
-        description="Portico's users service: portico.users.v1.UserService over gRPC, with "
-        "grpc.health.v1 health and server reflection. Stops gracefully on SIGTERM.",
-        epilog="Settings (environment variables; README has their meaning):\n"
-        + "\n".join(settings_help(UsersSettings, "USERS_")),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(argv)
-    settings = load_settings(PROG, "USERS_", get_settings)
-    configure_logging(level=settings.log_level, service="users", fmt=settings.log_format)
-    setup_telemetry_or_exit(PROG, "users", instrument_asyncpg=True)
+def _serve() -> Callable[[UsersSettings], Coroutine[Any, Any, None]]:
     from portico_users.server import serve  # after logging is configured
 
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(serve(settings))
+    return serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Read the settings from the environment, set up logging and serve."""
+    description = (
+        "Portico's users service: portico.users.v1.UserService over gRPC, with "
+        "grpc.health.v1 health and server reflection. Stops gracefully on SIGTERM."
+    )
+    service_parser(PROG, description, UsersSettings, "USERS_").parse_args(argv)
+    serve_service(PROG, "users", "USERS_", get_settings, _serve)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ and a write that changes nothing (not found, etag mismatch) records none.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -97,17 +97,14 @@ class UserRepository:
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
         self._pool = pool
-        self._limit = query_timeout_s
-
-    def _connection(
-        self, deadline: Deadline
-    ) -> AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        return connection(
-            self._pool,
-            deadline,
+        #: A connection for one call, database failures turned into this service's errors.
+        self._connection = partial(
+            connection,
+            pool,
             unavailable=Unavailable,
             unique_violation=lambda: AlreadyExists("a user with this email already exists"),
         )
+        self._limit = query_timeout_s
 
     async def create_user(
         self,

@@ -16,7 +16,7 @@ from portico_common.access import PRINCIPAL
 from portico_users import codec
 from portico_users.domain import UserStore
 from portico_users.errors import NotFound
-from portico_users.page_token import decode_page_token, encode_page_token
+from portico_users.page_token import PAGE_TOKENS
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -70,12 +70,12 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     ) -> users_pb2.ListUsersResponse:
         page = await self._store.list_users(
             page_size=codec.page_size_of(request),
-            after=decode_page_token(request.page_token),
+            after=PAGE_TOKENS.decode(request.page_token),
             time_left=context.time_remaining(),
         )
         return users_pb2.ListUsersResponse(
             users=[codec.user_to_proto(user) for user in page.users],
-            next_page_token=encode_page_token(page.next_cursor) if page.next_cursor else "",
+            next_page_token=PAGE_TOKENS.encode(page.next_cursor) if page.next_cursor else "",
         )
 
     async def UpdateUser(
