@@ -109,7 +109,7 @@ async def test_the_process_stops_its_background_tasks_and_exits_0_on_sigterm(
         "AUTH_METRICS_PORT": "0",
         "AUTH_HEALTH_CHECK_INTERVAL_S": "0.05",
         "AUTH_SIGNUP__RECONCILE_INTERVAL_S": "0.05",
-        "AUTH_SHUTDOWN_DELAY_S": "0.5",
+        "AUTH_SHUTDOWN_DELAY_S": "2",
         "AUTH_SHUTDOWN_GRACE_S": "2",
     }
     process = await spawn("portico_auth", env)
@@ -125,17 +125,18 @@ async def test_the_process_stops_its_background_tasks_and_exits_0_on_sigterm(
             process.send_signal(signal.SIGTERM)
             began = time.monotonic()
             # The signal reaches the loop asynchronously: a check sent at once may still be
-            # answered first. Within the shutdown delay (0.5 s), health must say NOT_SERVING.
+            # answered first. Within the shutdown delay (2 s), health must say NOT_SERVING.
             seen = []
-            for _ in range(20):
+            for _ in range(60):
                 seen.append((await health.Check(check, timeout=2)).status)
                 if seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING:
                     break
                 await asyncio.sleep(0.02)
             assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING, seen
-            assert time.monotonic() - began < 0.5, seen
+            assert time.monotonic() - began < 2.0, seen
         code, rest = await exit_of(process, within_s=10)
-        assert time.monotonic() - began < 0.5 + 2
+        # delay + grace, and the slack a busy machine needs to exit a process
+        assert time.monotonic() - began < 2.0 + 2 + 4
     finally:
         kill(process)
     assert code == 0, rest

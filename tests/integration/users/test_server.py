@@ -77,7 +77,7 @@ async def test_without_postgresql_it_starts_not_serving_and_recovers(
             began = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.ListUsers(users_pb2.ListUsersRequest(), timeout=10)
-            assert time.monotonic() - began < 1.0
+            assert time.monotonic() - began < 3.0  # at once: not after the 10 s timeout
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             details = caught.value.details() or ""
             for leak in ("127.0.0.1", str(port), "Error", "Traceback", "SELECT"):
@@ -134,7 +134,7 @@ async def test_a_call_past_its_deadline_ends_promptly_and_its_query_is_cancelled
                 timeout=0.5,
             )
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - began < 1.5
+        assert time.monotonic() - began < 3.0  # the deadline, not the 5 s query limit
         end = time.monotonic() + 2
         while await blocked_updates(database_url):  # the server-side query was cancelled
             assert time.monotonic() < end, "the UPDATE outlived the caller's deadline"
@@ -290,7 +290,7 @@ async def test_a_second_sigterm_cancels_in_flight_calls_and_exits_1(
                 process.send_signal(signal.SIGTERM)
                 began = time.monotonic()
                 code, rest = await exit_of(process, within_s=5)
-                assert time.monotonic() - began < 3
+                assert time.monotonic() - began < 6  # far within the 30 s of grace
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await update
                 assert caught.value.code() in {
