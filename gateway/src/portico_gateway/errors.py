@@ -39,10 +39,10 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://portico.dev/problems/"
 ETAG_MISMATCH = "ETAG_MISMATCH"
 
-# grpc-gateway's runtime/errors.go HTTPStatusFromCode.
+# grpc-gateway's runtime/errors.go HTTPStatusFromCode, but for CANCELLED (see upstream_problem).
 GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.CANCELLED: 503,
     grpc.StatusCode.UNKNOWN: 500,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
@@ -153,6 +153,13 @@ def _details(error: grpc.aio.AioRpcError) -> list[Any]:
 
 def upstream_problem(request: Request, error: grpc.aio.AioRpcError, *, retry_after_s: int) -> Any:
     code = error.code()
+    if code == grpc.StatusCode.CANCELLED:
+        # The gateway never cancels a call whose answer it still sends (a client that goes away
+        # takes the whole request with it), so a CANCELLED here comes from the service: a server
+        # that stops cancels the calls it had received but not yet handled (grpc/grpc#41785,
+        # seen in the rolling-restart drill on a busy machine). It was not the client: 503 and
+        # Retry-After, not grpc-gateway's 499 "Client Closed Request".
+        code = grpc.StatusCode.UNAVAILABLE
     status = GRPC_TO_HTTP.get(code, 500)
     errors: list[FieldError] = []
     kind = code.name.lower().replace("_", "-")

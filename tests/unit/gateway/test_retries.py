@@ -19,7 +19,8 @@ from tests.unit.gateway.conftest import ADMIN, Context, FakeUsers, gateway_app, 
 
 
 class FlakyUsers(FakeUsers):
-    """Counts calls per RPC; GetUser ``down`` always answers UNAVAILABLE, ``flaky`` once."""
+    """Counts calls per RPC; GetUser ``down`` always answers UNAVAILABLE, ``flaky`` once, and
+    ``stopping`` CANCELLED once."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,6 +32,9 @@ class FlakyUsers(FakeUsers):
         self.calls["GetUser"] += 1
         if request.id == "down" or (request.id == "flaky" and self.calls["GetUser"] == 1):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "database down")
+        if request.id == "stopping" and self.calls["GetUser"] == 1:
+            # what a stopping server answers to a call it had received but not started
+            await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
         return await super().GetUser(request, context)
 
     async def CreateUser(  # noqa: N802
@@ -63,6 +67,29 @@ async def test_an_idempotent_call_is_retried_on_unavailable(
         response = await http.get("/v1/users/flaky")
     assert response.status_code == 200, response.text
     assert servicer.calls["GetUser"] == 2
+
+
+async def test_a_read_a_stopping_server_cancelled_is_retried(
+    flaky: tuple[str, FlakyUsers],
+) -> None:
+    target, servicer = flaky
+    async with asgi_client(gateway_app(_settings(target)), headers=ADMIN) as http:
+        response = await http.get("/v1/users/stopping")
+    assert response.status_code == 200, response.text
+    assert servicer.calls["GetUser"] == 2
+
+
+async def test_without_retries_an_upstream_cancelled_is_a_503_with_retry_after(
+    flaky: tuple[str, FlakyUsers],
+) -> None:
+    target, servicer = flaky
+    async with asgi_client(
+        gateway_app(_settings(target, retry_max_attempts=1)), headers=ADMIN
+    ) as http:
+        response = await http.get("/v1/users/stopping")
+    assert response.status_code == 503, response.text
+    assert "Retry-After" in response.headers
+    assert servicer.calls["GetUser"] == 1
 
 
 async def test_a_post_is_never_retried(flaky: tuple[str, FlakyUsers]) -> None:
@@ -112,7 +139,7 @@ def test_the_service_config_lists_exactly_the_get_bound_methods() -> None:
         "initialBackoff": "0.05s",
         "maxBackoff": "0.5s",
         "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
+        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
     }
     config = json.loads(dict(channel_options(services, settings))["grpc.service_config"])
     assert config["retryThrottling"] == {"maxTokens": 10, "tokenRatio": 0.1}

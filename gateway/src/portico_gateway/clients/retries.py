@@ -5,7 +5,9 @@ so a new read RPC is retried and a new write never is); POST, PATCH and DELETE R
 The policy (gRFC A6, "client retries") is the ``grpc.service_config`` channel option:
 
 * ``retryPolicy``: at most ``maxAttempts`` attempts in all, only on ``UNAVAILABLE`` (nothing was
-  done, or the server says it may be tried again); before retry *n* gRPC waits a random time
+  done, or the server says it may be tried again) and ``CANCELLED`` (a stopping server cancels
+  the calls it received but had not started, grpc/grpc#41785; the gateway itself never cancels
+  a call it still answers); before retry *n* gRPC waits a random time
   between 0 and ``min(initialBackoff * backoffMultiplier**(n-1), maxBackoff)`` (full jitter);
 * ``retryThrottling``, the retry budget, per channel: tokens start at ``maxTokens``; each attempt
   answered with a retryable code costs 1, each success gives back ``tokenRatio``, and no call is
@@ -29,7 +31,7 @@ from portico_gateway.config import GatewaySettings
 
 #: Each backoff is this many times the previous one, up to ``retry_max_backoff_s``.
 BACKOFF_MULTIPLIER = 2
-RETRYABLE_CODES = ("UNAVAILABLE",)
+RETRYABLE_CODES = ("UNAVAILABLE", "CANCELLED")
 
 
 def idempotent_methods(service: ServiceDescriptor) -> list[MethodDescriptor]:
