@@ -309,7 +309,7 @@ def test_root_app_waves_order_projects_crds_operators_then_portico(argocd: list[
     others = {
         wave(a)
         for a in operators
-        if a["metadata"]["name"] != "istio-base" and a["metadata"]["name"] not in OBSERVABILITY_CHARTS
+        if a["metadata"]["name"] not in {"istio-base", *OBSERVABILITY_CHARTS}
     }
     config = {wave(one(argocd, "Application", "observability"))}
     portico = {wave(one(argocd, "ApplicationSet", "portico"))}
