@@ -129,17 +129,18 @@ $(CHECKOV)/.installed: k8s/tools/requirements-checkov.txt
 	@touch $@
 
 .PHONY: k8s-check
-k8s-check: sync $(K8S_TOOLS)/.installed $(K8S_NODE)/.installed $(CHECKOV)/.installed ## Render + validate every overlay and argocd/, checkov, hadolint, yamllint, compose config, tests/k8s (offline)
+k8s-check: sync $(K8S_TOOLS)/.installed $(K8S_NODE)/.installed $(CHECKOV)/.installed ## Render + validate every overlay, argocd/ and observability/, checkov, hadolint, yamllint, compose config, tests/k8s (offline)
 	@command -v kubectl >/dev/null || { echo "k8s-check needs kubectl (kustomize is built in)"; exit 2; }
 	@mkdir -p $(K8S_OUT)
 	@for env in $(OVERLAYS); do kubectl kustomize k8s/overlays/$$env > $(K8S_OUT)/$$env.yaml; done
 	@kubectl kustomize argocd > $(K8S_OUT)/argocd.yaml && cp argocd/root.yaml $(K8S_OUT)/argocd-root.yaml
+	@kubectl kustomize observability > $(K8S_OUT)/observability.yaml
 	$(K8S_TOOLS)/bin/kubernetes-validate --strict -k $(K8S_VERSION) --quiet --no-warn $(K8S_OUT)/*.yaml argocd/argocd-cm-health.yaml
-	$(K8S_TOOLS)/bin/python k8s/tools/validate_crs.py $(addprefix $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root))
+	$(K8S_TOOLS)/bin/python k8s/tools/validate_crs.py $(addprefix $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root observability))
 	cp k8s/tools/validate-crs.mjs $(K8S_NODE)/ && node $(K8S_NODE)/validate-crs.mjs $(K8S_OUT)/*.crs.json
 	$(K8S_TOOLS)/bin/hadolint $(DOCKERFILES)
 	BC_SKIP_MAPPING=TRUE $(CHECKOV)/bin/checkov --framework kubernetes dockerfile --skip-download --quiet --compact \
-	  $(addprefix -f $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root)) $(addprefix -f ,$(DOCKERFILES))
+	  $(addprefix -f $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root observability)) $(addprefix -f ,$(DOCKERFILES))
 	$(K8S_TOOLS)/bin/yamllint --strict -c .yamllint.yaml k8s argocd skaffold.yaml docker-compose.yaml .hadolint.yaml .yamllint.yaml
 	$(K8S_TOOLS)/bin/docker-compose -f docker-compose.yaml config --quiet
 	PORTICO_K8S_TOOLS=$(K8S_TOOLS) $(BIN)/pytest tests/k8s $(PYTEST_ARGS)
@@ -150,23 +151,34 @@ image-sizes: sync ## Estimate each image's size without Docker (needs Debian 12'
 
 ##@ Observability
 
-# promtool comes from Debian's `prometheus` package (on a host that runs systemd the package also
-# starts a Prometheus server; CI containers have no init system). Debian builds it without
-# Kubernetes discovery, so the scrape config is checked as a copy with static targets instead.
+# promtool comes from Debian's `prometheus` package, amtool from `prometheus-alertmanager` (on a
+# host that runs systemd the packages also start their servers; CI containers have no init
+# system). Debian builds promtool without Kubernetes discovery, so the scrape config is checked as
+# a copy with static targets instead.
 .PHONY: obs-check
-obs-check: $(K8S_TOOLS)/.installed ## promtool check + test the SLO rules and alerts, check the scrape config, yamllint observability/
-	@command -v promtool >/dev/null || { \
+obs-check: sync $(K8S_TOOLS)/.installed ## promtool + amtool: SLO rules and alerts, scrape config, Alertmanager routes; rule objects fresh; yamllint observability/
+	@missing=; command -v promtool >/dev/null || missing="prometheus"; \
+	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	if test -n "$$missing"; then \
 	  if test "$$(id -u)" = 0; then sudo=; \
 	  elif command -v sudo >/dev/null; then sudo=sudo; \
-	  else echo "obs-check needs promtool: run as root or with sudo, or apt-get install --no-install-recommends prometheus"; exit 2; fi; \
-	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	  else echo "obs-check needs promtool and amtool: run as root or with sudo, or apt-get install --no-install-recommends$$missing"; exit 2; fi; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 	promtool check rules observability/prometheus/rules/*.yaml
 	promtool test rules observability/prometheus/tests/*.yaml
 	@rm -rf $(OBS_OUT) && mkdir -p $(OBS_OUT)/rules && cp observability/prometheus/rules/*.yaml $(OBS_OUT)/rules/
 	sed -e 's/kubernetes_sd_configs:/static_configs:/' -e 's/- role: pod/- targets: ["kubernetes-sd.invalid:80"]/' \
 	  observability/prometheus/prometheus.yaml > $(OBS_OUT)/prometheus.yaml
 	promtool check config $(OBS_OUT)/prometheus.yaml
+	amtool check-config observability/alertmanager/alertmanager.yaml
+	$(BIN)/python observability/prometheus/render_rules.py --check
+	@kubectl kustomize observability > $(OBS_OUT)/observability.yaml
 	$(K8S_TOOLS)/bin/yamllint --strict -c .yamllint.yaml observability
+	$(BIN)/pytest tests/observability/test_alertmanager.py tests/observability/test_canary_gates.py tests/observability/test_rule_objects.py $(PYTEST_ARGS)
+
+.PHONY: obs-rules
+obs-rules: sync ## Regenerate observability/prometheus/prometheus-rules.yaml (PrometheusRules) from the rule files
+	$(BIN)/python observability/prometheus/render_rules.py
 
 ##@ Tests
 

@@ -44,7 +44,14 @@ MESH_POLICY_KINDS = {
     "Telemetry",
 }
 #: Charts whose CRDs exceed client-side apply's 256 KiB annotation limit.
-SERVER_SIDE = {"istio-base", "external-secrets", "cloudnative-pg", "kube-prometheus-stack"}
+SERVER_SIDE = {
+    "istio-base",
+    "external-secrets",
+    "cloudnative-pg",
+    "kube-prometheus-stack",
+    "prometheus-operator-crds",
+    "eck-operator",
+}
 EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+$")
 
 
@@ -180,7 +187,11 @@ def test_every_repository_source_path_renders(
     sources = [a["spec"]["source"] for a in of_kind(argocd, "Application")]
     sources += [a["spec"]["source"] for a in environments.values()]
     in_repo = [s for s in sources if "chart" not in s]
-    assert {s["path"] for s in in_repo} == {"argocd", *(f"k8s/overlays/{e}" for e in OVERLAYS)}
+    assert {s["path"] for s in in_repo} == {
+        "argocd",
+        "observability",
+        *(f"k8s/overlays/{e}" for e in OVERLAYS),
+    }
     for source in in_repo:
         assert source["repoURL"] == REPO
         assert kustomize(source["path"]), f"{source['path']} renders nothing"
@@ -286,15 +297,28 @@ def test_operators_are_pinned_charts(argocd: list[Manifest]) -> None:
 # ---------------------------------------------------------------- sync waves
 
 
+#: The observability charts: they mount what the `observability` Application (wave -2) makes.
+OBSERVABILITY_CHARTS = {"kube-prometheus-stack", "opentelemetry-collector", "jaeger", "fluent-bit"}
+
+
 def test_root_app_waves_order_projects_crds_operators_then_portico(argocd: list[Manifest]) -> None:
     projects = {wave(p) for p in of_kind(argocd, "AppProject")}
     operators = [a for a in of_kind(argocd, "Application") if "chart" in a["spec"]["source"]]
     crds = {wave(a) for a in operators if a["metadata"]["name"] == "istio-base"}
-    others = {wave(a) for a in operators if a["metadata"]["name"] != "istio-base"}
+    platform = {wave(a) for a in operators if a["metadata"]["name"] in OBSERVABILITY_CHARTS}
+    others = {
+        wave(a)
+        for a in operators
+        if a["metadata"]["name"] not in {"istio-base", *OBSERVABILITY_CHARTS}
+    }
+    config = {wave(one(argocd, "Application", "observability"))}
     portico = {wave(one(argocd, "ApplicationSet", "portico"))}
     assert max(projects) < min(crds) <= max(crds) < min(others)
     assert others == {-3}, "operators/CRDs are wave -3"
-    assert max(others) < min(portico)
+    # CRDs (-3) -> the observability configuration (-2) -> the charts that mount it (-1).
+    assert max(others) < min(config) <= max(config) < min(platform)
+    assert platform == {-1}
+    assert max(platform) < min(portico)
 
 
 def test_environment_waves_order_the_tiers(docs: list[Manifest]) -> None:

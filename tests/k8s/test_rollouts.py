@@ -153,7 +153,7 @@ def test_analysis_judges_success_rate_and_p99(canaried: list[Manifest]) -> None:
             assert metric["interval"]
             assert "count" not in metric  # background: until the Rollout finishes
             prometheus = metric["provider"]["prometheus"]
-            assert prometheus["address"] == "http://prometheus.observability.svc:9090"
+            assert prometheus["address"] == "http://kps-prometheus.observability.svc:9090"
         assert ">= 0.99" in metrics["success-rate"]["successCondition"]
         assert (
             "histogram_quantile(0.99," in metrics["p99-latency"]["provider"]["prometheus"]["query"]

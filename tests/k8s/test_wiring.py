@@ -43,8 +43,8 @@ REQUIRED_EDGES = {
 }
 #: Read by the OpenTelemetry SDK itself (``Resource.create``), not by a settings class.
 SDK_VARIABLES = {"OTEL_RESOURCE_ATTRIBUTES"}
-#: The platform's telemetry, installed separately (README "Observability"): its namespace, and the
-#: labels of the Prometheus and collector pods.
+#: The platform's telemetry (argocd/: kube-prometheus-stack, opentelemetry-collector; checked
+#: against those charts in test_platform.py): its namespace, and the labels of its pods.
 OBSERVABILITY = "observability"
 PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
 COLLECTOR = {"app.kubernetes.io/name": "otel-collector"}
