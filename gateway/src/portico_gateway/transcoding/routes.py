@@ -192,6 +192,9 @@ def render(binding: Binding, request: Request, reply: Message) -> Response:
 #: The header with which testers reach the canary of every service in a mesh (Argo Rollouts'
 #: header route, see istio/README.md); passed on so one request stays on the canary path.
 CANARY_HEADER = "x-portico-canary"
+#: Every request header :func:`forwarded_metadata` passes on (a value gRPC cannot carry is a 400,
+#: see :func:`~portico_gateway.clients.upstream.check_metadata`).
+FORWARDED_HEADERS = ("authorization", CANARY_HEADER, "x-forwarded-for")
 
 
 def forwarded_metadata(request: Request) -> tuple[tuple[str, str], ...]:
