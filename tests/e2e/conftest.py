@@ -172,7 +172,7 @@ def admin_token(stack: Stack) -> str:
                 "password": password,
                 "idempotency_key": str(uuid.uuid4()),
             },
-        )  # 200, or 409 when an earlier test signed it up
+        )  # 201, or 409 when an earlier test signed it up
         reply = client.post(
             "/v1/auth/token",
             data={"grant_type": "password", "username": "admin@example.com", "password": password},

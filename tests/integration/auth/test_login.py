@@ -169,8 +169,9 @@ async def test_the_credential_of_a_deleted_user_is_removed_at_login(
 
 
 async def test_the_idempotency_key_must_be_a_uuid(auth: AuthServiceAsyncStub) -> None:
+    """When sent: it is optional (issue 14), but not anything."""
     request = auth_pb2.SignUpRequest(
-        email="k@example.com", display_name="K", password=PASSWORD, idempotency_key=""
+        email="k@example.com", display_name="K", password=PASSWORD, idempotency_key="not-a-uuid"
     )
     error = await failure(auth.SignUp(request, timeout=5))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -9,7 +9,9 @@ response, and whose OpenAPI operation is built from the descriptors and proto co
 Conventions on top of grpc-gateway's (AIP standard methods):
 
 * a POST of an RPC named ``Create…`` answers **201** with ``Location: <path>/<id>`` (the
-  returned resource's ``id``);
+  returned resource's ``id``); so does a POST of an RPC with the option
+  ``portico.rest.v1.created_location``, whose template (``/v1/users/{user_id}``) is filled from
+  the response's fields;
 * a response message without fields (``DeleteUserResponse``) answers **204** with no body;
 * PATCH with ``body: "<field>"`` and a ``google.protobuf.FieldMask update_mask``: the gateway
   fills the mask with the fields present in the JSON body (grpc-gateway's rule; nested objects
@@ -26,6 +28,7 @@ Conventions on top of grpc-gateway's (AIP standard methods):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,6 +42,7 @@ from google.protobuf.message import Message
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from portico.rest.v1 import rest_pb2
 from portico_common.access import rule_of
 from portico_gateway.auth import enforce, enforce_authenticated
 from portico_gateway.clients.upstream import Upstream
@@ -50,6 +54,7 @@ from portico_gateway.transcoding.request import build_message, find_field, mask_
 from portico_gateway.transcoding.template import PathTemplate, UnsupportedTemplate, parse_template
 
 _VERBS = ("get", "put", "post", "delete", "patch")
+_LOCATION_FIELD = re.compile(r"\{(\w+)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +113,16 @@ class Binding:
         return "etag" in self.method.input_type.fields_by_name
 
     @property
+    def created_location(self) -> str:
+        """The ``portico.rest.v1.created_location`` template of the RPC ('' without one)."""
+        return str(self.method.GetOptions().Extensions[rest_pb2.created_location])
+
+    @property
     def success_status(self) -> int:
         if not self.result_descriptor.fields:
             return 204
-        return 201 if self.verb == "post" and self.method.name.startswith("Create") else 200
+        creates = self.method.name.startswith("Create") or bool(self.created_location)
+        return 201 if self.verb == "post" and creates else 200
 
 
 def _rules(rule: http_pb2.HttpRule) -> list[http_pb2.HttpRule]:
@@ -140,7 +151,10 @@ def bindings_of(upstream: str, service: ServiceDescriptor) -> list[Binding]:
                 response_class=message_factory.GetMessageClass(method.output_type),
                 index=index,
             )
-            _ = binding.result_descriptor  # validates response_body now, not per request
+            result = binding.result_descriptor  # validates response_body now, not per request
+            for name in _LOCATION_FIELD.findall(binding.created_location):
+                if name not in result.fields_by_name:
+                    raise UnsupportedTemplate(f"{method.full_name}: created_location {{{name}}}")
             found.append(binding)
     return found
 
@@ -181,7 +195,9 @@ def render(binding: Binding, request: Request, reply: Message) -> Response:
     headers: dict[str, str] = {}
     fields = result.DESCRIPTOR.fields_by_name
     resource_id = str(getattr(result, "id")) if "id" in fields else ""  # noqa: B009
-    if status == 201 and resource_id:
+    if status == 201 and (template := binding.created_location):
+        headers["Location"] = _LOCATION_FIELD.sub(lambda m: str(getattr(result, m[1])), template)
+    elif status == 201 and resource_id:
         headers["Location"] = f"{request.url.path.rstrip('/')}/{resource_id}"
     etag = str(getattr(result, "etag")) if "etag" in fields else ""  # noqa: B009
     if etag:

@@ -35,8 +35,8 @@ class SignUpRequest(_message.Message):
     password: _builtins.str
     """The password: 12 to 128 characters."""
     idempotency_key: _builtins.str
-    """Client-chosen key (a UUID) that makes retries safe: send the same key when retrying the
-    same sign-up, a new one for a new sign-up.
+    """Optional client-chosen key (a UUID) that makes retries safe: send the same key when retrying
+    the same sign-up, a new one for a new sign-up; leave it out and the service makes one.
     """
     def __init__(
         self,
