@@ -46,6 +46,7 @@ from portico.rest.v1 import rest_pb2
 from portico_common.access import rule_of
 from portico_gateway.auth import enforce, enforce_authenticated
 from portico_gateway.clients.upstream import Upstream
+from portico_gateway.idempotency import storable
 from portico_gateway.middleware import request_id_of
 from portico_gateway.transcoding import openapi
 from portico_gateway.transcoding.headers import parse_if_match, parse_timeout
@@ -70,6 +71,8 @@ class Binding:
     request_class: type[Message]
     response_class: type[Message]
     index: int = 0  # 0 for the rule itself, 1… for its additional_bindings
+    #: The answer carries a credential (a ``debug_redact`` field): never stored for replays.
+    credentials: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -125,6 +128,18 @@ class Binding:
         return 201 if self.verb == "post" and creates else 200
 
 
+def redacts(descriptor: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether a message of ``descriptor`` can hold a ``debug_redact`` field (a credential)."""
+    if descriptor.full_name in seen:
+        return False
+    inner = seen | {descriptor.full_name}
+    return any(
+        field.GetOptions().debug_redact
+        or (field.message_type is not None and redacts(field.message_type, inner))
+        for field in descriptor.fields
+    )
+
+
 def _rules(rule: http_pb2.HttpRule) -> list[http_pb2.HttpRule]:
     return [rule, *rule.additional_bindings]
 
@@ -150,6 +165,7 @@ def bindings_of(upstream: str, service: ServiceDescriptor) -> list[Binding]:
                 request_class=message_factory.GetMessageClass(method.input_type),
                 response_class=message_factory.GetMessageClass(method.output_type),
                 index=index,
+                credentials=redacts(method.output_type),
             )
             result = binding.result_descriptor  # validates response_body now, not per request
             for name in _LOCATION_FIELD.findall(binding.created_location):
@@ -276,6 +292,8 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
             request.headers.get("grpc-timeout"), request.headers.get("request-timeout")
         )
         upstream: Upstream = request.state.upstreams[binding.upstream]
+        if not binding.credentials:
+            storable(request.scope)  # an Idempotency-Key replay may store this answer
         reply = await upstream.call(
             binding.rpc_path,
             message,

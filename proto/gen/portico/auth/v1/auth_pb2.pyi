@@ -128,7 +128,10 @@ Global___IssueTokenRequest: _TypeAlias = IssueTokenRequest  # noqa: Y015
 
 @_typing.final
 class IssueTokenResponse(_message.Message):
-    """Response of AuthService.IssueToken: RFC 6749 section 5.1."""
+    """Response of AuthService.IssueToken: RFC 6749 section 5.1. Its tokens are credentials
+    (`debug_redact`): the gateway never stores such an answer for an Idempotency-Key replay, and
+    protobuf's text format redacts them.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
