@@ -81,7 +81,13 @@ async def test_a_pending_credential_cannot_log_in(
 
 @pytest.mark.parametrize(
     "settings_overrides",
-    [{"throttle": ThrottleSettings(account_limit=3, address_limit=100, window_s=1.0)}],
+    [
+        {
+            "throttle": ThrottleSettings(
+                account_client_limit=3, account_limit=100, address_limit=100, window_s=1.0
+            )
+        }
+    ],
 )
 async def test_an_account_is_throttled_then_recovers(auth: AuthServiceAsyncStub) -> None:
     await sign_up(auth, "t@example.com")

@@ -51,6 +51,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             password=request.password,
             # optional: without one, a retry meets the email this sign-up reserved (409)
             idempotency_key=UUID(request.idempotency_key) if request.idempotency_key else uuid4(),
+            address=client_address(context.invocation_metadata(), context.peer()),
         )
         return auth_pb2.SignUpResponse(user_id=str(credential.user_id), email=credential.email)
 
