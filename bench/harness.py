@@ -64,6 +64,7 @@ STACK_ENV: dict[str, str] = {
     "GATEWAY_RATE_LIMIT_ADDRESS_PER_MINUTE": "0",
     "GATEWAY_RATE_LIMIT_USER_PER_MINUTE": "0",
     "AUTH_THROTTLE__ADDRESS_LIMIT": "1000000",
+    "AUTH_THROTTLE__SIGNUP_ADDRESS_LIMIT": "1000000",
 }
 
 #: Launcher children timed from exec to ready as copies on free ports: port variables (the

@@ -57,7 +57,7 @@ async def sign_up(client: httpx.AsyncClient, email: str, name: str, password: st
     )
     if reply.status_code == 409:
         return None
-    if reply.status_code != 200:
+    if reply.status_code != 201:
         raise TokenError(f"sign-up of {email}: HTTP {reply.status_code} {reply.text[:300]}")
     return str(reply.json()["user_id"])
 
@@ -69,7 +69,7 @@ async def log_in(client: httpx.AsyncClient, login: Login) -> None:
         "/v1/auth/token",
         data={"grant_type": "password", "username": login.email, "password": login.password},
     )
-    if reply.status_code != 200:
+    if reply.status_code != 201:
         raise TokenError(f"login of {login.email}: HTTP {reply.status_code} {reply.text[:300]}")
     body = reply.json()
     login.token = str(body["access_token"])

@@ -104,9 +104,10 @@ def start_stack(
         # limits are proven by the integration tier, so they are off here.
         "GATEWAY_RATE_LIMIT_ADDRESS_PER_MINUTE": "0",
         "GATEWAY_RATE_LIMIT_USER_PER_MINUTE": "0",
-        # schemathesis sends hundreds of logins from 127.0.0.1; the login throttle is proven by
-        # the integration tier, and the README walkthroughs that log in run after it.
+        # schemathesis sends hundreds of logins and sign-ups from 127.0.0.1; the throttles are
+        # proven by the integration tier, and the README walkthroughs that log in run after it.
         "AUTH_THROTTLE__ADDRESS_LIMIT": "1000000",
+        "AUTH_THROTTLE__SIGNUP_ADDRESS_LIMIT": "1000000",
     }
     env |= extra_env or {}
     process = subprocess.Popen(
@@ -181,7 +182,7 @@ def admin_token(stack: Stack) -> str:
                 "password": password,
                 "idempotency_key": str(uuid.uuid4()),
             },
-        )  # 200, or 409 when an earlier test signed it up
+        )  # 201, or 409 when an earlier test signed it up
         reply = client.post(
             "/v1/auth/token",
             data={"grant_type": "password", "username": "admin@example.com", "password": password},

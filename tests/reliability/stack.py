@@ -231,6 +231,7 @@ class DrillStack:
                 "AUTH_ADMIN_EMAILS": ADMIN_EMAIL,
                 "AUTH_SIGNING_KEY_FILES": str(key_file),
                 "AUTH_THROTTLE__ADDRESS_LIMIT": "1000000",
+                "AUTH_THROTTLE__SIGNUP_ADDRESS_LIMIT": "1000000",
                 "AUTH_ARGON2__TIME_COST": "1",
                 "AUTH_ARGON2__MEMORY_COST_KIB": "8192",
             }

@@ -68,3 +68,19 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make run" in README
     assert "make test" in README
+
+
+def test_security_threat_table_matches_the_hostile_suite() -> None:
+    """Each attack class of tests/integration/hostile/ has a row in SECURITY.md's threat table,
+    and each test file the table names exists."""
+    security = (ROOT / "SECURITY.md").read_text()
+    table = security.split("## Hostile input: threat table", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    classes = {row.split("|")[1].strip() for row in rows[1:]}
+    suite = ROOT / "tests" / "integration" / "hostile"
+    on_disk = {p.name for p in suite.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert on_disk <= classes, on_disk - classes
+    for named in re.findall(r"`(hostile/[\w/]+\.py)`", table):
+        assert (suite.parent / named).is_file(), named
+    for named in re.findall(r"`(tests/[\w/]+\.py)`", table):
+        assert (ROOT / named).is_file(), named

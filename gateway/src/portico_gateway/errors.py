@@ -3,7 +3,8 @@
 * :class:`grpc.aio.AioRpcError` from an upstream: grpc-gateway's code → HTTP table
   (``runtime/errors.go``), field errors from the ``google.rpc.BadRequest`` detail, 412 for a
   FAILED_PRECONDITION whose ``google.rpc.ErrorInfo`` reason is ``ETAG_MISMATCH``, ``Retry-After``
-  with 503. For INTERNAL/UNKNOWN/DATA_LOSS the upstream text is replaced by a generic one.
+  with 503, and from a ``google.rpc.RetryInfo`` detail with 429 (the login throttle's). For
+  INTERNAL/UNKNOWN/DATA_LOSS the upstream text is replaced by a generic one.
 * :class:`RequestError`: the gateway's own checks (bad JSON, unknown field, bad header …), and
   :class:`~portico_gateway.middleware.BodyTooLarge` (a chunked body over the limit): 413.
 * Starlette's HTTP errors (unknown route 404, 405), FastAPI validation errors, and finally any
@@ -17,6 +18,7 @@ quote either.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -163,6 +165,7 @@ def upstream_problem(request: Request, error: grpc.aio.AioRpcError, *, retry_aft
     status = GRPC_TO_HTTP.get(code, 500)
     errors: list[FieldError] = []
     kind = code.name.lower().replace("_", "-")
+    retry_after: int | None = None
     for detail in _details(error):
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
@@ -173,6 +176,11 @@ def upstream_problem(request: Request, error: grpc.aio.AioRpcError, *, retry_aft
             detail.Unpack(info)
             if code == grpc.StatusCode.FAILED_PRECONDITION and info.reason == ETAG_MISMATCH:
                 status, kind = 412, "etag-mismatch"
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            delay = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            retry_after = max(1, math.ceil(delay))  # RFC 9110: whole seconds; never 0
     if code in _OPAQUE or status >= 500 or status == 499 or not error.details():
         text = _GENERIC_DETAIL.get(status, _title(status).lower())
     else:
@@ -180,6 +188,8 @@ def upstream_problem(request: Request, error: grpc.aio.AioRpcError, *, retry_aft
     if status >= 500:
         _log.warning("upstream %s: %s", code.name, error.details())
     headers = {"Retry-After": str(retry_after_s)} if status == 503 else {}
+    if retry_after is not None and status in (429, 503):  # the service knows best (RetryInfo)
+        headers["Retry-After"] = str(retry_after)
     if status == 401:  # RFC 6750: a 401 names the scheme it wants
         headers["WWW-Authenticate"] = 'Bearer realm="portico", error="invalid_token"'
     return problem(request, status=status, detail=text, errors=errors, kind=kind, headers=headers)

@@ -81,7 +81,13 @@ async def test_a_pending_credential_cannot_log_in(
 
 @pytest.mark.parametrize(
     "settings_overrides",
-    [{"throttle": ThrottleSettings(account_limit=3, address_limit=100, window_s=1.0)}],
+    [
+        {
+            "throttle": ThrottleSettings(
+                account_client_limit=3, account_limit=100, address_limit=100, window_s=1.0
+            )
+        }
+    ],
 )
 async def test_an_account_is_throttled_then_recovers(auth: AuthServiceAsyncStub) -> None:
     await sign_up(auth, "t@example.com")
@@ -169,8 +175,9 @@ async def test_the_credential_of_a_deleted_user_is_removed_at_login(
 
 
 async def test_the_idempotency_key_must_be_a_uuid(auth: AuthServiceAsyncStub) -> None:
+    """When sent: it is optional (issue 14), but not anything."""
     request = auth_pb2.SignUpRequest(
-        email="k@example.com", display_name="K", password=PASSWORD, idempotency_key=""
+        email="k@example.com", display_name="K", password=PASSWORD, idempotency_key="not-a-uuid"
     )
     error = await failure(auth.SignUp(request, timeout=5))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from portico_common.tokens import Principal
 from portico_gateway.errors import install_error_handlers
+from portico_gateway.middleware.idempotency import storable
 from portico_gateway.middleware.request_id import RequestIdMiddleware
 from tests.asgi import per_request_state
 from tests.integration.timeouts import VALKEY_TIMEOUT_S
@@ -98,6 +99,7 @@ def build_app(valkey_url: str, middleware: list[Middleware], calls: Calls) -> Fa
 
     @app.post("/v1/things", status_code=201)
     async def create_thing(request: Request) -> Response:
+        storable(request.scope)  # as the transcoded routes do before calling an upstream
         number = calls.hit("create")
         body = await request.body()
         return JSONResponse(
@@ -107,13 +109,15 @@ def build_app(valkey_url: str, middleware: list[Middleware], calls: Calls) -> Fa
         )
 
     @app.post("/v1/slow", status_code=201)
-    async def slow() -> dict[str, int]:
+    async def slow(request: Request) -> dict[str, int]:
+        storable(request.scope)
         number = calls.hit("slow")
         await asyncio.sleep(0.4)
         return {"number": number}
 
     @app.post("/v1/flaky")
-    async def flaky() -> Response:
+    async def flaky(request: Request) -> Response:
+        storable(request.scope)
         number = calls.hit("flaky")
         if number == 1:
             return JSONResponse({"number": number}, status_code=503)

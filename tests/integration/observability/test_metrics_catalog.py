@@ -120,7 +120,7 @@ async def drive_traffic(api: httpx.AsyncClient, tokens: Tokens) -> None:
             "idempotency_key": str(uuid.uuid4()),
         },
     )
-    assert signed_up.status_code == 200, signed_up.text
+    assert signed_up.status_code == 201, signed_up.text
     login = await api.post(
         "/v1/auth/token",
         data={"grant_type": "password", "username": "metrics@example.com", "password": PASSWORD},

@@ -111,11 +111,11 @@ EXPECTED: dict[str, dict[str, Outcome]] = {
     },
     # Public: each takes its own credential (a password, a refresh token) or none; the caller's
     # access token, if any, changes nothing.
-    "AuthService.SignUp": {
-        ANONYMOUS: (200, OK),
-        SELF: (200, OK),
-        OTHER: (200, OK),
-        ADMIN: (200, OK),
+    "AuthService.SignUp": {  # 201 Created with Location (issue 14)
+        ANONYMOUS: (201, OK),
+        SELF: (201, OK),
+        OTHER: (201, OK),
+        ADMIN: (201, OK),
     },
     "AuthService.IssueToken": {
         ANONYMOUS: (200, OK),

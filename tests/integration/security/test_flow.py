@@ -71,7 +71,7 @@ async def test_rest_sign_up_refresh_reuse_and_logout(api: httpx.AsyncClient, val
             "idempotency_key": str(uuid.uuid4()),
         },
     )
-    assert signed_up.status_code == 200, signed_up.text
+    assert signed_up.status_code == 201, signed_up.text
     user_id = signed_up.json()["user_id"]
 
     first = await token(api, "ada@example.com")

@@ -9,9 +9,13 @@ from types import ModuleType
 import protovalidate
 import pytest
 from google.api import annotations_pb2
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from portico.audit.v1 import audit_pb2
+from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
+from portico_common.interceptors import field_path
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -78,3 +82,43 @@ def test_field_rules_accept_good_input_and_an_unset_page_size() -> None:
     protovalidate.validate(users_pb2.CreateUserRequest(email="a@example.com", display_name="Ada"))
     protovalidate.validate(users_pb2.ListUsersRequest())
     protovalidate.validate(users_pb2.ListUsersRequest(page_size=100))
+
+
+def _string_fields(descriptor: Descriptor, prefix: str = "") -> list[str]:
+    """Dotted paths of the singular string fields a client sets in ``descriptor`` (nested too)."""
+    paths: list[str] = []
+    for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated:
+            paths.append(prefix + field.name)
+        elif field.message_type is not None and field.message_type.full_name.startswith("portico."):
+            paths.extend(_string_fields(field.message_type, f"{prefix}{field.name}."))
+    return paths
+
+
+def _request_string_fields() -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for module in (auth_pb2, users_pb2, audit_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                found += [
+                    (method.input_type.full_name, p) for p in _string_fields(method.input_type)
+                ]
+    return found
+
+
+@pytest.mark.parametrize(("message", "path"), _request_string_fields())
+def test_every_string_field_a_client_sets_refuses_a_nul(message: str, path: str) -> None:
+    """A NUL reached PostgreSQL and came back as a 500 (issue 14); each string field of each
+    request refuses one itself (``portico.validate.v1.no_nul``, or a format rule such as
+    ``uuid`` or ``email`` that already excludes it), so a new field without the rule fails here.
+    """
+    request = message_factory.GetMessageClass(
+        descriptor_pool.Default().FindMessageTypeByName(message)
+    )()
+    *parents, leaf = path.split(".")
+    holder = request
+    for name in parents:
+        holder = getattr(holder, name)
+    setattr(holder, leaf, "a\x00b")
+    violations = protovalidate.Validator().collect_violations(request)
+    assert path in {field_path(v) for v in violations}, violations

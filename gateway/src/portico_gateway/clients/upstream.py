@@ -14,6 +14,8 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
+from portico_gateway.errors import RequestError
+
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
@@ -51,8 +53,10 @@ class Upstream:
         """Call ``path`` (``/package.Service/Method``); raises ``grpc.aio.AioRpcError``.
 
         ``forwarded`` is extra metadata from the HTTP request (the caller's ``authorization``,
-        ``x-forwarded-for``), passed on as is.
+        ``x-forwarded-for``), passed on as is once :func:`check_metadata` has passed it: a value
+        gRPC cannot carry is a 400 naming the header.
         """
+        check_metadata(forwarded)
         timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         method = self._method(path, response_class)
         metadata = (("x-request-id", request_id), *forwarded)
@@ -67,6 +71,29 @@ class Upstream:
         except grpc.aio.AioRpcError as exc:
             return str(exc.code().name)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def sendable(value: str) -> bool:
+    """Whether gRPC can carry ``value`` as ASCII metadata: visible ASCII and spaces only.
+
+    HTTP/1.1 lets a header value hold a TAB and bytes 0x80-0xFF (``obs-text``); gRPC's C core
+    refuses them ("Illegal header value") and grpc.aio then never completes the call: the
+    request would hang until the client gave up. ``isascii() and isprintable()`` is exactly
+    0x20-0x7E, in C.
+    """
+    return value.isascii() and value.isprintable()
+
+
+def check_metadata(metadata: tuple[tuple[str, str], ...]) -> None:
+    """A 400 problem naming the first forwarded header whose value gRPC cannot carry."""
+    for key, value in metadata:
+        if not sendable(value):
+            raise RequestError(
+                400,
+                f"the {key} header holds characters that cannot be forwarded"
+                " (only visible ASCII and spaces are allowed)",
+                kind="invalid-header",
+            )
 
 
 def _serialize(message: Message) -> bytes:

@@ -15,6 +15,12 @@ outer BodyLimitMiddleware). Then:
    describe it — ``Content-Type``, ``Location``, ``ETag``, … but never ``X-Request-ID`` — and
    body) replaces the claim before the last body chunk reaches the client, and expires after the
    record TTL. A 5xx or 429 is not stored: the claim is released so that a retry runs again.
+   Nor is any answer of a request the route did not mark :func:`storable`: the routes mark a
+   request just before they call an upstream, and only when the answer carries no credential
+   (a token answer's fields are ``debug_redact`` in the proto). So an unknown path, a request
+   refused by the gateway itself, and a login or refresh leave no record: a token never sits in
+   Valkey, and a spent refresh token presented again with the same key meets reuse detection
+   instead of a replay of the live one.
 2. **Same key, same fingerprint, finished:** the stored response is replayed with
    ``Idempotent-Replayed: true``; the handler does not run.
 3. **Same key, other fingerprint:** 422 problem (the key was reused for a different request).
@@ -65,6 +71,8 @@ STORED_HEADERS = frozenset(
 )
 VALKEY_FAILURES = (ValkeyError, OSError)
 _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+#: ``scope["state"]`` flag: this request's answer may be stored (see :func:`storable`).
+STORABLE = "idempotency_storable"
 _FIRST_POLL_S, _MAX_POLL_S = 0.02, 0.25
 
 # KEYS[1] = record; ARGV = fingerprint, token, lock ms. Claims a free key (returns nil) or
@@ -95,6 +103,12 @@ return 0
 
 class _StoreUnavailableError(Exception):
     """Valkey failed while the outcome of the request still depended on it."""
+
+
+def storable(scope: Scope) -> None:
+    """Let this request's answer be stored for replay: a route calls it just before it calls an
+    upstream, unless the answer will carry credentials (see the module docstring)."""
+    scope.setdefault("state", {})[STORABLE] = True
 
 
 def parse_key(values: list[str]) -> str | None:
@@ -249,7 +263,12 @@ class IdempotencyMiddleware:
                         kept.append((name.decode("latin-1"), value.decode("latin-1")))
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
-                if not message.get("more_body", False) and status < 500 and status != 429:
+                if (
+                    not message.get("more_body", False)
+                    and status < 500
+                    and status != 429
+                    and scope.get("state", {}).get(STORABLE)
+                ):
                     # Stored before the client sees the end, so a retry after it always replays.
                     try:
                         args = [token, status, json.dumps(kept), b"".join(chunks), self.ttl_ms]
@@ -259,10 +278,11 @@ class IdempotencyMiddleware:
                         stored = True  # the claim expires with its lock TTL; retries get 409
             await send(message)
 
+        scope.setdefault("state", {})[STORABLE] = False  # until the route says otherwise
         try:
             await self.app(scope, receive, capture)
         finally:
-            if not stored:  # 5xx, 429, an exception or no response: a retry runs again
+            if not stored:  # 5xx, 429, not storable, an exception, no response: runs again
                 try:
                     await asyncio.shield(release(keys=[record_key], args=[token]))
                 except VALKEY_FAILURES as exc:

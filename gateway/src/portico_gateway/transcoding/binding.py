@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.protobuf.message import Message
 
+from portico.rest.v1 import rest_pb2
 from portico_gateway.transcoding.request import find_field
 from portico_gateway.transcoding.template import PathTemplate, UnsupportedTemplate
 
@@ -25,6 +26,8 @@ class Binding:
     request_class: type[Message]
     response_class: type[Message]
     index: int = 0  # 0 for the rule itself, 1… for its additional_bindings
+    #: The answer carries a credential (a ``debug_redact`` field): never stored for replays.
+    credentials: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -68,7 +71,25 @@ class Binding:
         return "etag" in self.method.input_type.fields_by_name
 
     @property
+    def created_location(self) -> str:
+        """The ``portico.rest.v1.created_location`` template of the RPC ('' without one)."""
+        return str(self.method.GetOptions().Extensions[rest_pb2.created_location])
+
+    @property
     def success_status(self) -> int:
         if not self.result_descriptor.fields:
             return 204
-        return 201 if self.verb == "post" and self.method.name.startswith("Create") else 200
+        creates = self.method.name.startswith("Create") or bool(self.created_location)
+        return 201 if self.verb == "post" and creates else 200
+
+
+def redacts(descriptor: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether a message of ``descriptor`` can hold a ``debug_redact`` field (a credential)."""
+    if descriptor.full_name in seen:
+        return False
+    inner = seen | {descriptor.full_name}
+    return any(
+        field.GetOptions().debug_redact
+        or (field.message_type is not None and redacts(field.message_type, inner))
+        for field in descriptor.fields
+    )

@@ -9,7 +9,9 @@ response, and whose OpenAPI operation is built from the descriptors and proto co
 Conventions on top of grpc-gateway's (AIP standard methods):
 
 * a POST of an RPC named ``Create…`` answers **201** with ``Location: <path>/<id>`` (the
-  returned resource's ``id``);
+  returned resource's ``id``); so does a POST of an RPC with the option
+  ``portico.rest.v1.created_location``, whose template (``/v1/users/{user_id}``) is filled from
+  the response's fields;
 * a response message without fields (``DeleteUserResponse``) answers **204** with no body;
 * PATCH with ``body: "<field>"`` and a ``google.protobuf.FieldMask update_mask``: the gateway
   fills the mask with the fields present in the JSON body (grpc-gateway's rule; nested objects
@@ -26,6 +28,7 @@ Conventions on top of grpc-gateway's (AIP standard methods):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -42,15 +45,17 @@ from starlette.routing import compile_path
 from portico_common.access import rule_of
 from portico_gateway.clients.upstream import Upstream
 from portico_gateway.middleware.authentication import enforce, enforce_authenticated
+from portico_gateway.middleware.idempotency import storable
 from portico_gateway.request_context import request_id_of
 from portico_gateway.transcoding import openapi
-from portico_gateway.transcoding.binding import Binding
+from portico_gateway.transcoding.binding import Binding, redacts
 from portico_gateway.transcoding.headers import parse_if_match, parse_timeout
 from portico_gateway.transcoding.json_out import to_dict
 from portico_gateway.transcoding.request import build_message, mask_paths, read_body
 from portico_gateway.transcoding.template import UnsupportedTemplate, parse_template
 
 _VERBS = ("get", "put", "post", "delete", "patch")
+_LOCATION_FIELD = re.compile(r"\{(\w+)\}")
 
 
 def _rules(rule: http_pb2.HttpRule) -> list[http_pb2.HttpRule]:
@@ -78,8 +83,12 @@ def bindings_of(upstream: str, service: ServiceDescriptor) -> list[Binding]:
                 request_class=message_factory.GetMessageClass(method.input_type),
                 response_class=message_factory.GetMessageClass(method.output_type),
                 index=index,
+                credentials=redacts(method.output_type),
             )
-            _ = binding.result_descriptor  # validates response_body now, not per request
+            result = binding.result_descriptor  # validates response_body now, not per request
+            for name in _LOCATION_FIELD.findall(binding.created_location):
+                if name not in result.fields_by_name:
+                    raise UnsupportedTemplate(f"{method.full_name}: created_location {{{name}}}")
             found.append(binding)
     return found
 
@@ -120,7 +129,9 @@ def render(binding: Binding, request: Request, reply: Message) -> Response:
     headers: dict[str, str] = {}
     fields = result.DESCRIPTOR.fields_by_name
     resource_id = str(getattr(result, "id")) if "id" in fields else ""  # noqa: B009
-    if status == 201 and resource_id:
+    if status == 201 and (template := binding.created_location):
+        headers["Location"] = _LOCATION_FIELD.sub(lambda m: str(getattr(result, m[1])), template)
+    elif status == 201 and resource_id:
         headers["Location"] = f"{request.url.path.rstrip('/')}/{resource_id}"
     etag = str(getattr(result, "etag")) if "etag" in fields else ""  # noqa: B009
     if etag:
@@ -131,6 +142,9 @@ def render(binding: Binding, request: Request, reply: Message) -> Response:
 #: The header with which testers reach the canary of every service in a mesh (Argo Rollouts'
 #: header route, see istio/README.md); passed on so one request stays on the canary path.
 CANARY_HEADER = "x-portico-canary"
+#: Every request header :func:`forwarded_metadata` passes on (a value gRPC cannot carry is a 400,
+#: see :func:`~portico_gateway.clients.upstream.check_metadata`).
+FORWARDED_HEADERS = ("authorization", CANARY_HEADER, "x-forwarded-for")
 
 
 def forwarded_metadata(request: Request) -> tuple[tuple[str, str], ...]:
@@ -196,6 +210,8 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
             request.headers.get("grpc-timeout"), request.headers.get("request-timeout")
         )
         upstream: Upstream = request.state.upstreams[binding.upstream]
+        if not binding.credentials:
+            storable(request.scope)  # an Idempotency-Key replay may store this answer
         reply = await upstream.call(
             binding.rpc_path,
             message,

@@ -73,6 +73,8 @@ def is_required(field: FieldDescriptor) -> bool:
     rules = _field_rules(field)
     if rules is None or (field.has_presence and field.message_type is None):
         return False  # optional scalars are checked only when set
+    if rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
+        return False  # left out (empty) is accepted: the rules apply to a value that is sent
     if rules.required:
         return True
     if rules.HasField("string"):

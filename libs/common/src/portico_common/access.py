@@ -29,7 +29,13 @@ from google.protobuf.message import Message
 
 from portico.access.v1 import access_pb2
 from portico_common.interceptors import HandlerCache
-from portico_common.tokens import InvalidToken, Principal, TokenVerifier, bearer_token
+from portico_common.tokens import (
+    InvalidToken,
+    Principal,
+    SessionStoreUnavailable,
+    TokenVerifier,
+    bearer_token,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -156,8 +162,8 @@ async def authenticate(
         return await verifier.verify(token, read_only=read_only)
     except InvalidToken as exc:
         raise Unauthenticated(exc.reason) from None
-    except Exception as exc:  # the Valkey client's errors: connection, timeout …
-        _log.warning("session check failed: %s: %s", type(exc).__name__, exc)
+    except SessionStoreUnavailable as exc:  # only the store's errors, never a bad token's
+        _log.warning("session check failed: %s", exc)
         raise SessionCheckUnavailable() from exc
 
 

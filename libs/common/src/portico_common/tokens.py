@@ -35,7 +35,9 @@ creates the session there first), and access tokens live at most 15 minutes, so 
 token can still do during an outage is read, for what is left of its lifetime, unless this
 process saw the revocation. SECURITY.md ("Revocable sessions") states the trade-off.
 
-Errors are :class:`InvalidToken` with a short, client-safe ``reason``; details stay in logs.
+Errors are :class:`InvalidToken` with a short, client-safe ``reason`` (any malformed token,
+however it is malformed: too long, nested too deeply to parse …), or
+:class:`SessionStoreUnavailable` when the session store could not be asked; details stay in logs.
 No per-request call reaches the auth service.
 """
 
@@ -61,6 +63,10 @@ from portico_common.config import SessionStoreSettings, get_session_store_settin
 _log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
+#: Longer tokens are malformed without being parsed: Portico's are about 400 characters, and a
+#: JSON header or payload nested thousands deep (which makes the parser raise RecursionError)
+#: needs thousands of characters.
+MAX_TOKEN_CHARS = 4096
 REQUIRED_CLAIMS = ("sub", "sid", "roles", "iss", "aud", "exp", "iat", "jti")
 
 Jwk = Mapping[str, str]
@@ -73,6 +79,11 @@ class InvalidToken(Exception):  # noqa: N818 (reads as the condition; maps to UN
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SessionStoreUnavailable(Exception):  # noqa: N818 (maps to UNAVAILABLE / 503)
+    """The session store could not be asked, and the policy does not accept the token without
+    it; the store's own error is the ``__cause__``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +320,7 @@ def _remember(memory: dict[str, Any], key: str, value: Any, limit: int) -> None:
 def _segment(part: str) -> dict[str, Any]:
     try:
         value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidToken("malformed token") from None
     if not isinstance(value, dict):
         raise InvalidToken("malformed token")
@@ -353,9 +364,9 @@ class TokenVerifier:
         sid = principal.session_id
         try:
             alive = await self._sessions.alive(sid)
-        except Exception:  # the store's errors: connection refused, timeout, …
+        except Exception as exc:  # the store's errors: connection refused, timeout, …
             if not self._tolerated(sid, read_only=read_only):
-                raise
+                raise SessionStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
             return principal
         if not alive:
             self._seen_alive.pop(sid, None)
@@ -400,7 +411,7 @@ class TokenVerifier:
 
     async def _check_signature_and_claims(self, token: str) -> tuple[str, Principal]:
         parts = token.split(".")
-        if len(parts) != 3 or not all(parts):
+        if len(token) > MAX_TOKEN_CHARS or len(parts) != 3 or not all(parts):
             raise InvalidToken("malformed token")
         header = _segment(parts[0])
         if header.get("alg") != ALGORITHM:
@@ -431,7 +442,7 @@ class TokenVerifier:
             raise InvalidToken("token from another issuer") from None
         except jwt.InvalidSignatureError:
             raise InvalidToken("bad token signature") from None
-        except jwt.PyJWTError:
+        except jwt.PyJWTError:  # also a payload too deep to parse (PyJWT catches RecursionError)
             raise InvalidToken("invalid token") from None
         return kid, _principal(claims)
 

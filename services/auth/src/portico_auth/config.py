@@ -46,10 +46,17 @@ class ValkeySettings(service_settings.ValkeySettings):
 
 
 class ThrottleSettings(BaseModel):
-    """Login attempts allowed per fixed window, per account (email) and per client address."""
+    """Attempts allowed per fixed window (see :mod:`portico_auth.throttle`)."""
 
-    account_limit: int = Field(default=10, ge=1)
+    #: Logins per account from one client address: what stops one guesser.
+    account_client_limit: int = Field(default=10, ge=1)
+    #: Logins per account from all addresses: a ceiling far above what one client may try, so
+    #: that an attacker's failures from one address cannot lock the owner out.
+    account_limit: int = Field(default=100, ge=1)
+    #: Logins per client address, across accounts.
     address_limit: int = Field(default=50, ge=1)
+    #: Sign-ups per client address.
+    signup_address_limit: int = Field(default=20, ge=1)
     window_s: float = Field(default=900.0, gt=0)
 
 

@@ -91,9 +91,19 @@ class AuthService:
     # ---------------------------------------------------------------- sign-up
 
     async def sign_up(
-        self, *, email: str, display_name: str, password: str, idempotency_key: UUID
+        self,
+        *,
+        email: str,
+        display_name: str,
+        password: str,
+        idempotency_key: UUID,
+        address: str,
     ) -> Credential:
-        """Create user and credential (see the module docstring); the active credential."""
+        """Create user and credential (see the module docstring); the active credential.
+
+        Throttled per client ``address`` (each attempt costs an argon2id hash and a user).
+        """
+        await self._throttle.sign_up(address=address)
         earlier = await self._credentials.by_key(idempotency_key)
         if earlier is None:
             if await self._credentials.by_email(email) is not None:
@@ -211,7 +221,7 @@ class AuthService:
             _log.info("removing the credential of deleted user %s", credential.user_id)
             await self._credentials.delete(credential.id)
             raise Unauthenticated(BAD_CREDENTIALS)
-        await self._throttle.succeeded(email=email)
+        await self._throttle.succeeded(email=email, address=address)
         if self._passwords.needs_rehash(credential.password_hash):
             await self._credentials.set_password_hash(
                 credential.id, await self._passwords.hash(password)

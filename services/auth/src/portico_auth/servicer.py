@@ -7,7 +7,7 @@ error interceptor.
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import grpc
 
@@ -49,7 +49,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             email=request.email,
             display_name=request.display_name,
             password=request.password,
-            idempotency_key=UUID(request.idempotency_key),
+            # optional: without one, a retry meets the email this sign-up reserved (409)
+            idempotency_key=UUID(request.idempotency_key) if request.idempotency_key else uuid4(),
+            address=client_address(context.invocation_metadata(), context.peer()),
         )
         return auth_pb2.SignUpResponse(user_id=str(credential.user_id), email=credential.email)
 

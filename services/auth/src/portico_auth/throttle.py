@@ -1,13 +1,22 @@
-"""Login throttling: fixed-window attempt counters in Valkey, per account and per client address.
+"""Login and sign-up throttling: fixed-window attempt counters in Valkey.
 
-Keys: ``<prefix>throttle:account:<sha256(lowercased email)>`` (the email is hashed so that no
-address book accumulates in Valkey) and ``<prefix>throttle:address:<client address>``. Each
-login attempt runs one Lua script per key: ``INCR``, and ``PEXPIRE window`` on the first
-attempt of the window; the script returns the count and the time left. An attempt over either
-limit is refused with ``ResourceExhausted`` (RESOURCE_EXHAUSTED + ``google.rpc.RetryInfo`` of
-the time left) before the password is looked at. Unknown accounts are counted exactly like
+A login counts against three keys, each with its limit (``AUTH_THROTTLE__*``):
+
+* ``<prefix>throttle:account-client:<sha256(email)>:<address>``: one client guessing one
+  account's password (``account_client_limit``, 10);
+* ``<prefix>throttle:account:<sha256(email)>``: all clients together on one account, a ceiling
+  far higher (``account_limit``, 100), so that an attacker's failures from one address (or a
+  few) throttle the attacker, not the owner who logs in from elsewhere;
+* ``<prefix>throttle:address:<address>``: one client across accounts (``address_limit``).
+
+A sign-up counts against ``<prefix>throttle:signup:<address>`` (``signup_address_limit``). The
+email is hashed so that no address book accumulates in Valkey. Each attempt runs one Lua script
+per key: ``INCR``, and ``PEXPIRE window`` on the first attempt of the window; the script returns
+the count and the time left. An attempt over any limit is refused with ``ResourceExhausted``
+(RESOURCE_EXHAUSTED + ``google.rpc.RetryInfo`` of the time left, which the gateway sends as
+``Retry-After``) before the password is looked at. Unknown accounts are counted exactly like
 known ones, so the throttle says nothing about which emails exist. A successful login clears its
-account's counter (not the address's).
+account's counters (not the address's).
 
 The client address is the **last** entry of ``x-forwarded-for`` (the one the gateway appended
 for the peer it saw; earlier entries are client-supplied and spoofable), else the gRPC peer.
@@ -62,8 +71,12 @@ def client_address(metadata: Any, peer: str) -> str:
     return peer[:64] or "unknown"
 
 
+def _digest(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
+
+
 class LoginThrottle:
-    """Counts login attempts and refuses those over the limits."""
+    """Counts login and sign-up attempts and refuses those over the limits."""
 
     def __init__(self, client: Valkey, settings: ThrottleSettings, *, key_prefix: str) -> None:
         self._client = client
@@ -74,18 +87,33 @@ class LoginThrottle:
         self._healthy = True
 
     def account_key(self, email: str) -> str:
-        digest = hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
-        return f"{self._prefix}throttle:account:{digest}"
+        return f"{self._prefix}throttle:account:{_digest(email)}"
+
+    def account_client_key(self, email: str, address: str) -> str:
+        return f"{self._prefix}throttle:account-client:{_digest(email)}:{address}"
 
     def address_key(self, address: str) -> str:
         return f"{self._prefix}throttle:address:{address}"
 
+    def signup_key(self, address: str) -> str:
+        return f"{self._prefix}throttle:signup:{address}"
+
     async def attempt(self, *, email: str, address: str) -> None:
-        """Count one attempt; raise ``ResourceExhausted`` when it is over a limit."""
-        checks = (
-            (self.account_key(email), self._settings.account_limit),
-            (self.address_key(address), self._settings.address_limit),
+        """Count one login attempt; raise ``ResourceExhausted`` when it is over a limit."""
+        settings = self._settings
+        await self._count(
+            (
+                (self.account_client_key(email, address), settings.account_client_limit),
+                (self.account_key(email), settings.account_limit),
+                (self.address_key(address), settings.address_limit),
+            )
         )
+
+    async def sign_up(self, *, address: str) -> None:
+        """Count one sign-up attempt; raise ``ResourceExhausted`` when it is over the limit."""
+        await self._count(((self.signup_key(address), self._settings.signup_address_limit),))
+
+    async def _count(self, checks: tuple[tuple[str, int], ...]) -> None:
         retry_after_ms = 0
         try:
             for key, limit in checks:
@@ -99,10 +127,12 @@ class LoginThrottle:
         if retry_after_ms:
             raise ResourceExhausted(retry_after_s=retry_after_ms / 1000)
 
-    async def succeeded(self, *, email: str) -> None:
+    async def succeeded(self, *, email: str, address: str) -> None:
         """A login succeeded: forget the account's failed attempts."""
         try:
-            await self._client.delete(self.account_key(email))
+            await self._client.delete(
+                self.account_key(email), self.account_client_key(email, address)
+            )
         except VALKEY_FAILURES as exc:
             self._failed(exc)
 

@@ -16,10 +16,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from portico_common.tokens import (
+    MAX_TOKEN_CHARS,
     InvalidToken,
     Jwk,
     JwksCache,
     SessionStorePolicy,
+    SessionStoreUnavailable,
     TokenVerifier,
     bearer_token,
     public_key_of,
@@ -172,6 +174,45 @@ async def test_bad_tokens_are_refused(case: str, key: Key, verifier: TokenVerifi
         await verifier.verify(BAD_TOKENS[case](key))
 
 
+def _signed_raw(key: Key, payload: bytes) -> str:
+    """A token signed by ``key`` over any payload bytes (PyJWT cannot encode a deep one)."""
+    head = _b64(json.dumps({"alg": "EdDSA", "typ": "JWT", "kid": key.kid}).encode())
+    body = _b64(payload)
+    return f"{head}.{body}.{_b64(key.private.sign(f'{head}.{body}'.encode()))}"
+
+
+async def test_a_signed_payload_too_deep_to_parse_is_malformed(
+    key: Key, verifier: TokenVerifier
+) -> None:
+    """Signature good, payload nested deeper than the JSON parser recurses, length within
+    MAX_TOKEN_CHARS (PyJWT turns the parser's RecursionError into a DecodeError)."""
+    depth = 1400
+    token = _signed_raw(key, b"[" * depth + b"]" * depth)
+    assert len(token) <= MAX_TOKEN_CHARS
+    with pytest.raises(InvalidToken):
+        await verifier.verify(token)
+
+
+async def test_a_header_too_deep_to_parse_is_malformed(key: Key, verifier: TokenVerifier) -> None:
+    """The header is parsed by the verifier itself (alg, kid): its RecursionError escaped and
+    was taken for a session-store outage (issue 14, item 3)."""
+    depth = 1400
+    head = _b64(b'{"alg":"EdDSA","kid":"k1","x":' + b"[" * depth + b"]" * depth + b"}")
+    token = f"{head}.{_b64(b'{}')}.{_b64(b'sig')}"
+    assert len(token) <= MAX_TOKEN_CHARS
+    with pytest.raises(InvalidToken, match="malformed token"):
+        await verifier.verify(token)
+
+
+async def test_a_token_longer_than_the_bound_is_malformed_unparsed(
+    key: Key, verifier: TokenVerifier, decoded: list[str]
+) -> None:
+    token = sign(key, claims(pad="x" * MAX_TOKEN_CHARS))
+    with pytest.raises(InvalidToken, match="malformed token"):
+        await verifier.verify(token)
+    assert decoded == []  # refused before PyJWT saw it
+
+
 async def test_an_ended_session_refuses_its_tokens(
     key: Key, sessions: Sessions, verifier: TokenVerifier
 ) -> None:
@@ -311,7 +352,7 @@ async def test_store_down_closed_mode_refuses_every_token(key: Key, sessions: Se
     await verifier.verify(token)
     sessions.down = True
     for read_only in (True, False):
-        with pytest.raises(ConnectionError):
+        with pytest.raises(SessionStoreUnavailable):
             await verifier.verify(token, read_only=read_only)
 
 
@@ -338,10 +379,10 @@ async def test_store_down_degraded_mode_writes_need_a_recently_seen_session(
     sessions.down = True
     now[0] = 160.0
     assert await verifier.verify(seen)  # 60 s later: still within the grace
-    with pytest.raises(ConnectionError):
+    with pytest.raises(SessionStoreUnavailable):
         await verifier.verify(unseen)  # never seen alive: cannot be checked, not accepted
     now[0] = 160.5
-    with pytest.raises(ConnectionError):
+    with pytest.raises(SessionStoreUnavailable):
         await verifier.verify(seen)  # the grace has passed
     assert await verifier.verify(seen, read_only=True)  # reads still work
 
@@ -366,6 +407,6 @@ async def test_store_down_memory_of_sessions_is_bounded(key: Key, sessions: Sess
     for token in tokens:
         await verifier.verify(token)
     sessions.down = True
-    with pytest.raises(ConnectionError):  # the oldest session was forgotten
+    with pytest.raises(SessionStoreUnavailable):  # the oldest session was forgotten
         await verifier.verify(tokens[0])
     assert await verifier.verify(tokens[2])

@@ -27,9 +27,10 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from portico.access.v1 import access_pb2 as portico_dot_access_dot_v1_dot_access__pb2
+from portico.validate.v1 import rules_pb2 as portico_dot_validate_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cportico/audit/v1/audit.proto\x12\x10portico.audit.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eportico/access/v1/access.proto\"\xf5\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07payload\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08trace_id\x18\t \x01(\t\"\xad\x02\n\x16ListAuditEventsRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x01H\x00\x88\x01\x01\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\xac\x01\n\x07subject\x18\x03 \x01(\tB\x9a\x01\xbaH\x96\x01\xba\x01\x92\x01\n\x15subject.uuid_or_empty\x12\x17must be a UUID or empty\x1a`this.matches(\'^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$\')\x12\x15\n\x04type\x18\x04 \x01(\tB\x07\xbaH\x04r\x02\x18\x64\x42\x0c\n\n_page_size\"`\n\x17ListAuditEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.portico.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9c\x01\n\x0c\x41uditService\x12\x8b\x01\n\x0fListAuditEvents\x12(.portico.audit.v1.ListAuditEventsRequest\x1a).portico.audit.v1.ListAuditEventsResponse\"#\xca\xf3\x18\x07\x1a\x05\x61\x64min\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/eventsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cportico/audit/v1/audit.proto\x12\x10portico.audit.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eportico/access/v1/access.proto\x1a\x1fportico/validate/v1/rules.proto\"\xf5\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07payload\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08trace_id\x18\t \x01(\t\"\xb3\x02\n\x16ListAuditEventsRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x01H\x00\x88\x01\x01\x12\x1f\n\npage_token\x18\x02 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x04\xc0>\x01\x12\xac\x01\n\x07subject\x18\x03 \x01(\tB\x9a\x01\xbaH\x96\x01\xba\x01\x92\x01\n\x15subject.uuid_or_empty\x12\x17must be a UUID or empty\x1a`this.matches(\'^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$\')\x12\x18\n\x04type\x18\x04 \x01(\tB\n\xbaH\x07r\x05\x18\x64\xc0>\x01\x42\x0c\n\n_page_size\"`\n\x17ListAuditEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.portico.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9c\x01\n\x0c\x41uditService\x12\x8b\x01\n\x0fListAuditEvents\x12(.portico.audit.v1.ListAuditEventsRequest\x1a).portico.audit.v1.ListAuditEventsResponse\"#\xca\xf3\x18\x07\x1a\x05\x61\x64min\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/eventsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,19 +40,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\006\032\004\030d(\001'
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
-  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\010r\006\030\200\004\300>\001'
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['subject']._loaded_options = None
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['subject']._serialized_options = b'\272H\226\001\272\001\222\001\n\025subject.uuid_or_empty\022\027must be a UUID or empty\032`this.matches(\'^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$\')'
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['type']._loaded_options = None
-  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['type']._serialized_options = b'\272H\004r\002\030d'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['type']._serialized_options = b'\272H\007r\005\030d\300>\001'
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\312\363\030\007\032\005admin\202\323\344\223\002\022\022\020/v1/audit/events'
-  _globals['_AUDITEVENT']._serialized_start=205
-  _globals['_AUDITEVENT']._serialized_end=450
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=453
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=754
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=756
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=852
-  _globals['_AUDITSERVICE']._serialized_start=855
-  _globals['_AUDITSERVICE']._serialized_end=1011
+  _globals['_AUDITEVENT']._serialized_start=238
+  _globals['_AUDITEVENT']._serialized_end=483
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=486
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=793
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=795
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=891
+  _globals['_AUDITSERVICE']._serialized_start=894
+  _globals['_AUDITSERVICE']._serialized_end=1050
 # @@protoc_insertion_point(module_scope)

@@ -35,8 +35,8 @@ class SignUpRequest(_message.Message):
     password: _builtins.str
     """The password: 12 to 128 characters."""
     idempotency_key: _builtins.str
-    """Client-chosen key (a UUID) that makes retries safe: send the same key when retrying the
-    same sign-up, a new one for a new sign-up.
+    """Optional client-chosen key (a UUID) that makes retries safe: send the same key when retrying
+    the same sign-up, a new one for a new sign-up; leave it out and the service makes one.
     """
     def __init__(
         self,
@@ -128,7 +128,10 @@ Global___IssueTokenRequest: _TypeAlias = IssueTokenRequest  # noqa: Y015
 
 @_typing.final
 class IssueTokenResponse(_message.Message):
-    """Response of AuthService.IssueToken: RFC 6749 section 5.1."""
+    """Response of AuthService.IssueToken: RFC 6749 section 5.1. Its tokens are credentials
+    (`debug_redact`): the gateway never stores such an answer for an Idempotency-Key replay, and
+    protobuf's text format redacts them.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

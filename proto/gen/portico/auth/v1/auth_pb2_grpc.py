@@ -110,20 +110,23 @@ class AuthServiceServicer:
 
     def SignUp(self, request, context):
         """Sign up: create a user (through portico.users.v1.UserService) together with its password
-        credential. Answers 200 (the RPC is not named Create…), ALREADY_EXISTS (HTTP 409) when the
-        email is taken.
+        credential. Answers 201 Created with `Location: /v1/users/<user_id>` (gRPC: the response),
+        ALREADY_EXISTS (HTTP 409) when the email is taken.
 
         Consistency (no user without a credential, no credential without a user): the credential is
         first stored as a *pending* row keyed by `idempotency_key` that also reserves the email;
         then the user is created; then the row is activated with the user's id. Only active
         credentials can log in. A pending row is always driven to an end: a retry with the same
         `idempotency_key` resumes it with the first request's password and display name (creating
-        the user, or adopting the one an interrupted attempt created, found by email); a background reconciler does the same for pending rows older than
-        AUTH_SIGNUP__PENDING_TIMEOUT_S whose client never came back; a pending row whose email
-        belongs to a user that existed before the row is dropped (ALREADY_EXISTS). When activation
-        fails after the user was created, the user is deleted again (compensation), and if even
-        that fails the next retry or the reconciler adopts it. A retry of a completed sign-up with
-        the same key returns the same user; the same key with another email is INVALID_ARGUMENT.
+        the user, or adopting the one an interrupted attempt created, found by email); a background
+        reconciler does the same for pending rows older than AUTH_SIGNUP__PENDING_TIMEOUT_S whose
+        client never came back; a pending row whose email belongs to a user that existed before the
+        row is dropped (ALREADY_EXISTS). When activation fails after the user was created, the user
+        is deleted again (compensation), and if even that fails the next retry or the reconciler
+        adopts it. A retry of a completed sign-up with the same key returns the same user; the same
+        key with another email is INVALID_ARGUMENT. Without a key the service makes one: a retry
+        then meets the reserved email (ALREADY_EXISTS), and REST clients make retries safe with the
+        `Idempotency-Key` header instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
