@@ -19,7 +19,7 @@ from portico_common.telemetry import propagator, sampler
 from portico_gateway.telemetry import http_metrics
 from portico_users.cache import CACHE_HIT, cache_requests
 
-SEMCONV = Path(__file__).resolve().parents[3] / "observability" / "semconv.yaml"
+SEMCONV = Path(__file__).resolve().parents[4] / "observability" / "semconv.yaml"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 

@@ -38,7 +38,7 @@ class Target:
 
 def rules_dir() -> Path:
     """``observability/prometheus/rules`` of the source checkout the launcher runs from."""
-    return Path(__file__).resolve().parents[3] / "observability" / "prometheus" / "rules"
+    return Path(__file__).resolve().parents[4] / "observability" / "prometheus" / "rules"
 
 
 def find_binary(name: str) -> str | None:
