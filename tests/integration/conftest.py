@@ -1,4 +1,4 @@
-"""Real backends for the integration tier (STYLE.md 2.7).
+"""Real backends for the integration tier: real servers, no mocks, never skipped for want of Docker.
 
 Which PostgreSQL and Valkey, in order of precedence:
 
