@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from portico_audit.config import AuditSettings, ConsumerSettings, PostgresSettings, ValkeySettings
-from tests.integration.timeouts import VALKEY_TIMEOUT_S
-from tests.integration.tokens import signing_material
+from tests.support.timeouts import VALKEY_TIMEOUT_S
+from tests.support.tokens import signing_material
 
 STREAM = "portico:events:v1"
 DEAD = "portico:events:v1:dead"

@@ -15,7 +15,7 @@ from portico_auth.config import (
     SignUpSettings,
     ValkeySettings,
 )
-from tests.integration.timeouts import VALKEY_TIMEOUT_S
+from tests.support.timeouts import VALKEY_TIMEOUT_S
 
 #: argon2id parameters small enough for a fast suite (production uses the defaults).
 FAST_ARGON2 = Argon2Settings(time_cost=1, memory_cost_kib=1024, parallelism=1)
