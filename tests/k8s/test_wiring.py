@@ -43,7 +43,7 @@ REQUIRED_EDGES = {
 }
 #: Read by the OpenTelemetry SDK itself (``Resource.create``), not by a settings class.
 SDK_VARIABLES = {"OTEL_RESOURCE_ATTRIBUTES"}
-#: The platform's telemetry, installed separately (README "Observability"): its namespace, and the
+#: The platform's telemetry, installed separately (docs/telemetry.md): its namespace, and the
 #: labels of the Prometheus and collector pods.
 OBSERVABILITY = "observability"
 PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}

@@ -52,7 +52,7 @@ def entry(
     traceparent: str = "",
     **fields: str,
 ) -> dict[str, str]:
-    """A stream entry as the outbox relay writes it (README "Events")."""
+    """A stream entry as the outbox relay writes it (docs/architecture.md, "Events")."""
     return {
         "id": event_id or str(uuid.uuid4()),
         "type": type_,
