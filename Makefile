@@ -210,10 +210,6 @@ bench: sync ## Benchmark the full path against same-run baselines (BENCH_ARGS="-
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends wrk; }
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-.PHONY: bench-server-models
-bench-server-models: sync ## gRPC server models for the users hot path, A/B interleaved: aio+uvloop, aio, sync pool, sync + loop thread (SERVER_MODELS_ARGS="--help")
-	$(BIN)/python -m bench.server_models $(SERVER_MODELS_ARGS)
-
 .PHONY: soak
 soak: sync ## Soak the stack at a fixed rate (SOAK_ARGS="--duration 300 --rate 50"): errors, p99 over time, RSS growth; JSON in bench/results/
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)

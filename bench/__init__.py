@@ -1,4 +1,4 @@
-"""Portico's benchmark harness: ``make bench`` / ``python -m bench`` (see the README, "Benchmarks").
+"""Portico's benchmark harness: ``make bench`` / ``python -m bench`` (see docs/benchmarks.md).
 
 One run starts the ``make run`` stack (:class:`portico_devstack.launcher.Stack`) plus same-run
 baselines on loopback, then measures every case of :mod:`bench.cases` with its variants

@@ -75,42 +75,6 @@ class Watched:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Memory:
-    """One process's memory from ``/proc/<pid>/smaps_rollup`` (MiB) and its thread count.
-
-    ``rss`` is what psutil, ``ps`` and the bench targets report. It splits into ``anon`` (the
-    process's own heap: Python objects, malloc arenas, thread stacks touched) and ``file`` (pages
-    of mapped files: the interpreter, extension modules and shared libraries, shared with every
-    other process mapping them). ``pss`` divides each shared page by the number of processes
-    mapping it: the stack's four Python processes share most of their ``file`` pages.
-    """
-
-    rss: float
-    pss: float
-    anon: float
-    file: float
-    threads: int
-
-
-def memory(pid: int) -> Memory:
-    """:class:`Memory` of ``pid`` (Linux only)."""
-    fields: dict[str, float] = {}
-    with open(f"/proc/{pid}/smaps_rollup") as rollup:
-        for line in rollup:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == "kB":
-                fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
-    rss, anon = fields["Rss"], fields.get("Anonymous", 0.0)
-    return Memory(
-        rss=rss,
-        pss=fields["Pss"],
-        anon=anon,
-        file=rss - anon,
-        threads=psutil.Process(pid).num_threads(),
-    )
-
-
 def cpu_us_per_request(before: Sample, after: Sample, requests: int) -> dict[str, float]:
     """CPU microseconds per request for each watched process, plus ``loadgen``."""
     n = max(requests, 1)

@@ -7,7 +7,8 @@ It renders the overlay (``kubectl kustomize``), takes its ``postgres`` Cluster a
 that bootstraps with ``bootstrap.recovery`` from the overlay's object store (base backup + WAL
 replayed up to ``recoveryTarget.targetTime``) instead of ``initdb``. The new cluster archives its
 own WAL under a new ``serverName`` so it never writes into the archive it restores from.
-README "Kubernetes" → "Restore" lists the whole procedure. Needs PyYAML (the tools venv).
+docs/kubernetes.md ("Restore (point in time)") lists the whole procedure. Needs PyYAML (the
+tools venv).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Estimate the five images' sizes without a Docker engine (README "Kubernetes" > "Images"):
+# Estimate the five images' sizes without a Docker engine (docs/kubernetes.md, "Images"):
 #   * the runtime base: the Debian 12 packages gcr.io/distroless/python3-debian12 is built from
 #     (its base, cc and python3 layers), downloaded with apt-get and unpacked;
 #   * each image's virtualenv, built the way its Dockerfile builds it: Debian 12's

@@ -105,7 +105,7 @@ def start_stack(
         "GATEWAY_RATE_LIMIT_ADDRESS_PER_MINUTE": "0",
         "GATEWAY_RATE_LIMIT_USER_PER_MINUTE": "0",
         # schemathesis sends hundreds of logins and sign-ups from 127.0.0.1; the throttles are
-        # proven by the integration tier, and the README walkthroughs that log in run after it.
+        # proven by the integration tier, and the documented walkthroughs that log in run after it.
         "AUTH_THROTTLE__ADDRESS_LIMIT": "1000000",
         "AUTH_THROTTLE__SIGNUP_ADDRESS_LIMIT": "1000000",
     }

@@ -1,4 +1,5 @@
-"""The stack as users meet it: README examples, REST, gRPC reflection and stubs, start and stop."""
+"""The stack as users meet it: the documented walkthroughs, REST, gRPC reflection and stubs, start
+and stop."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "services" / "users" / "examples"
 
 
-def readme_block(marker: str) -> str:
-    """The fenced code block after ``<!-- marker -->`` in the README."""
-    text = (ROOT / "README.md").read_text()
+def doc_block(marker: str, page: str = "README.md") -> str:
+    """The fenced code block after ``<!-- marker -->`` in ``page`` (from the repository root)."""
+    text = (ROOT / page).read_text()
     match = re.search(rf"<!-- {marker} -->\s*```(?:bash|sh)\n(.*?)```", text, re.DOTALL)
-    assert match, f"README.md has no block marked {marker}"
+    assert match, f"{page} has no block marked {marker}"
     return match.group(1)
 
 
@@ -49,7 +50,7 @@ def run_bash(script: str, stack: Stack) -> str:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README examples use curl")
 def test_readme_rest_walkthrough_works_as_printed(stack: Stack) -> None:
-    out = run_bash(readme_block("e2e:rest"), stack)
+    out = run_bash(doc_block("e2e:rest"), stack)
     assert '401 Bearer realm="portico"' in out  # no token
     assert '"email":"admin@example.com"' in out  # /v1/users/me
     assert re.search(r"^/v1/users/[0-9a-f-]{36}$", out, re.MULTILINE), out
@@ -64,7 +65,7 @@ def test_readme_rest_walkthrough_works_as_printed(stack: Stack) -> None:
 
 
 def test_readme_grpc_examples_work_as_printed(stack: Stack) -> None:
-    out = run_bash(readme_block("e2e:grpc"), stack)
+    out = run_bash(doc_block("e2e:grpc"), stack)
     assert "portico.users.v1.UserService" in out
     assert "grpc.health.v1.Health" in out
     assert "rpc ListUsers(portico.users.v1.ListUsersRequest)" in out
@@ -256,9 +257,9 @@ def test_openapi_contract_holds_under_fuzzing(stack: Stack, tmp_path: Path) -> N
     schemathesis(stack, tmp_path, "--exclude-path=/v1/auth/logout", examples=5)
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the README examples use curl")
-def test_readme_auth_walkthrough_works_as_printed(stack: Stack) -> None:
-    out = run_bash(readme_block("e2e:auth"), stack)
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the documented examples use curl")
+def test_api_docs_auth_walkthrough_works_as_printed(stack: Stack) -> None:
+    out = run_bash(doc_block("e2e:auth", "docs/api.md"), stack)
     assert re.search(r'"user_id":"[0-9a-f-]{36}"', out), out
     assert '"token_type":"Bearer"' in out
     assert re.search(r"^204$", out, re.MULTILINE), out

@@ -1,4 +1,4 @@
-"""Real backends for the integration tier (STYLE.md 2.7).
+"""Real backends for the integration tier: real servers, no mocks, never skipped for want of Docker.
 
 Which PostgreSQL and Valkey, in order of precedence:
 
@@ -33,7 +33,7 @@ from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
 from portico_users.server import RunningServer, start
-from tests.integration.tokens import Tokens
+from tests.support.tokens import Tokens
 
 TEMPLATE = f"portico_template_{os.getpid()}"
 
@@ -163,7 +163,7 @@ async def tokens(valkey_url: str) -> AsyncIterator[Tokens]:
 @pytest.fixture
 async def users_server(database_url: str, valkey_url: str) -> AsyncIterator[RunningServer]:
     """A real users service on 127.0.0.1:0 over this test's database and Valkey."""
-    from tests.integration.users.support import users_settings
+    from tests.support.users import users_settings
 
     running = await start(users_settings(database_url=database_url, valkey_url=valkey_url))
     try:
@@ -175,7 +175,7 @@ async def users_server(database_url: str, valkey_url: str) -> AsyncIterator[Runn
 @pytest.fixture
 async def audit_server(database_url: str, valkey_url: str) -> AsyncIterator[AuditServer]:
     """A real audit service on 127.0.0.1:0 (consuming) over this test's database and Valkey."""
-    from tests.integration.audit.support import audit_settings
+    from tests.support.audit import audit_settings
 
     running = await start_audit(audit_settings(database_url=database_url, valkey_url=valkey_url))
     try:

@@ -24,7 +24,7 @@ import pytest
 
 from tests.k8s.conftest import OVERLAYS, ROOT, TOOLS_PYTHON, Manifest, of_kind, one, yaml_to_json
 
-#: This repository in every Argo CD object: one clearly marked placeholder (README "Argo CD").
+#: This repository in every Argo CD object: one clearly marked placeholder (docs/kubernetes.md).
 REPO = "https://github.com/example/portico.git"
 ARGOCD = ROOT / "argocd"
 #: The tiers of an environment, by wave (k8s/components/sync-waves).

@@ -2,7 +2,7 @@
 one of them (a skaffold artifact) or a pinned upstream image.
 
 No Docker engine here: the Dockerfiles are checked as text (hadolint and checkov lint them in
-``make k8s-check``); README "Kubernetes" > "Images" says how their sizes were measured.
+``make k8s-check``); docs/kubernetes.md, "Images" says how their sizes were measured.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from tests.k8s.test_wiring import allows, app_settings, upstreams
 #: Overlays that opt into istio/ (dev has no mesh: kind/minikube without Istio, and `make run`).
 MESHED = ("staging", "prod")
 APPS = ("gateway", "users", "auth", "audit")
-#: STYLE.md 2.5: the only conditions the mesh retries on.
+#: The only conditions the mesh retries on (one layer retries: docs/api.md, "Retries").
 RETRY_ON = {"unavailable", "connect-failure", "reset"}
 #: The gRPC health service the gateway's /readyz calls on each upstream.
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"

@@ -23,7 +23,7 @@ PORT_SETTINGS = {
     "auth": "AUTH_GRPC_PORT",
     "audit": "AUDIT_GRPC_PORT",
 }
-#: Shutdown budget of each app (delay + grace, seconds; README "Configuration").
+#: Shutdown budget of each app (delay + grace, seconds; docs/configuration.md).
 SHUTDOWN_S = 1 + 10
 #: The writable scratch directory on a read-only root filesystem.
 TMP = "/tmp"  # noqa: S108

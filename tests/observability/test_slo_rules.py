@@ -144,14 +144,13 @@ def test_every_unit_test_file_loads_rule_files_that_exist() -> None:
             assert (path.parent / rule_file).resolve().is_file(), (path.name, rule_file)
 
 
-def observability_section() -> str:
-    readme = (ROOT / "README.md").read_text()
-    return readme.split("\n## Observability\n", 1)[1].split("\n## ", 1)[0]
+def telemetry_page() -> str:
+    return (ROOT / "docs" / "telemetry.md").read_text()
 
 
-def test_the_readme_documents_every_alert_under_the_runbook_anchor() -> None:
-    section = observability_section()
-    assert "### SLOs, error budgets and alerts" in section  # #slos-error-budgets-and-alerts
+def test_the_docs_document_every_alert_under_the_runbook_anchor() -> None:
+    section = telemetry_page().split("\n## SLOs, error budgets and alerts\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
     for name in alerts():
         generic = re.sub(
             r"^Portico(Gateway|Users|Auth)(Availability|Latency)", "Portico<Component><Slo>", name
@@ -159,9 +158,9 @@ def test_the_readme_documents_every_alert_under_the_runbook_anchor() -> None:
         assert f"`{name}`" in section or f"`{generic}`" in section, name
 
 
-def test_the_readme_states_how_many_promtool_test_cases_there_are() -> None:
+def test_the_docs_state_how_many_promtool_test_cases_there_are() -> None:
     cases = sum(len(load_yaml(p)["tests"]) for p in RULE_TESTS.glob("*.yaml"))
-    assert f"({cases} cases)" in observability_section()
+    assert f"({cases} cases)" in telemetry_page()
 
 
 @pytest.mark.usefixtures("needs_promtool")

@@ -13,7 +13,7 @@ Guarantees:
   file missing on disk, or a new file numbered below an applied one stops the run with a
   :class:`MigrationError` before anything is applied.
 
-Why not dbmate or yoyo (STYLE.md 2.11): neither refuses an edited applied file (no content
+Why not dbmate or yoyo: neither refuses an edited applied file (no content
 checksums) and yoyo locks with a table rather than an advisory lock; the whole runner is the
 ~150 lines below, on the asyncpg the services already use.
 """

@@ -23,8 +23,8 @@ from portico_audit.errors import Unavailable
 from portico_audit.repository import EventRepository
 from portico_audit.server import RunningServer as AuditServer
 from portico_users.server import RunningServer as UsersServer
-from tests.integration.audit.support import DEAD, STREAM, entry
-from tests.integration.tokens import Tokens, bearer
+from tests.support.audit import DEAD, STREAM, entry
+from tests.support.tokens import Tokens, bearer
 
 pytestmark = pytest.mark.integration
 

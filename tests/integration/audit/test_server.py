@@ -13,9 +13,9 @@ import valkey.asyncio as valkey_asyncio
 from portico.audit.v1 import audit_pb2, audit_pb2_grpc
 from portico_audit.server import RunningServer as AuditServer
 from portico_users.server import RunningServer as UsersServer
-from tests.integration.audit.support import STREAM, entry
-from tests.integration.gateway_client import gateway_client
-from tests.integration.tokens import Tokens, bearer
+from tests.support.audit import STREAM, entry
+from tests.support.gateway import gateway_client
+from tests.support.tokens import Tokens, bearer
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import valkey.asyncio as valkey_asyncio
 from portico.auth.v1 import auth_pb2_grpc
 from portico_auth.server import RunningServer, start
 from portico_users.server import RunningServer as UsersServer
-from tests.integration.auth.support import auth_settings
-from tests.integration.tokens import signing_material
+from tests.support.auth import auth_settings
+from tests.support.tokens import signing_material
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
@@ -30,7 +30,7 @@ def _no_auth_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def key_file() -> Path:
-    """The test process's signing key: the users servers trust it (tests.integration.tokens)."""
+    """The test process's signing key: the users servers trust it (tests.support.tokens)."""
     return signing_material().key_file
 
 

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from portico.auth.v1 import auth_pb2
-from tests.integration.auth.support import rows
 from tests.integration.auth.test_tokens import login, sign_up
+from tests.support.auth import rows
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub

@@ -17,8 +17,8 @@ from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_auth.config import Argon2Settings, ThrottleSettings
 from portico_users.server import RunningServer as UsersServer
 from tests.integration.auth.test_tokens import PASSWORD, login, sign_up
-from tests.integration.tokens import DefaultBearer, Tokens
-from tests.integration.users.support import field_violations, rich_status
+from tests.support.tokens import DefaultBearer, Tokens
+from tests.support.users import field_violations, rich_status
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
@@ -68,7 +68,7 @@ async def test_unknown_user_and_wrong_password_look_the_same(auth: AuthServiceAs
 async def test_a_pending_credential_cannot_log_in(
     auth: AuthServiceAsyncStub, database_url: str
 ) -> None:
-    from tests.integration.auth.support import rows
+    from tests.support.auth import rows
 
     await rows(
         database_url,
@@ -158,7 +158,7 @@ async def test_requests_are_validated(auth: AuthServiceAsyncStub) -> None:
 async def test_the_credential_of_a_deleted_user_is_removed_at_login(
     auth: AuthServiceAsyncStub, users_server: UsersServer, database_url: str, tokens: Tokens
 ) -> None:
-    from tests.integration.auth.support import users_and_credentials
+    from tests.support.auth import users_and_credentials
 
     user_id = await sign_up(auth, "gone@example.com")
     admin = [DefaultBearer(await tokens.admin())]

@@ -19,8 +19,8 @@ from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico_auth.keys import KeyConfigError, generate_key_file
 from portico_auth.server import start
 from portico_users.server import RunningServer as UsersServer
-from tests.integration.auth.support import auth_settings
-from tests.integration.processes import exit_of, kill, read_until, spawn
+from tests.support.auth import auth_settings
+from tests.support.processes import exit_of, kill, read_until, spawn
 
 SERVICE = "portico.auth.v1.AuthService"
 SERVING = health_pb2.HealthCheckResponse.SERVING

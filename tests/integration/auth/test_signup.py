@@ -17,10 +17,10 @@ from portico_auth.errors import Unavailable
 from portico_auth.server import RunningServer, start
 from portico_users.server import RunningServer as UsersServer
 from portico_users.server import start as start_users
-from tests.integration.auth.support import auth_settings, rows, users_and_credentials
 from tests.integration.auth.test_tokens import PASSWORD, login
-from tests.integration.tokens import DefaultBearer, Tokens
-from tests.integration.users.support import closed_port, users_settings
+from tests.support.auth import auth_settings, rows, users_and_credentials
+from tests.support.tokens import DefaultBearer, Tokens
+from tests.support.users import closed_port, users_settings
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub

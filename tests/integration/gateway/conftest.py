@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from portico_users.server import RunningServer
-from tests.integration.gateway_client import gateway_client
-from tests.integration.tokens import Tokens
+from tests.support.gateway import gateway_client
+from tests.support.tokens import Tokens
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from pydantic import SecretStr
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
 from portico_gateway.middleware.idempotency import IdempotencyMiddleware, parse_key
-from tests.asgi import asgi_client
-from tests.integration.gateway.middleware_support import (
+from tests.support.asgi import asgi_client
+from tests.support.middleware import (
     USER_HEADER,
     Calls,
     build_app,

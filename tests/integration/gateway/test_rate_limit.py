@@ -17,8 +17,8 @@ from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
 from portico_gateway.middleware.rate_limit import Limit, RateLimitMiddleware
 from portico_gateway.middleware.security_headers import API_CSP
-from tests.asgi import asgi_client
-from tests.integration.gateway.middleware_support import (
+from tests.support.asgi import asgi_client
+from tests.support.middleware import (
     USER_HEADER,
     Calls,
     build_app,

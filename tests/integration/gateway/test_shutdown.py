@@ -20,10 +20,10 @@ import pytest
 from portico_audit.server import RunningServer as AuditServer
 from portico_auth.server import start as start_auth
 from portico_users.server import RunningServer
-from tests.integration.auth.support import auth_settings
-from tests.integration.processes import exit_of, free_port, kill, read_until, spawn
-from tests.integration.tokens import Tokens, signing_material
 from tests.integration.users.test_server import lock_row, wait_until_blocked
+from tests.support.auth import auth_settings
+from tests.support.processes import exit_of, free_port, kill, read_until, spawn
+from tests.support.tokens import Tokens, signing_material
 
 
 @pytest.fixture

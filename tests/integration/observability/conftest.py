@@ -22,8 +22,8 @@ from portico_common.config import TelemetrySettings
 from portico_common.logs import JsonFormatter
 from portico_common.telemetry import setup_telemetry
 from portico_users.server import RunningServer
-from tests.integration.gateway_client import gateway_client
-from tests.integration.tokens import Tokens
+from tests.support.gateway import gateway_client
+from tests.support.tokens import Tokens
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from portico_users.server import start
-from tests.integration.users.support import users_settings
+from tests.support.users import users_settings
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 

@@ -27,11 +27,6 @@ import httpx
 from portico_audit.server import start as start_audit
 from portico_auth.server import start as start_auth
 from portico_users.server import start as start_users
-from tests.integration.audit.support import audit_settings
-from tests.integration.auth.support import auth_settings
-from tests.integration.gateway_client import gateway_client
-from tests.integration.tokens import Tokens, signing_material
-from tests.integration.users.support import users_settings
 from tests.observability.catalog import (
     matchers,
     portico_sample_names,
@@ -39,6 +34,11 @@ from tests.observability.catalog import (
     rule_queries,
     sample_names,
 )
+from tests.support.audit import audit_settings
+from tests.support.auth import auth_settings
+from tests.support.gateway import gateway_client
+from tests.support.tokens import Tokens, signing_material
+from tests.support.users import users_settings
 
 PASSWORD = "correct horse battery staple"
 #: Equality matchers in rules that no healthy traffic can satisfy, and why.

@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from tests.integration.observability.conftest import JsonLog
-from tests.integration.tokens import Tokens
+from tests.support.tokens import Tokens
 
 GET_USER = "/portico.users.v1.UserService/GetUser"
 

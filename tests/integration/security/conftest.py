@@ -1,6 +1,6 @@
 """Real servers for the security tests: users and auth services, the gateway in front of both.
 
-The auth server signs with the test process's key (``tests.integration.tokens``), which the users
+The auth server signs with the test process's key (``tests.support.tokens``), which the users
 servers trust through their JWK Set file and the gateway through the auth server's ``GetJwks``.
 ``ADMIN_EMAIL`` is in the auth server's ``admin_emails``: signing up with it gives role admin.
 """
@@ -23,9 +23,9 @@ from portico_audit.server import RunningServer as AuditServer
 from portico_auth.server import RunningServer as AuthServer
 from portico_auth.server import start as start_auth
 from portico_users.server import RunningServer as UsersServer
-from tests.integration.auth.support import auth_settings
-from tests.integration.security.support import ADMIN_EMAIL, People, gateway, person
-from tests.integration.tokens import signing_material
+from tests.support.auth import auth_settings
+from tests.support.security import ADMIN_EMAIL, People, gateway, person
+from tests.support.tokens import signing_material
 
 if TYPE_CHECKING:
     from portico.audit.v1.audit_pb2_grpc import AuditServiceAsyncStub

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.integration.security.support import PASSWORD, People
+from tests.support.security import PASSWORD, People
 
 SCHEME = "OAuth2"
 #: Operations that need an access token, and those that do not: by hand, from the protos.

@@ -39,7 +39,7 @@ from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_auth.server import RunningServer as AuthServer
 from portico_users.server import RunningServer as UsersServer
-from tests.integration.security.support import (
+from tests.support.security import (
     DISPLAY_NAME,
     PASSWORD,
     People,

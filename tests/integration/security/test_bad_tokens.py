@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from portico.users.v1 import users_pb2
 from portico_auth.keys import SigningKey, load_key_file
 from portico_common.tokens import bearer_token
-from tests.integration.security.support import LEAKS, SESSION_PREFIX, problem
-from tests.integration.tokens import Tokens, signing_material
+from tests.support.security import LEAKS, SESSION_PREFIX, problem
+from tests.support.tokens import Tokens, signing_material
 
 if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub

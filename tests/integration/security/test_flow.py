@@ -17,7 +17,7 @@ import pytest
 
 from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
-from tests.integration.security.support import (
+from tests.support.security import (
     PASSWORD,
     SESSION_PREFIX,
     authorization,

@@ -10,7 +10,7 @@ import pytest
 
 from portico.users.v1 import users_pb2_grpc
 from portico_users.server import RunningServer
-from tests.integration.tokens import DefaultBearer, Tokens
+from tests.support.tokens import DefaultBearer, Tokens
 
 if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub

@@ -22,7 +22,7 @@ from portico_users.domain import User, UserChanges
 from portico_users.errors import NotFound
 from portico_users.repository import UserRepository
 from portico_users.server import start
-from tests.integration.users.support import closed_port, users_settings
+from tests.support.users import closed_port, users_settings
 
 if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub

@@ -27,7 +27,7 @@ from portico_common.outbox import OutboxRelay, OutboxSettings
 from portico_devstack.backends import EmbeddedValkey
 from portico_users.domain import UserChanges
 from portico_users.repository import UserRepository
-from tests.integration.users.support import closed_port
+from tests.support.users import closed_port
 
 if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub
@@ -264,7 +264,7 @@ async def test_the_service_stops_within_its_budget_with_its_database_gone(
     """
     from portico_common.tasks import STOP_BUDGET_S
     from portico_users.server import start
-    from tests.integration.users.support import users_settings
+    from tests.support.users import users_settings
 
     running = await start(
         users_settings(

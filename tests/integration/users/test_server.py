@@ -17,9 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_users.server import RunningServer, start
-from tests.integration.processes import exit_of, kill, read_until, spawn
-from tests.integration.tokens import DefaultBearer, Tokens, bearer, signing_material
-from tests.integration.users.support import closed_port, relay, tcp_dsn, users_settings
+from tests.support.processes import exit_of, kill, read_until, spawn
+from tests.support.tokens import DefaultBearer, Tokens, bearer, signing_material
+from tests.support.users import closed_port, relay, tcp_dsn, users_settings
 
 if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from portico.users.v1 import users_pb2
-from tests.integration.users.support import error_info, field_violations
+from tests.support.users import error_info, field_violations
 
 if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub

@@ -13,7 +13,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from portico.users.v1 import users_pb2
 from portico_users.domain import Cursor
 from portico_users.page_token import PAGE_TOKENS
-from tests.integration.users.support import field_violations
+from tests.support.users import field_violations
 
 if TYPE_CHECKING:
     from portico.users.v1.users_pb2_grpc import UserServiceAsyncStub

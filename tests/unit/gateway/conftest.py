@@ -27,8 +27,8 @@ from grpc_health.v1.health import aio as health_aio
 from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
-from tests.asgi import asgi_client
-from tests.tokens import TokenAuthority, bearer
+from tests.support.asgi import asgi_client
+from tests.support.token_authority import TokenAuthority, bearer
 
 AUTHORITY = TokenAuthority()
 ADMIN = bearer(AUTHORITY.admin_token())

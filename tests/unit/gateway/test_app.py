@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from portico_gateway.errors import GRPC_TO_HTTP
-from tests.asgi import asgi_client
+from tests.support.asgi import asgi_client
 from tests.unit.gateway.conftest import ADMIN, Upstream, gateway_app, settings_for
 
 PROBLEM = "application/problem+json"

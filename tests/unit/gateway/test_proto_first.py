@@ -14,7 +14,7 @@ import httpx
 import pytest
 from google.protobuf import message_factory
 
-from tests.asgi import asgi_client
+from tests.support.asgi import asgi_client
 from tests.unit.gateway.conftest import ADMIN, gateway_app, settings_for
 from tests.unit.gateway.things import PACKAGE, thing_service
 

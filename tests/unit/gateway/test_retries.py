@@ -14,7 +14,7 @@ from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_gateway.app import upstream_services
 from portico_gateway.clients.retries import channel_options, service_config
 from portico_gateway.config import GatewaySettings
-from tests.asgi import asgi_client
+from tests.support.asgi import asgi_client
 from tests.unit.gateway.conftest import ADMIN, Context, FakeUsers, gateway_app, settings_for
 
 

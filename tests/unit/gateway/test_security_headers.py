@@ -22,7 +22,7 @@ from portico_gateway.middleware.security_headers import (
     cors_options,
     docs_csp,
 )
-from tests.asgi import asgi_client
+from tests.support.asgi import asgi_client
 from tests.unit.gateway.conftest import Upstream, gateway_app, settings_for
 
 APP_ORIGIN = "https://app.example.com"

@@ -20,7 +20,7 @@ compiled one (json_format writes a nested message as it writes it alone), so the
 always json_format's (``tests/unit/gateway/test_json_out.py`` holds every response
 type of every service to that). Keys come in field-number order. Hand-written rather than a
 library: no maintained package compiles protobuf's JSON mapping for Python's upb messages;
-``bench/render.py`` measures the difference.
+docs/benchmarks.md ("Response JSON") has what it saves.
 """
 
 from __future__ import annotations

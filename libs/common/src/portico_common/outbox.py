@@ -4,7 +4,7 @@ Writing: a service builds an :class:`Event` with :func:`new_event` (id, type, su
 time, a small JSON payload, and the W3C trace context of the current span) and its repository
 INSERTs it into ``<schema>.outbox`` with :data:`OUTBOX_COLUMNS`, in the same transaction as the
 change it describes (the auth service's session events, whose state lives in Valkey, are written
-right after the Valkey change instead; see README "Events").
+right after the Valkey change instead; see docs/architecture.md, "Events").
 
 Publishing: :class:`OutboxRelay` (one per service process, a background task) repeats, in one
 PostgreSQL transaction: take the service's advisory lock (``pg_try_advisory_xact_lock``; a

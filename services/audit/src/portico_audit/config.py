@@ -54,7 +54,7 @@ class ConsumerSettings(BaseModel):
     block_ms: int = Field(default=1000, ge=1)
     #: Entries read (and claimed) per round.
     batch_size: int = Field(default=100, ge=1, le=10_000)
-    #: Pending entries idle this long (their consumer died) are taken over with XAUTOCLAIM.
+    #: Pending entries idle this long (their consumer died) are taken over (XPENDING, XCLAIM).
     claim_idle_ms: int = Field(default=30_000, ge=1)
     #: How often to look for such entries.
     claim_interval_s: float = Field(default=5.0, gt=0)

@@ -54,7 +54,8 @@ def _text(fields: Mapping[str, str], name: str) -> str:
 
 
 def parse_entry(fields: Mapping[str, str], link: SpanContext | None = None) -> AuditRecord:
-    """The record of a stream entry (README "Events"); raises :class:`MalformedEventError`.
+    """The record of a stream entry (docs/architecture.md, "Events"); raises
+    :class:`MalformedEventError`.
 
     ``link`` is the span context extracted from the entry's ``traceparent``; its trace id is kept.
     """

@@ -25,11 +25,12 @@ key returns the same user; another sign-up for a reserved or taken email is ALRE
 A credential whose user was later deleted through the users service is removed at its next
 successful password check (login answers as for a wrong password).
 
-Events (README "Events"): activation writes ``credential.created`` in its own transaction (see
-the repository). Sessions live in Valkey, so ``auth.logged_in`` and ``auth.session_revoked``
-(logout, refresh-token reuse) are written to the outbox right *after* the Valkey change
-succeeded, in a transaction of their own: if the process dies in between, or PostgreSQL refuses
-the write (logged as a warning; the call itself still succeeds), that event is lost.
+Events (docs/architecture.md, "Events"): activation writes ``credential.created`` in its own
+transaction (see the repository). Sessions live in Valkey, so ``auth.logged_in`` and
+``auth.session_revoked`` (logout, refresh-token reuse) are written to the outbox right *after*
+the Valkey change succeeded, in a transaction of their own: if the process dies in between, or
+PostgreSQL refuses the write (logged as a warning; the call itself still succeeds), that event
+is lost.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from portico_audit.config import AuditSettings, ConsumerSettings, PostgresSettings, ValkeySettings
-from tests.integration.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
-from tests.integration.tokens import signing_material
+from tests.support.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
+from tests.support.tokens import signing_material
 
 STREAM = "portico:events:v1"
 DEAD = "portico:events:v1:dead"
@@ -54,7 +54,7 @@ def entry(
     traceparent: str = "",
     **fields: str,
 ) -> dict[str, str]:
-    """A stream entry as the outbox relay writes it (README "Events")."""
+    """A stream entry as the outbox relay writes it (docs/architecture.md, "Events")."""
     return {
         "id": event_id or str(uuid.uuid4()),
         "type": type_,

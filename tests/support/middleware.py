@@ -27,8 +27,8 @@ from portico_common.tokens import Principal
 from portico_gateway.errors import install_error_handlers
 from portico_gateway.middleware.idempotency import storable
 from portico_gateway.middleware.request_id import RequestIdMiddleware
-from tests.asgi import per_request_state
-from tests.integration.timeouts import VALKEY_TIMEOUT_S
+from tests.support.asgi import per_request_state
+from tests.support.timeouts import VALKEY_TIMEOUT_S
 
 USER_HEADER = "X-Test-User"
 Middleware = tuple[Any, dict[str, Any]]  # (middleware class, its options)

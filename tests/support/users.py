@@ -14,8 +14,8 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import SecretStr
 
 from portico_users.config import PostgresSettings, UsersSettings, ValkeySettings
-from tests.integration.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
-from tests.integration.tokens import signing_material
+from tests.support.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
+from tests.support.tokens import signing_material
 
 
 def users_settings(*, database_url: str, valkey_url: str, **overrides: Any) -> UsersSettings:
@@ -36,7 +36,7 @@ def users_settings(*, database_url: str, valkey_url: str, **overrides: Any) -> U
             socket_timeout_s=VALKEY_TIMEOUT_S,
             socket_connect_timeout_s=VALKEY_TIMEOUT_S,
         ),
-        "jwks_file": signing_material().jwks_file,  # tokens from tests.integration.tokens
+        "jwks_file": signing_material().jwks_file,  # tokens from tests.support.tokens
     }
     values.update(overrides)
     return UsersSettings(**values)

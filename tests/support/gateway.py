@@ -13,9 +13,9 @@ from pydantic import SecretStr
 from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions, jwks_from_file
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
-from tests.asgi import asgi_client
-from tests.integration.timeouts import VALKEY_TIMEOUT_S
-from tests.integration.tokens import signing_material
+from tests.support.asgi import asgi_client
+from tests.support.timeouts import VALKEY_TIMEOUT_S
+from tests.support.tokens import signing_material
 
 
 @asynccontextmanager

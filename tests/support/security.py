@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from portico.auth.v1 import auth_pb2
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
-from tests.asgi import asgi_client
-from tests.integration.timeouts import VALKEY_TIMEOUT_S
+from tests.support.asgi import asgi_client
+from tests.support.timeouts import VALKEY_TIMEOUT_S
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
@@ -121,7 +121,7 @@ async def gateway(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real gateway in front of both services, built as in production.
 
-    Unlike ``tests.integration.gateway_client`` no verifier is injected: the gateway fetches the
+    Unlike ``tests.support.gateway`` no verifier is injected: the gateway fetches the
     JWKS from the auth server (``GetJwks``) and checks sessions in Valkey, like a deployed one.
     """
     values: dict[str, Any] = {

@@ -15,7 +15,7 @@ from portico_auth.config import (
     SignUpSettings,
     ValkeySettings,
 )
-from tests.integration.timeouts import (
+from tests.support.timeouts import (
     POSTGRES_CONNECT_TIMEOUT_S,
     USERS_CALL_TIMEOUT_S,
     VALKEY_TIMEOUT_S,
