@@ -8,7 +8,7 @@ import grpc
 import httpx
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.integration.security.support import LEAKS, PROBLEM_FIELDS, PROBLEM_JSON
+from tests.support.security import LEAKS, PROBLEM_FIELDS, PROBLEM_JSON
 
 
 def refused(response: httpx.Response, status: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from portico.auth.v1 import auth_pb2
-from tests.integration.security.support import PASSWORD, authorization, login
+from tests.support.security import PASSWORD, authorization, login
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub

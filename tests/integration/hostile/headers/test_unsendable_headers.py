@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from portico_gateway.transcoding.routes import FORWARDED_HEADERS
-from tests.integration.security.support import People, authorization, problem
+from tests.support.security import People, authorization, problem
 
 #: Bytes HTTP/1.1 lets through in a header value that gRPC metadata cannot carry.
 UNSENDABLE = {"tab": b"a\tb", "obs-text": b"caf\xe9", "utf-8": "é".encode(), "del": b"a\x7fb"}

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.integration.hostile.support import refused
-from tests.integration.security.support import People, authorization
+from tests.support.security import People, authorization
 
 DEPTH = 50_000
 

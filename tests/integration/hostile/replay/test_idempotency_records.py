@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from portico_gateway.middleware.idempotency import KEY_PREFIX
-from tests.integration.security.support import ADMIN_EMAIL, PASSWORD, People, authorization
+from tests.support.security import ADMIN_EMAIL, PASSWORD, People, authorization
 
 LOGIN = {"grant_type": "password", "username": ADMIN_EMAIL, "password": PASSWORD}
 

@@ -19,7 +19,7 @@ import pytest
 from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from tests.integration.hostile.support import fields_of, refused, violated_fields
-from tests.integration.security.support import PASSWORD, People, authorization, metadata
+from tests.support.security import PASSWORD, People, authorization, metadata
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub

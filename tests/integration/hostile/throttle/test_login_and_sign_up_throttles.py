@@ -23,7 +23,7 @@ import pytest
 from portico.auth.v1 import auth_pb2
 from portico_auth.config import ThrottleSettings
 from tests.integration.hostile.support import refused
-from tests.integration.security.support import ADMIN_EMAIL, PASSWORD, sign_up
+from tests.support.security import ADMIN_EMAIL, PASSWORD, sign_up
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub

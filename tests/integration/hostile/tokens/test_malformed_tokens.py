@@ -21,7 +21,7 @@ from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_common.tokens import MAX_TOKEN_CHARS
 from tests.integration.hostile.support import refused
-from tests.integration.security.support import authorization, metadata
+from tests.support.security import authorization, metadata
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
