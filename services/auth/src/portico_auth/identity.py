@@ -15,11 +15,14 @@ The token is reused until less than a third of its lifetime is left; a session t
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
 from portico_auth.sessions import Sessions
 from portico_auth.tokens import TokenIssuer
+
+_log = logging.getLogger(__name__)
 
 SUBJECT = "service:auth"
 ROLES = ("provisioner",)
@@ -68,6 +71,17 @@ class ServiceIdentity:
         if self._session_id is not None:
             session, self._session_id, self._renew_at = self._session_id, None, 0.0
             await self._sessions.end(session)
+
+    async def close_quietly(self) -> None:
+        """:meth:`close`, or a one-line warning when Valkey is down (the session expires)."""
+        try:
+            await self.close()
+        except Exception as exc:  # Valkey down at shutdown: the session expires by itself
+            _log.warning(
+                "could not end the service identity's session (%s: %s); it expires by itself",
+                type(exc).__name__,
+                exc,
+            )
 
     async def metadata(self) -> tuple[tuple[str, str], ...]:
         """gRPC call metadata carrying the token."""

@@ -28,6 +28,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from portico_common.tokens import Jwk
+
 _log = logging.getLogger(__name__)
 
 
@@ -93,6 +95,10 @@ class KeyRing:
     def get(self, kid: str) -> SigningKey | None:
         """The key with that kid, if it is one of ours."""
         return next((key for key in self.keys if key.kid == kid), None)
+
+    async def fetch_jwks(self) -> Sequence[Jwk]:
+        """The JWKS of these keys, as a verifier fetches one (no network involved)."""
+        return [key.jwk() for key in self.keys]
 
 
 def load_key_file(path: Path) -> SigningKey:

@@ -17,15 +17,13 @@ service's own identity session is ended (or left to expire while Valkey is down)
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico_auth.config import AuthSettings
 from portico_auth.errors import ERROR_DOMAIN
 from portico_auth.identity import ServiceIdentity
-from portico_auth.keys import KeyRing, load_key_ring
+from portico_auth.keys import load_key_ring
 from portico_auth.passwords import Passwords
 from portico_auth.repository import CredentialRepository
 from portico_auth.service import AuthService
@@ -38,9 +36,7 @@ from portico_common import runtime as service_runtime
 from portico_common.outbox import OutboxRelay
 from portico_common.runtime import Runtime
 from portico_common.runtime import serve as serve_running
-from portico_common.tokens import Jwk, JwksCache, TokenVerifier, ValkeySessions
-
-_log = logging.getLogger(__name__)
+from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions
 
 SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
 
@@ -48,40 +44,6 @@ __all__ = ["SERVICE", "RunningServer", "serve", "start"]
 
 #: This service, started (``core``: its AuthService).
 RunningServer = service_runtime.RunningServer[AuthService]
-
-
-def _own_jwks(keys: KeyRing) -> Callable[[], Awaitable[Sequence[Jwk]]]:
-    """The JWKS of this service's own keys, for its verifier (no network involved)."""
-
-    async def fetch() -> Sequence[Jwk]:
-        return [key.jwk() for key in keys.keys]
-
-    return fetch
-
-
-async def _reconcile_forever(service: AuthService, interval_s: float) -> None:
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            ended = await service.reconcile()
-        except Exception as exc:  # PostgreSQL down: try again next round
-            _log.warning(
-                "sign-up reconciliation failed (%s: %s); retrying later", type(exc).__name__, exc
-            )
-        else:
-            if ended:
-                _log.info("reconciled %d pending sign-up(s)", ended)
-
-
-async def _end_identity(identity: ServiceIdentity) -> None:
-    try:
-        await identity.close()
-    except Exception as exc:  # Valkey down at shutdown: the session expires by itself
-        _log.warning(
-            "could not end the service identity's session (%s: %s); it expires by itself",
-            type(exc).__name__,
-            exc,
-        )
 
 
 async def start(settings: AuthSettings) -> RunningServer:
@@ -104,7 +66,7 @@ async def start(settings: AuthSettings) -> RunningServer:
         )
         sessions = Sessions(client, key_prefix=vk.key_prefix, ttl_s=settings.refresh_token_ttl_s)
         identity = ServiceIdentity(tokens, sessions)
-        runtime.resources.push_async_callback(_end_identity, identity)
+        runtime.resources.push_async_callback(identity.close_quietly)
         service = AuthService(
             credentials=CredentialRepository(
                 pool, query_timeout_s=settings.postgres.query_timeout_s
@@ -120,14 +82,14 @@ async def start(settings: AuthSettings) -> RunningServer:
         # Every AuthService RPC is public (see auth.proto); the interceptor still closes any
         # RPC added later without a rule, with this service's own keys and sessions.
         verifier = TokenVerifier(
-            JwksCache(_own_jwks(keys)),
+            JwksCache(keys.fetch_jwks),
             ValkeySessions(client, key_prefix=vk.key_prefix),
             issuer=settings.issuer,
             audience=settings.audience,
         )
         runtime.background(
             "signup-reconciler",
-            partial(_reconcile_forever, service, settings.signup.reconcile_interval_s),
+            partial(service.reconcile_forever, settings.signup.reconcile_interval_s),
         )
         if settings.outbox.relay_enabled:
             relay = OutboxRelay(

@@ -35,6 +35,7 @@ is lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -186,6 +187,22 @@ class AuthService:
         if current is None:  # pragma: no cover - active rows are deleted only at login
             raise Aborted("the sign-up changed concurrently; retry it")
         return current
+
+    async def reconcile_forever(self, interval_s: float) -> None:
+        """:meth:`reconcile` every ``interval_s`` (the service's background task)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                ended = await self.reconcile()
+            except Exception as exc:  # PostgreSQL down: try again next round
+                _log.warning(
+                    "sign-up reconciliation failed (%s: %s); retrying later",
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                if ended:
+                    _log.info("reconciled %d pending sign-up(s)", ended)
 
     async def reconcile(self) -> int:
         """Drive every pending credential older than the timeout to an end; how many ended."""
