@@ -32,6 +32,7 @@ K8S_OUT    := $(K8S_TOOLS)/rendered
 OBS_OUT    := $(TOOLS)/obs
 OVERLAYS   := dev staging prod
 CHECKOV    := $(TOOLS)/checkov
+OPENAPI    := docs/api/openapi.json
 DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile services/audit/Dockerfile migrations/Dockerfile
 
 ##@ Everyday
@@ -45,7 +46,7 @@ run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless 
 	$(if $(OBSERVE),PORTICO_DEV_OBSERVE=$(OBSERVE) )exec $(BIN)/portico-dev
 
 .PHONY: test
-test: lint proto-check k8s-check obs-check test-unit test-integration test-e2e test-reliability ## Everything CI runs: lint, proto drift, manifests, alert rules, all test tiers
+test: lint proto-check openapi-check k8s-check obs-check test-unit test-integration test-e2e test-reliability ## Everything CI runs: lint, proto + OpenAPI drift, manifests, alert rules, all test tiers
 
 .PHONY: migrate
 migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
@@ -105,6 +106,15 @@ proto-check: sync ## Fail when proto/gen differs from a fresh regeneration
 	$(BIN)/python proto/generate.py
 	@git diff --exit-code --stat -- proto/gen && test -z "$$(git status --porcelain -- proto/gen)" \
 	  || { echo "proto/gen is stale: run 'make proto' and commit the result"; exit 1; }
+
+.PHONY: openapi
+openapi: sync ## Rewrite docs/api/openapi.json from the gateway's code (committed; review API changes in its diff)
+	$(BIN)/portico-gateway --openapi > $(OPENAPI).tmp && mv $(OPENAPI).tmp $(OPENAPI)
+
+.PHONY: openapi-check
+openapi-check: openapi ## Fail when docs/api/openapi.json differs from what the gateway serves
+	@git diff --exit-code --stat -- $(OPENAPI) && test -z "$$(git status --porcelain -- $(OPENAPI))" \
+	  || { echo "$(OPENAPI) is stale: run 'make openapi' and commit the result"; exit 1; }
 
 ##@ Kubernetes
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+import protovalidate
 import pytest
 from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 
+from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_gateway.errors import RequestError
 from portico_gateway.transcoding.comments import index, proto_comments
@@ -306,3 +310,36 @@ def test_schemas_carry_types_rules_and_comments() -> None:
     update = components["portico.users.v1.UpdateUserRequest"]["properties"]
     assert update["update_mask"]["type"] == "string"  # a FieldMask is "a,b" in JSON
     assert update["user"]["allOf"] == [{"$ref": "#/components/schemas/portico.users.v1.UserUpdate"}]
+
+
+VALID_REQUESTS: list[Message] = [
+    auth_pb2.SignUpRequest(
+        email="ada@example.com",
+        display_name="Ada",
+        password="twelve chars!",
+        idempotency_key="6f1c1d2e-8f9a-4b7c-9d0e-1f2a3b4c5d6e",
+    ),
+    auth_pb2.IssueTokenRequest(grant_type="password", username="ada@example.com", password="p"),
+    auth_pb2.RefreshTokenRequest(refresh_token="r", grant_type="refresh_token"),
+    users_pb2.CreateUserRequest(email="ada@example.com", display_name="Ada"),
+]
+
+
+@pytest.mark.parametrize("valid", VALID_REQUESTS, ids=lambda m: m.DESCRIPTOR.name)
+def test_required_fields_are_those_protovalidate_refuses_to_miss(valid: Message) -> None:
+    """A schema's ``required`` lists exactly the fields whose omission the service refuses.
+
+    The document tells generated clients which arguments are mandatory (``grant_type`` is: its
+    ``const`` refuses the empty string, which is what an omitted proto3 field is).
+    """
+    protovalidate.validate(valid)
+    components: dict[str, Any] = {}
+    name = add_message(cast(Descriptor, valid.DESCRIPTOR), components)
+    refused = []
+    for field in valid.DESCRIPTOR.fields:
+        left_out = type(valid)()
+        left_out.CopyFrom(valid)
+        left_out.ClearField(field.name)
+        if protovalidate.collect_violations(left_out):
+            refused.append(field.name)
+    assert components[name].get("required", []) == refused

@@ -73,11 +73,14 @@ def is_required(field: FieldDescriptor) -> bool:
     rules = _field_rules(field)
     if rules is None or (field.has_presence and field.message_type is None):
         return False  # optional scalars are checked only when set
+    if rules.ignore != validate_pb2.IGNORE_UNSPECIFIED:
+        return False  # the empty value is let through (or the rules are off)
     if rules.required:
         return True
     if rules.HasField("string"):
         s = rules.string
-        return bool(s.min_len > 0 or s.email or s.uuid)
+        # the empty string breaks these; an omitted field is the empty string in proto3
+        return bool(s.min_len > 0 or s.email or s.uuid or (s.HasField("const") and s.const))
     return False
 
 
