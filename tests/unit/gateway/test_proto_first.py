@@ -103,6 +103,8 @@ async def test_every_binding_becomes_a_documented_route(api: httpx.AsyncClient) 
     )
     assert params["min_weight"][1]["type"] == "string"  # int64 is a string in proto3 JSON
     assert "shelf" not in params  # a message field is not a query parameter
+    # Thing is a request body (CreateThing) and a response: one schema, the request's required
+    assert "required" not in spec["components"]["schemas"]["Thing"]
     thing = spec["components"]["schemas"]["Thing"]["properties"]
     assert thing["weight"]["format"] == "int64"
     assert thing["made_time"] == {"type": "string", "format": "date-time"}

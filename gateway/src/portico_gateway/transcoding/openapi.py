@@ -17,7 +17,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from portico_common.access import Rule, rule_of
 from portico_gateway.transcoding.comments import proto_comments
 from portico_gateway.transcoding.request import FORM, is_plain_message, resolve_path
-from portico_gateway.transcoding.schema import add_message, component_ref, field_schema
+from portico_gateway.transcoding.schema import (
+    add_message,
+    component_ref,
+    field_schema,
+    messages_in,
+)
 
 if TYPE_CHECKING:
     from portico_gateway.transcoding.routes import Binding
@@ -127,8 +132,23 @@ def _access_note(rule: Rule) -> str:
     return "**Access:** access token of " + " or ".join(who) + "."
 
 
-def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI operation fields for ``binding`` (schemas are added to ``components``)."""
+def request_messages(bindings: Iterable[Binding]) -> frozenset[str]:
+    """Every message that is, or is part of, a request body of ``bindings``."""
+    found: set[str] = set()
+    for binding in bindings:
+        if binding.body and (body := binding.body_descriptor) is not None:
+            found |= messages_in(body)
+    return frozenset(found)
+
+
+def operation(
+    binding: Binding, components: dict[str, Any], *, inputs: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """OpenAPI operation fields for ``binding`` (schemas are added to ``components``).
+
+    ``inputs``: :func:`request_messages` of all bindings, so that a message shared by a request
+    and a response gets one schema wherever it is added first.
+    """
     notes = proto_comments()
     components.setdefault(PROBLEM, PROBLEM_SCHEMA)
     method, request_type = binding.method, binding.method.input_type
@@ -221,7 +241,7 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
     status = binding.success_status
     success: dict[str, Any] = {"description": "Success.", "headers": dict(_HEADER_REQUEST_ID)}
     if status != 204:
-        name = add_message(binding.result_descriptor, components)
+        name = add_message(binding.result_descriptor, components, output=True, inputs=inputs)
         success["content"] = {"application/json": {"schema": component_ref(name)}}
         if "etag" in binding.result_descriptor.fields_by_name:
             success["headers"]["ETag"] = {

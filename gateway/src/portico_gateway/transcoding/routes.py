@@ -354,9 +354,10 @@ def add_routes(app: FastAPI, bindings: list[Binding], components: dict[str, Any]
             include_in_schema=False,
             name=METHOD_NOT_ALLOWED,
         )
+    inputs = openapi.request_messages(ordered)
     for binding, operation_id in zip(ordered, operation_ids(ordered), strict=True):
         service = binding.method.containing_service
-        operation = openapi.operation(binding, components)
+        operation = openapi.operation(binding, components, inputs=inputs)
         app.add_api_route(
             binding.template.route_path,
             endpoint(binding),
