@@ -34,6 +34,10 @@ OVERLAYS   := dev staging prod
 CHECKOV    := $(TOOLS)/checkov
 # Workspace members with a src/ folder: deptry checks each one's imports against its pyproject.toml.
 MEMBERS    := libs/common gateway services/users services/auth services/audit migrations tools/devstack tools/dbtools
+OPENAPI    := docs/api/openapi.json
+CLIENTS_NODE := $(TOOLS)/clients-node
+PY_CLIENT  := clients/python/portico-client
+TS_CLIENT  := clients/typescript
 DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile services/audit/Dockerfile migrations/Dockerfile
 
 ##@ Everyday
@@ -47,7 +51,7 @@ run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless 
 	$(if $(OBSERVE),PORTICO_DEV_OBSERVE=$(OBSERVE) )exec $(BIN)/portico-dev
 
 .PHONY: test
-test: lint proto-check k8s-check obs-check test-unit test-integration test-e2e test-reliability ## Everything CI runs: lint, proto drift, manifests, alert rules, all test tiers
+test: lint proto-check openapi-check k8s-check obs-check test-unit test-integration test-e2e test-clients test-reliability ## Everything CI runs: lint, proto + OpenAPI drift, manifests, alert rules, all test tiers
 
 .PHONY: migrate
 migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
@@ -109,6 +113,38 @@ proto-check: sync ## Fail when proto/gen differs from a fresh regeneration
 	$(BIN)/python proto/generate.py
 	@git diff --exit-code --stat -- proto/gen && test -z "$$(git status --porcelain -- proto/gen)" \
 	  || { echo "proto/gen is stale: run 'make proto' and commit the result"; exit 1; }
+
+.PHONY: openapi
+openapi: sync ## Rewrite docs/api/openapi.json from the gateway's code (committed; review API changes in its diff)
+	$(BIN)/portico-gateway --openapi > $(OPENAPI).tmp && mv $(OPENAPI).tmp $(OPENAPI)
+
+.PHONY: openapi-check
+openapi-check: openapi ## Fail when docs/api/openapi.json differs from what the gateway serves
+	@git diff --exit-code --stat -- $(OPENAPI) && test -z "$$(git status --porcelain -- $(OPENAPI))" \
+	  || { echo "$(OPENAPI) is stale: run 'make openapi' and commit the result"; exit 1; }
+
+##@ API clients
+
+$(CLIENTS_NODE)/.installed: $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	rm -rf $(CLIENTS_NODE) && mkdir -p $(CLIENTS_NODE)
+	cp $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json $(CLIENTS_NODE)/
+	npm ci --prefix $(CLIENTS_NODE) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: clients
+clients: sync $(CLIENTS_NODE)/.installed ## Generate the Python and TypeScript clients from docs/api/openapi.json into clients/, then type-check them (mypy --strict, tsc)
+	rm -rf $(PY_CLIENT) $(TS_CLIENT)/dist clients/.generated-from
+	cd clients/python && PATH=$(BIN):$$PATH $(BIN)/openapi-python-client generate --path ../../$(OPENAPI) \
+	  --config config.yaml --meta uv --fail-on-warning --output-path portico-client
+	MYPYPATH=$(PY_CLIENT) $(BIN)/mypy --strict clients/python/walkthrough.py $(PY_CLIENT)/portico_client
+	$(CLIENTS_NODE)/node_modules/.bin/openapi-typescript $(OPENAPI) --output $(TS_CLIENT)/schema.d.ts
+	ln -sfn ../../.tools/clients-node/node_modules $(TS_CLIENT)/node_modules
+	$(CLIENTS_NODE)/node_modules/.bin/tsc -p $(TS_CLIENT)
+	sha256sum $(OPENAPI) > clients/.generated-from
+
+.PHONY: test-clients
+test-clients: clients ## Both generated clients' walkthroughs against the stack `make run` starts (tests/clients)
+	$(BIN)/pytest tests/clients $(PYTEST_ARGS)
 
 ##@ Kubernetes
 
@@ -199,8 +235,9 @@ test-reliability: sync ## Fault drills under load: Valkey/PostgreSQL restarts, r
 	$(BIN)/pytest tests/reliability $(PYTEST_ARGS)
 
 .PHONY: clean
-clean: ## Remove caches and tools (keeps .data/, the local database)
-	rm -rf $(TOOLS) .mypy_cache .ruff_cache .pytest_cache proto/image.binpb
+clean: ## Remove caches, tools and generated clients (keeps .data/, the local database)
+	rm -rf $(TOOLS) .mypy_cache .ruff_cache .pytest_cache proto/image.binpb \
+	  $(PY_CLIENT) $(TS_CLIENT)/dist $(TS_CLIENT)/schema.d.ts $(TS_CLIENT)/node_modules clients/.generated-from
 
 ##@ Performance
 

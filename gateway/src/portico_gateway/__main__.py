@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from portico_common.cli import load_settings, setup_telemetry_or_exit
 from portico_common.logs import configure_logging
-from portico_gateway.app import create_app
+from portico_gateway.app import create_app, openapi_text
 from portico_gateway.config import GatewaySettings, get_settings
 
 _log = logging.getLogger("portico_gateway")
@@ -31,12 +31,19 @@ def _parser() -> argparse.ArgumentParser:
         f"  GATEWAY_{name.upper():<22} {info.description or ''} (default: {info.default})"
         for name, info in fields.items()
     )
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="portico-gateway",
         description="Portico's REST gateway: FastAPI in front of the gRPC services.",
         epilog="Settings (environment variables):\n" + settings_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--openapi",
+        action="store_true",
+        help="print the OpenAPI document the gateway serves at /openapi.json (JSON) and exit;"
+        " `make openapi` writes it to docs/api/openapi.json",
+    )
+    return parser
 
 
 #: Exit status after a forced stop (a second SIGTERM/SIGINT while draining).
@@ -136,7 +143,10 @@ def shared_listener(host: str, port: int) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _parser().parse_args(argv)
+    args = _parser().parse_args(argv)
+    if args.openapi:
+        sys.stdout.write(openapi_text())
+        return
     settings = load_settings("portico-gateway", "GATEWAY_", get_settings)
     configure_logging(level=settings.log_level, service="gateway", fmt=settings.log_format)
     setup_telemetry_or_exit("portico-gateway", "gateway")

@@ -7,6 +7,7 @@ Nothing here runs at import time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +32,12 @@ from portico_gateway.middleware.request_id import RequestIdMiddleware
 from portico_gateway.middleware.security_headers import SecurityHeadersMiddleware, cors_options
 from portico_gateway.routers import docs, health
 from portico_gateway.telemetry import AccessMiddleware, instrument, metrics_router
-from portico_gateway.transcoding.openapi import OAUTH2_PASSWORD, SECURITY_SCHEME
+from portico_gateway.transcoding.oauth2 import OAUTH2_PASSWORD
+from portico_gateway.transcoding.openapi import (
+    SECURITY_SCHEME,
+    tag,
+    with_client_schema_names,
+)
 from portico_gateway.transcoding.routes import add_routes, bindings_of, settle_paths
 
 DESCRIPTION = """\
@@ -67,7 +73,7 @@ class PorticoAPI(FastAPI):
             components = schema.setdefault("components", {})
             components.setdefault("schemas", {}).update(self.proto_components)
             components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = OAUTH2_PASSWORD
-            self.openapi_schema = schema
+            self.openapi_schema = with_client_schema_names(schema)
         return self.openapi_schema
 
 
@@ -114,6 +120,9 @@ def create_app(
     )
     bindings = [b for name, (_, svc) in upstreams.items() for b in bindings_of(name, svc)]
     add_routes(app, settle_paths(bindings), app.proto_components)
+    served = {b.upstream for b in bindings}
+    app.openapi_tags = [tag(name, svc) for name, (_, svc) in upstreams.items() if name in served]
+    app.openapi_tags.append(health.TAG)
     # Added innermost first: each add_middleware wraps everything added before it.
     app.add_middleware(
         IdempotencyMiddleware,  # innermost: replays answers of retried POSTs
@@ -137,3 +146,13 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer carries the id
     instrument(app)  # OpenTelemetry's middleware wraps all the rest: logs carry the trace id
     return app
+
+
+def openapi_text() -> str:
+    """The OpenAPI document the gateway serves, as committed in ``docs/api/openapi.json``.
+
+    The document depends on the protos and the code, not on settings: built from the defaults,
+    whatever ``GATEWAY_*`` says. Keys keep the served order (paths as registered).
+    """
+    app = create_app(GatewaySettings.model_construct())
+    return json.dumps(app.openapi(), indent=2, ensure_ascii=False) + "\n"

@@ -16,7 +16,7 @@ from google.protobuf import message_factory
 
 from tests.support.asgi import asgi_client
 from tests.unit.gateway.conftest import ADMIN, gateway_app, settings_for
-from tests.unit.gateway.things import PACKAGE, thing_service
+from tests.unit.gateway.things import PACKAGE, shop_service, thing_service
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -90,7 +90,7 @@ async def test_every_binding_becomes_a_documented_route(api: httpx.AsyncClient) 
     assert set(paths["/v1/things/{id}"]) == {"get", "patch"}
     ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
     assert len(ids) == len(set(ids))  # OpenAPI: unique, additional bindings included
-    assert "ThingService_GetThing_2" in ids
+    assert "getThing_2" in ids  # what clients name their functions: get_thing_2
     assert set(paths["/v1/shelves/{shelf_id}/things"]) == {"post"}
     get = paths["/v1/shelves/{shelf__id}/things/{id}"]["get"]
     params = {p["name"]: (p["in"], p["schema"]) for p in get["parameters"]}
@@ -103,18 +103,20 @@ async def test_every_binding_becomes_a_documented_route(api: httpx.AsyncClient) 
     )
     assert params["min_weight"][1]["type"] == "string"  # int64 is a string in proto3 JSON
     assert "shelf" not in params  # a message field is not a query parameter
-    thing = spec["components"]["schemas"][f"{PACKAGE}.Thing"]["properties"]
+    # Thing is a request body (CreateThing) and a response: one schema, the request's required
+    assert "required" not in spec["components"]["schemas"]["Thing"]
+    thing = spec["components"]["schemas"]["Thing"]["properties"]
     assert thing["weight"]["format"] == "int64"
     assert thing["made_time"] == {"type": "string", "format": "date-time"}
     assert thing["counts"] == {
         "type": "object",
         "additionalProperties": {"type": "integer", "format": "int32"},
     }
-    assert thing["shelf"] == {"$ref": f"#/components/schemas/{PACKAGE}.Shelf"}
+    assert thing["shelf"] == {"$ref": "#/components/schemas/Shelf"}
     post = paths["/v1/shelves/{shelf_id}/things"]["post"]
     assert "201" in post["responses"]
     body = post["requestBody"]["content"]["application/json"]["schema"]
-    assert body == {"$ref": f"#/components/schemas/{PACKAGE}.Thing"}
+    assert body == {"$ref": "#/components/schemas/Thing"}
 
 
 async def test_path_query_and_types_are_transcoded(api: httpx.AsyncClient) -> None:
@@ -167,3 +169,36 @@ async def test_patch_mask_comes_from_the_body_not_the_path(api: httpx.AsyncClien
         "/v1/things/t9?update_mask=made_time,shelf.name", json={"fragile": True}
     )
     assert explicit.json()["tags"] == ["made_time", "shelf.name"]
+
+
+async def test_clashing_names_are_qualified_not_shadowed() -> None:
+    """Two services with an RPC ``GetThing`` and a message ``Thing`` each: clients keep both.
+
+    Elsewhere the document names operations after the RPC (``getThing``) and schemas after the
+    message (``Thing``), which is what generated clients call their functions and models.
+    """
+    things, shop = thing_service(), shop_service()
+    app = gateway_app(
+        settings_for("127.0.0.1:1"),
+        upstreams={"things": ("127.0.0.1:1", things), "shop": ("127.0.0.1:1", shop)},
+    )
+    async with asgi_client(app) as client:
+        spec = (await client.get("/openapi.json")).json()
+    operations = {op["operationId"]: op for item in spec["paths"].values() for op in item.values()}
+    assert {"thingServiceGetThing", "thingServiceGetThing_2", "shopServiceGetThing"} <= set(
+        operations
+    )
+    assert "createThing" in operations  # no clash: the RPC's own name
+    assert operations["shopServiceGetThing"]["tags"] == ["shop"]
+    schemas = spec["components"]["schemas"]
+    assert {"TestingV1Thing", "TestingV2Thing", "Shelf"} <= set(schemas)
+    assert "Thing" not in schemas
+    shop_answer = operations["shopServiceGetThing"]["responses"]["200"]["content"]
+    assert shop_answer["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TestingV2Thing"
+    }
+    assert "price" in schemas["TestingV2Thing"]["properties"]
+    assert schemas["TestingV1Thing"]["properties"]["shelf"] == {
+        "$ref": "#/components/schemas/Shelf"
+    }
+    assert [t["name"] for t in spec["tags"]] == ["things", "shop", "health"]

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+import protovalidate
 import pytest
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 
+from portico.audit.v1 import audit_pb2
+from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_gateway.errors import RequestError
 from portico_gateway.transcoding.comments import index, proto_comments
 from portico_gateway.transcoding.headers import parse_if_match, parse_timeout
+from portico_gateway.transcoding.json_out import to_dict
+from portico_gateway.transcoding.openapi import request_messages
 from portico_gateway.transcoding.request import build_message, mask_paths, read_body
 from portico_gateway.transcoding.routes import bindings_of, settle_paths
 from portico_gateway.transcoding.schema import add_message
@@ -306,3 +313,68 @@ def test_schemas_carry_types_rules_and_comments() -> None:
     update = components["portico.users.v1.UpdateUserRequest"]["properties"]
     assert update["update_mask"]["type"] == "string"  # a FieldMask is "a,b" in JSON
     assert update["user"]["allOf"] == [{"$ref": "#/components/schemas/portico.users.v1.UserUpdate"}]
+
+
+VALID_REQUESTS: list[Message] = [
+    auth_pb2.SignUpRequest(
+        email="ada@example.com",
+        display_name="Ada",
+        password="twelve chars!",
+        idempotency_key="6f1c1d2e-8f9a-4b7c-9d0e-1f2a3b4c5d6e",
+    ),
+    auth_pb2.IssueTokenRequest(grant_type="password", username="ada@example.com", password="p"),
+    auth_pb2.RefreshTokenRequest(refresh_token="r", grant_type="refresh_token"),
+    users_pb2.CreateUserRequest(email="ada@example.com", display_name="Ada"),
+]
+
+
+@pytest.mark.parametrize("valid", VALID_REQUESTS, ids=lambda m: m.DESCRIPTOR.name)
+def test_required_fields_are_those_protovalidate_refuses_to_miss(valid: Message) -> None:
+    """A schema's ``required`` lists exactly the fields whose omission the service refuses.
+
+    The document tells generated clients which arguments are mandatory (``grant_type`` is: its
+    ``const`` refuses the empty string, which is what an omitted proto3 field is).
+    """
+    protovalidate.validate(valid)
+    components: dict[str, Any] = {}
+    name = add_message(cast(Descriptor, valid.DESCRIPTOR), components)
+    refused = []
+    for field in valid.DESCRIPTOR.fields:
+        left_out = type(valid)()
+        left_out.CopyFrom(valid)
+        left_out.ClearField(field.name)
+        if protovalidate.collect_violations(left_out):
+            refused.append(field.name)
+    assert components[name].get("required", []) == refused
+
+
+def test_response_schemas_require_what_the_gateway_always_writes() -> None:
+    """Every ``required`` of a response schema is a key of that message's JSON when empty.
+
+    The gateway writes fields without presence even at their default (``to_dict``, as
+    json_format with ``always_print_fields_with_no_presence``), so a generated client can type
+    them as present; fields with presence (messages, ``optional``) stay optional.
+    """
+    services = [
+        users_pb2.DESCRIPTOR.services_by_name["UserService"],
+        auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+        audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+    ]
+    bindings = [b for s in services for b in bindings_of(s.name, s)]
+    inputs = request_messages(bindings)
+    components: dict[str, Any] = {}
+    for binding in bindings:
+        if binding.success_status != 204:
+            add_message(binding.result_descriptor, components, output=True, inputs=inputs)
+    checked = 0
+    for name, schema in components.items():
+        message = message_factory.GetMessageClass(
+            descriptor_pool.Default().FindMessageTypeByName(name)
+        )()
+        written = to_dict(message)
+        assert set(schema.get("required", [])) <= set(written), name
+        absent = set(schema["properties"]) - set(written)
+        assert not absent & set(schema.get("required", [])), name
+        checked += bool(schema.get("required"))
+    assert checked >= 8  # User, ListUsersResponse, IssueTokenResponse, …
+    assert "create_time" not in components["portico.users.v1.User"]["required"]  # a message

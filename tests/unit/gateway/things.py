@@ -112,3 +112,34 @@ def thing_service() -> ServiceDescriptor:
     pool = descriptor_pool.Default()
     pool.Add(_file())
     return pool.FindServiceByName(f"{PACKAGE}.ThingService")
+
+
+SHOP_PACKAGE = "portico.testing.v2"
+
+
+@functools.cache
+def shop_service() -> ServiceDescriptor:
+    """``portico.testing.v2.ShopService``: its RPC ``GetThing`` and message ``Thing`` share their
+    names with :func:`thing_service`'s, for the names the OpenAPI document gives clients."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="portico/testing/v2/shop.proto",
+        package=SHOP_PACKAGE,
+        syntax="proto3",
+        dependency=["google/api/annotations.proto"],
+    )
+    thing = file.message_type.add(name="Thing")
+    _field(thing, "id", 1, _F.TYPE_STRING)
+    _field(thing, "price", 2, _F.TYPE_INT32)
+    get = file.message_type.add(name="GetThingRequest")
+    _field(get, "id", 1, _F.TYPE_STRING)
+    method = file.service.add(name="ShopService").method.add(
+        name="GetThing",
+        input_type=f".{SHOP_PACKAGE}.GetThingRequest",
+        output_type=f".{SHOP_PACKAGE}.Thing",
+    )
+    method.options.Extensions[annotations_pb2.http].CopyFrom(
+        http_pb2.HttpRule(get="/v2/shop/things/{id}")
+    )
+    pool = descriptor_pool.Default()
+    pool.Add(file)
+    return pool.FindServiceByName(f"{SHOP_PACKAGE}.ShopService")

@@ -6,19 +6,42 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 
 from portico_gateway.deps import UpstreamsDep
 from portico_gateway.errors import problem
 from portico_gateway.transcoding.openapi import PROBLEM
 
+TAG: dict[str, Any] = {
+    "name": "health",
+    "description": "The gateway's probes, for Kubernetes and load balancers.",
+}
+
+
+class Liveness(BaseModel):
+    """The answer of ``/healthz``."""
+
+    status: str = Field(description='Always "ok".')
+
+
+class Readiness(BaseModel):
+    """The answer of ``/readyz`` when every upstream serves."""
+
+    status: str = Field(description='Always "ready".')
+    upstreams: dict[str, str] = Field(
+        description="Each upstream's grpc.health.v1 status, by name (`users`: `SERVING`)."
+    )
+
 
 def make_router(*, readiness_timeout_s: float, retry_after_s: int) -> APIRouter:
-    router = APIRouter(tags=["health"])
+    router = APIRouter(tags=[TAG["name"]])
 
     @router.get(
         "/healthz",
         summary="Liveness",
         description="200 while the gateway process runs; says nothing about upstreams.",
+        operation_id="getLiveness",
+        response_model=Liveness,
     )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -28,7 +51,9 @@ def make_router(*, readiness_timeout_s: float, retry_after_s: int) -> APIRouter:
         summary="Readiness",
         description="200 when every upstream's grpc.health.v1 check answers SERVING, else 503 "
         "(503 too once the gateway is shutting down).",
+        operation_id="getReadiness",
         responses={
+            200: {"model": Readiness},
             503: {
                 "description": "An upstream is not serving, or the gateway is shutting down.",
                 "content": {
@@ -36,7 +61,7 @@ def make_router(*, readiness_timeout_s: float, retry_after_s: int) -> APIRouter:
                         "schema": {"$ref": f"#/components/schemas/{PROBLEM}"}
                     }
                 },
-            }
+            },
         },
     )
     async def readyz(request: Request, upstreams: UpstreamsDep) -> Any:

@@ -9,6 +9,7 @@ from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.protobuf.message import Message
 
 from portico.rest.v1 import rest_pb2
+from portico_gateway.transcoding.oauth2 import OAUTH2_FORM_PATHS
 from portico_gateway.transcoding.request import find_field
 from portico_gateway.transcoding.template import PathTemplate, UnsupportedTemplate
 
@@ -28,12 +29,6 @@ class Binding:
     index: int = 0  # 0 for the rule itself, 1… for its additional_bindings
     #: The answer carries a credential (a ``debug_redact`` field): never stored for replays.
     credentials: bool = False
-
-    @property
-    def operation_id(self) -> str:
-        """Unique per binding, as OpenAPI requires: ``UserService_GetUser``, then ``…_2``."""
-        base = f"{self.method.containing_service.name}_{self.method.name}"
-        return base if self.index == 0 else f"{base}_{self.index + 1}"
 
     @property
     def rpc_path(self) -> str:
@@ -64,6 +59,21 @@ class Binding:
             and mask is not None
             and mask.message_type is not None
             and mask.message_type.full_name == "google.protobuf.FieldMask"
+        )
+
+    @property
+    def takes_form(self) -> bool:
+        """Whether the body may be a form: only the OAuth2 token and refresh requests.
+
+        RFC 6749 defines them as ``application/x-www-form-urlencoded`` POSTs (sections 4.3.2
+        and 6), which is what OAuth2 clients and Swagger UI's "Authorize" send; the same fields
+        as JSON are accepted there too. Every other body is JSON only, as the OpenAPI document
+        says (generators stumble over one schema offered in two encodings).
+        """
+        return (
+            self.verb == "post"
+            and self.body == "*"
+            and self.template.route_path in OAUTH2_FORM_PATHS
         )
 
     @property

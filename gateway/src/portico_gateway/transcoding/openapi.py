@@ -1,31 +1,39 @@
-"""The OpenAPI operation of a binding (parameters, body, responses) from descriptors, comments."""
+"""The OpenAPI operation of a binding (parameters, body, responses) from descriptors, comments.
+
+The document is also what client generators read (see ``docs/clients.md``), so it is shaped for
+them: one tag per upstream (``users``: a module per tag), operation ids from the RPC names
+(``getUser``), schema names without the proto package (``User``; :func:`client_schema_names`)
+and one encoding per request body (a form only where OAuth2 needs it).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from google.protobuf.descriptor import ServiceDescriptor
 
 from portico_common.access import Rule, rule_of
 from portico_gateway.transcoding.comments import proto_comments
+from portico_gateway.transcoding.oauth2 import OAUTH2_FORM_PATHS, OAUTH2_PASSWORD
 from portico_gateway.transcoding.request import FORM, is_plain_message, resolve_path
-from portico_gateway.transcoding.schema import add_message, component_ref, field_schema
+from portico_gateway.transcoding.schema import (
+    add_message,
+    component_ref,
+    field_schema,
+    messages_in,
+)
 
 if TYPE_CHECKING:
     from portico_gateway.transcoding.binding import Binding
 
 PROBLEM = "Problem"
 SECURITY_SCHEME = "OAuth2"
-#: RFC 6749 §4.3 at the auth service's token route; Swagger UI's "Authorize" uses it.
-OAUTH2_PASSWORD: dict[str, Any] = {
-    "type": "oauth2",
-    "description": (
-        "Access tokens (JWT, 15 minutes) from the OAuth2 password grant: POST the form"
-        " `grant_type=password&username=<email>&password=<password>` to `/v1/auth/token`, then"
-        " send `Authorization: Bearer <access_token>`."
-    ),
-    "flows": {
-        "password": {"tokenUrl": "/v1/auth/token", "refreshUrl": "/v1/auth/refresh", "scopes": {}}
-    },
-}
+_FORM_NOTE = (
+    "**Body:** an `application/x-www-form-urlencoded` form, as OAuth2 clients send it"
+    " (RFC 6749); a JSON object with the same fields is accepted too."
+)
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "An RFC 9457 problem: every error answer has this shape.",
@@ -107,8 +115,23 @@ def _access_note(rule: Rule) -> str:
     return "**Access:** access token of " + " or ".join(who) + "."
 
 
-def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI operation fields for ``binding`` (schemas are added to ``components``)."""
+def request_messages(bindings: Iterable[Binding]) -> frozenset[str]:
+    """Every message that is, or is part of, a request body of ``bindings``."""
+    found: set[str] = set()
+    for binding in bindings:
+        if binding.body and (body := binding.body_descriptor) is not None:
+            found |= messages_in(body)
+    return frozenset(found)
+
+
+def operation(
+    binding: Binding, components: dict[str, Any], *, inputs: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """OpenAPI operation fields for ``binding`` (schemas are added to ``components``).
+
+    ``inputs``: :func:`request_messages` of all bindings, so that a message shared by a request
+    and a response gets one schema wherever it is added first.
+    """
     notes = proto_comments()
     components.setdefault(PROBLEM, PROBLEM_SCHEMA)
     method, request_type = binding.method, binding.method.input_type
@@ -158,6 +181,8 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
             "\n\nThe fields present in the body form the update mask; an explicit"
             " `?update_mask=a,b` (field paths) overrides it."
         )
+    if binding.takes_form:
+        doc += "\n\n" + _FORM_NOTE
     rule = rule_of(method)
     result: dict[str, Any] = {
         "summary": _first_sentence(doc),
@@ -182,10 +207,13 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
                 name=name,
                 min_properties=1 if binding.derives_mask else 0,
             )
-            content = {"application/json": {"schema": component_ref(name)}}
-            if binding.body == "*":  # a form works too (OAuth2 token requests are forms)
-                content[FORM] = {"schema": component_ref(name)}
-            result["requestBody"] = {"required": True, "content": content}
+            # One encoding each: a generator makes one typed argument of it (openapi-python-client
+            # 0.29 emits code that fails at import for one schema under two media types).
+            media_type = FORM if binding.takes_form else "application/json"
+            result["requestBody"] = {
+                "required": True,
+                "content": {media_type: {"schema": component_ref(name)}},
+            }
         errors += [413, 415]
     if binding.verb == "post":
         errors.append(409)
@@ -196,7 +224,7 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
     status = binding.success_status
     success: dict[str, Any] = {"description": "Success.", "headers": dict(_HEADER_REQUEST_ID)}
     if status != 204:
-        name = add_message(binding.result_descriptor, components)
+        name = add_message(binding.result_descriptor, components, output=True, inputs=inputs)
         success["content"] = {"application/json": {"schema": component_ref(name)}}
         if "etag" in binding.result_descriptor.fields_by_name:
             success["headers"]["ETag"] = {
@@ -213,3 +241,73 @@ def operation(binding: Binding, components: dict[str, Any]) -> dict[str, Any]:
         responses[str(code)] = _problem(_ERRORS[code])
     result["responses"] = responses
     return result
+
+
+def tag(name: str, service: ServiceDescriptor) -> dict[str, Any]:
+    """The OpenAPI tag of an upstream's routes: its name, described by the service's comment."""
+    return {"name": name, "description": proto_comments().get(service.full_name, "")}
+
+
+def _client_name(name: str) -> str:
+    """``portico.users.v1.User`` → ``User``; ``….UserUpdate.Patch`` → ``UserUpdatePatch``.
+
+    Proto packages are lower_snake_case and message names PascalCase (buf lint STANDARD), so the
+    name starts at the first segment that starts with a capital letter.
+    """
+    parts = name.split(".")
+    start = next((i for i, part in enumerate(parts) if part[:1].isupper()), len(parts) - 1)
+    return "".join(parts[start:])
+
+
+def _qualified_name(name: str) -> str:
+    """``portico.users.v1.User`` → ``UsersV1User``: for messages whose names clash."""
+    parts = name.split(".")
+    if len(parts) > 1 and parts[0] == "portico":
+        parts = parts[1:]
+    words = (word for part in parts for word in part.split("_"))
+    return "".join(word[:1].upper() + word[1:] for word in words)
+
+
+def client_schema_names(names: Iterable[str]) -> dict[str, str]:
+    """Component name (a proto full name) → the name in the document, which clients use.
+
+    Generators name their model classes after the schema (``PorticoUsersV1User`` from
+    ``portico.users.v1.User``), so the document names each message without its package, unless
+    two messages share that name: then both keep their package (``UsersV1User``,
+    ``AuditV1User``). Such a clash renames a published model, and the committed document's drift
+    check (``make openapi-check``) puts that in front of the reviewer.
+    """
+    names = list(names)
+    short = Counter(_client_name(n) for n in names)
+    renamed = {
+        n: _client_name(n) if short[_client_name(n)] == 1 else _qualified_name(n) for n in names
+    }
+    seen = Counter(renamed.values())
+    return {n: new if seen[new] == 1 else n for n, new in renamed.items()}
+
+
+_REF = "#/components/schemas/"
+
+
+def _rename_refs(node: Any, names: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith(_REF):
+            node = node | {"$ref": _REF + names.get(ref[len(_REF) :], ref[len(_REF) :])}
+        return {key: _rename_refs(value, names) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_rename_refs(item, names) for item in node]
+    return node
+
+
+def with_client_schema_names(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with its schemas named by :func:`client_schema_names`, references too."""
+    schemas: dict[str, Any] = document.get("components", {}).get("schemas", {})
+    if not schemas:
+        return document
+    names = client_schema_names(schemas)
+    renamed: dict[str, Any] = _rename_refs(document, names)
+    renamed["components"]["schemas"] = {
+        names[name]: schema for name, schema in renamed["components"]["schemas"].items()
+    }
+    return renamed

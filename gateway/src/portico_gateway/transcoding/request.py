@@ -183,15 +183,17 @@ FORM = "application/x-www-form-urlencoded"
 _TOO_DEEP = "the request body is nested too deeply"
 
 
-def read_body(raw: bytes, content_type: str | None, *, form_ok: bool) -> Any:
+def read_body(
+    raw: bytes, content_type: str | None, *, form_ok: bool, empty_ok: bool = False
+) -> Any:
     """The document of a request body: JSON, or (where ``form_ok``) an HTML/OAuth2 form.
 
     A form (``application/x-www-form-urlencoded``, as RFC 6749 requires for the token endpoint)
     becomes an object of strings; a field given twice becomes a list. Other media types: 415.
-    Where the whole message is the body (``form_ok``), no body at all is the empty message, as
+    Where the whole message is the body (``empty_ok``), no body at all is the empty message, as
     in grpc-gateway (``POST /v1/auth/logout`` with just a bearer token).
     """
-    if form_ok and not raw:
+    if empty_ok and not raw:
         return {}
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if form_ok and media_type == FORM:

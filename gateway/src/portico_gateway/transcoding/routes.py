@@ -179,7 +179,8 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
             body = read_body(
                 await request.body(),
                 request.headers.get("content-type"),
-                form_ok=binding.body == "*",
+                form_ok=binding.takes_form,
+                empty_ok=binding.body == "*",
             )
         descriptor = binding.body_descriptor
         derived: list[str] = []  # from the body as sent, before path variables are merged in
@@ -251,6 +252,37 @@ def _specificity(binding: Binding) -> tuple[int, ...]:
     return tuple(int(part.startswith("{")) for part in binding.template.route_path.split("/"))
 
 
+def _lower_camel(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def operation_ids(bindings: Sequence[Binding]) -> list[str]:
+    """The OpenAPI ``operationId`` of each binding: what generated clients name their functions.
+
+    The RPC's name in lowerCamelCase (``getUser``, ``get_user`` in a Python client), prefixed by
+    its service's name only where two services have an RPC of that name
+    (``thingServiceGetThing``); an additional binding adds ``_2``, ``_3``… OpenAPI requires them
+    unique: a clash left after that is refused at start-up.
+    """
+    services: dict[str, set[str]] = {}
+    for binding in bindings:
+        services.setdefault(binding.method.name, set()).add(
+            binding.method.containing_service.full_name
+        )
+    ids: list[str] = []
+    for binding in bindings:
+        method = binding.method
+        base = method.name
+        if len(services[method.name]) > 1:
+            base = method.containing_service.name + method.name
+        base = _lower_camel(base)
+        ids.append(base if binding.index == 0 else f"{base}_{binding.index + 1}")
+    clashes = sorted({i for i in ids if ids.count(i) > 1})
+    if clashes:
+        raise UnsupportedTemplate(f"operation ids {clashes} are not unique")
+    return ids
+
+
 def add_routes(app: FastAPI, bindings: list[Binding], components: dict[str, Any]) -> None:
     """Register ``bindings`` on ``app``; their schemas go into ``components``.
 
@@ -268,16 +300,17 @@ def add_routes(app: FastAPI, bindings: list[Binding], components: dict[str, Any]
             include_in_schema=False,
             name=METHOD_NOT_ALLOWED,
         )
-    for binding in ordered:
+    inputs = openapi.request_messages(ordered)
+    for binding, operation_id in zip(ordered, operation_ids(ordered), strict=True):
         service = binding.method.containing_service
-        operation = openapi.operation(binding, components)
+        operation = openapi.operation(binding, components, inputs=inputs)
         app.add_api_route(
             binding.template.route_path,
             endpoint(binding),
             methods=[binding.verb.upper()],
-            name=f"{service.full_name}.{binding.operation_id}",
-            operation_id=binding.operation_id,
-            tags=[service.full_name],
+            name=f"{service.full_name}.{operation_id}",
+            operation_id=operation_id,
+            tags=[binding.upstream],  # one tag per upstream: `users`, a module per tag in clients
             summary=operation.pop("summary"),
             description=operation.pop("description"),
             status_code=binding.success_status,

@@ -4,6 +4,11 @@ Messages become components named by their full name (``portico.users.v1.User``) 
 comments as descriptions. Field rules from protovalidate that JSON Schema can say (lengths,
 ranges, email, uuid) are carried over, so the OpenAPI document tells clients what the service
 will accept. Unknown fields are refused by the gateway, hence ``additionalProperties: false``.
+
+``required`` lists, in a request, the fields protovalidate refuses to miss; in a response, also
+every field without presence, which the gateway always writes (``"next_page_token": ""``), so
+generated clients type them as plain values rather than maybe-absent ones. A message that is
+part of a request too keeps the request's ``required`` in both places (one schema each).
 """
 
 from __future__ import annotations
@@ -73,13 +78,14 @@ def is_required(field: FieldDescriptor) -> bool:
     rules = _field_rules(field)
     if rules is None or (field.has_presence and field.message_type is None):
         return False  # optional scalars are checked only when set
-    if rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
-        return False  # left out (empty) is accepted: the rules apply to a value that is sent
+    if rules.ignore != validate_pb2.IGNORE_UNSPECIFIED:
+        return False  # the empty value is let through (or the rules are off)
     if rules.required:
         return True
     if rules.HasField("string"):
         s = rules.string
-        return bool(s.min_len > 0 or s.email or s.uuid)
+        # the empty string breaks these; an omitted field is the empty string in proto3
+        return bool(s.min_len > 0 or s.email or s.uuid or (s.HasField("const") and s.const))
     return False
 
 
@@ -114,23 +120,53 @@ def _rules(field: FieldDescriptor) -> JsonSchema:
     return out
 
 
-def field_schema(field: FieldDescriptor, components: dict[str, JsonSchema]) -> JsonSchema:
-    """The JSON Schema of one field's value (adds referenced messages to ``components``)."""
+def messages_in(descriptor: Descriptor) -> set[str]:
+    """The full names of ``descriptor`` and of every message its fields reach."""
+    found: set[str] = set()
+    pending = [descriptor]
+    while pending:
+        message = pending.pop()
+        if message.full_name in found:
+            continue
+        found.add(message.full_name)
+        pending.extend(f.message_type for f in message.fields if f.message_type is not None)
+    return found
+
+
+def field_schema(
+    field: FieldDescriptor,
+    components: dict[str, JsonSchema],
+    *,
+    output: bool = False,
+    inputs: frozenset[str] = frozenset(),
+) -> JsonSchema:
+    """The JSON Schema of one field's value (adds referenced messages to ``components``).
+
+    ``output``: the field is in a response; messages it reaches that are not in ``inputs`` (the
+    messages of requests) mark their fields without presence ``required``.
+    """
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        value = field_schema(field.message_type.fields_by_name["value"], components)
+        entry_value = field.message_type.fields_by_name["value"]
+        value = field_schema(entry_value, components, output=output, inputs=inputs)
         return {"type": "object", "additionalProperties": value}
-    single = _single(field, components)
+    single = _single(field, components, output=output, inputs=inputs)
     if field.is_repeated:
         return {"type": "array", "items": single}
     return single
 
 
-def _single(field: FieldDescriptor, components: dict[str, JsonSchema]) -> JsonSchema:
+def _single(
+    field: FieldDescriptor,
+    components: dict[str, JsonSchema],
+    *,
+    output: bool,
+    inputs: frozenset[str],
+) -> JsonSchema:
     if field.message_type is not None:
         name = field.message_type.full_name
         if name in _WELL_KNOWN:
             return dict(_WELL_KNOWN[name])
-        add_message(field.message_type, components)
+        add_message(field.message_type, components, output=output, inputs=inputs)
         return component_ref(name)
     if field.enum_type is not None:
         return _enum(field.enum_type)
@@ -158,8 +194,14 @@ def add_message(
     exclude: frozenset[str] = frozenset(),
     name: str | None = None,
     min_properties: int = 0,
+    output: bool = False,
+    inputs: frozenset[str] = frozenset(),
 ) -> str:
-    """Add ``descriptor`` (and what it references) to ``components``; return its name."""
+    """Add ``descriptor`` (and what it references) to ``components``; return its name.
+
+    ``output``: it is (part of) a response, so the fields the gateway always writes are
+    required, unless the message is in ``inputs`` (part of a request too).
+    """
     name = name or descriptor.full_name
     if name in components:
         return name
@@ -169,7 +211,7 @@ def add_message(
     for field in descriptor.fields:
         if field.name in exclude:
             continue
-        schema = field_schema(field, components)
+        schema = field_schema(field, components, output=output, inputs=inputs)
         text = notes.get(f"{descriptor.full_name}.{field.name}")
         if text:
             schema = (
@@ -185,7 +227,12 @@ def add_message(
         "properties": properties,
         "additionalProperties": False,
     }
-    required = [f.name for f in descriptor.fields if f.name in properties and is_required(f)]
+    always_written = output and descriptor.full_name not in inputs
+    required = [
+        f.name
+        for f in descriptor.fields
+        if f.name in properties and (is_required(f) or (always_written and not f.has_presence))
+    ]
     if required:
         component["required"] = required
     if min_properties:
