@@ -16,7 +16,6 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from portico_common.access import Rule, rule_of
 from portico_gateway.transcoding.comments import proto_comments
-from portico_gateway.transcoding.oauth2 import OAUTH2_FORM_PATHS, OAUTH2_PASSWORD
 from portico_gateway.transcoding.request import FORM, is_plain_message, resolve_path
 from portico_gateway.transcoding.schema import (
     add_message,
