@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.k8s.conftest import OVERLAYS, ROOT, Manifest, of_kind, yaml_to_json
-from tests.k8s.test_argocd import generated_applications, kustomize, one
+from tests.k8s.conftest import OVERLAYS, ROOT, Manifest, of_kind, one, yaml_to_json
+from tests.k8s.test_argocd import generated_applications, kustomize
 
 LEVELS = ("privileged", "baseline", "restricted")
 #: Namespaces Kubernetes itself owns (their labels are not ours to set).
