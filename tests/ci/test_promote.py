@@ -153,3 +153,24 @@ def test_copy_refuses_an_overlay_without_digests(
     assert promote.main(["copy", "--from", "dev", "--to", "staging"], root=repo) == 2
     assert "nothing to promote" in capsys.readouterr().err
     assert kustomization(repo, "staging").read_text() == before
+
+
+def test_skaffold_renders_plain_names_after_a_dev_promotion(
+    promote: ModuleType, repo: Path
+) -> None:
+    """skaffold leaves digest references alone: k8s/skaffold resets them for its builds."""
+    assert set_all(promote, repo, "dev", "r1") == 0
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(repo / "k8s" / "skaffold")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    images = {
+        c["image"]
+        for doc in yaml.safe_load_all(out)
+        if doc and doc["kind"] in POD_KINDS
+        for c in doc["spec"]["template"]["spec"]["containers"]
+        if "portico/" in c["image"]
+    }
+    assert images == {f"portico/{i}" for i in promote.IMAGES}
