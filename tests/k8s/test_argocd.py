@@ -190,6 +190,8 @@ def test_every_repository_source_path_renders(
     assert {s["path"] for s in in_repo} == {
         "argocd",
         "observability",
+        "k8s/cluster/namespaces",
+        "k8s/cluster/config",
         *(f"k8s/overlays/{e}" for e in OVERLAYS),
     }
     for source in in_repo:
@@ -256,6 +258,10 @@ def test_the_project_allows_every_rendered_kind_and_namespace(
     assert destinations == {("https://kubernetes.default.svc", f"portico-{e}") for e in OVERLAYS}
 
 
+#: Applications whose deletion must not delete what they run: Argo CD itself, the namespaces.
+KEEP_ON_DELETE = {"argo-cd", "cluster-namespaces"}
+
+
 def test_every_application_is_allowed_by_its_project(
     argocd: list[Manifest], environments: dict[str, Manifest]
 ) -> None:
@@ -270,6 +276,9 @@ def test_every_application_is_allowed_by_its_project(
         destination = (spec["destination"]["server"], spec["destination"]["namespace"])
         allowed = {(d["server"], d["namespace"]) for d in project["destinations"]}
         assert destination in allowed, name
+        if name in KEEP_ON_DELETE:  # tests/k8s/test_cluster.py: these never cascade
+            assert "finalizers" not in app["metadata"], name
+            continue
         assert "resources-finalizer.argocd.argoproj.io" in app["metadata"]["finalizers"], name
 
 

@@ -40,7 +40,7 @@ def test_artifacts_build_every_dockerfile_from_the_root(skaffold: Any) -> None:
 def test_build_and_render_settings(skaffold: Any) -> None:
     assert skaffold["build"]["tagPolicy"] == {"gitCommit": {}}
     assert set(skaffold["build"]["platforms"]) == {"linux/amd64", "linux/arm64"}
-    assert skaffold["manifests"]["kustomize"]["paths"] == ["k8s/overlays/dev"]
+    assert skaffold["manifests"]["kustomize"]["paths"] == ["k8s/skaffold"]
     assert skaffold["deploy"] == {"kubectl": {}}
     (forward,) = skaffold["portForward"]
     assert (forward["resourceType"], forward["resourceName"], forward["port"]) == (
