@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -15,6 +17,20 @@ GET_USER = "/portico.users.v1.UserService/GetUser"
 
 def _parent(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> ReadableSpan | None:
     return None if span.parent is None else by_id.get(span.parent.span_id)
+
+
+async def _settled(spans: InMemorySpanExporter) -> list[ReadableSpan]:
+    """The finished spans once the users service's server span is among them.
+
+    The service ends its span just after it sent the answer, so the gateway (and the test) can
+    have the answer first: on a busy machine the span arrives a moment later.
+    """
+    for _ in range(200):
+        finished = list(spans.get_finished_spans())
+        if any(s.kind == SpanKind.SERVER and GET_USER in s.name for s in finished):
+            return finished
+        await asyncio.sleep(0.025)
+    return list(spans.get_finished_spans())
 
 
 def _one(spans: list[ReadableSpan], kind: SpanKind, name_part: str) -> ReadableSpan:
@@ -42,7 +58,7 @@ async def test_one_rest_call_yields_one_trace_from_gateway_to_sql_and_cache(
     )
 
     assert response.status_code == 200
-    everything = list(spans.get_finished_spans())
+    everything = await _settled(spans)
     http = _one(everything, SpanKind.SERVER, "/v1/users/{id}")
     finished = [s for s in everything if s.context.trace_id == http.context.trace_id]
     # Everything else recorded meanwhile is test plumbing, never part of the request:
@@ -86,7 +102,7 @@ async def test_a_second_read_is_a_cache_hit_without_sql(
 
     assert (await api.get(f"/v1/users/{user_id}")).status_code == 200
 
-    finished = list(spans.get_finished_spans())
+    finished = await _settled(spans)
     cache = _one(finished, SpanKind.CLIENT, "valkey HGET")
     assert cache.attributes is not None
     assert cache.attributes["portico.users.cache_hit"] is True
@@ -102,7 +118,7 @@ async def test_the_gateway_joins_a_b3_trace_from_the_caller(
     response = await api.get("/v1/users/00000000-0000-4000-8000-000000000000", headers=headers)
 
     assert response.status_code == 404
-    finished = list(spans.get_finished_spans())
+    finished = await _settled(spans)
     assert {format(s.context.trace_id, "032x") for s in finished if s.parent} == {trace_id}
     server = _one(finished, SpanKind.SERVER, GET_USER)
     assert server.attributes is not None
