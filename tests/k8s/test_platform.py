@@ -232,6 +232,8 @@ CHARTS: dict[tuple[str, str], Callable[[Manifest, str, str], Platform]] = {
     ("external-secrets", "0.20.4"): nothing_addressed,
     ("cloudnative-pg", "0.26.1"): nothing_addressed,
     ("argo-rollouts", "2.40.9"): nothing_addressed,
+    ("argo-cd", "10.1.1"): nothing_addressed,
+    ("cni", "1.29.2"): nothing_addressed,
 }
 
 
