@@ -159,6 +159,12 @@ try:
 except OSError:
     print("read-only")' || echo "?")
     [[ $out == usage:* ]] && check="${COMMAND[$image]} --help" || check="--help failed: $out"
+    if [[ $image == migrations ]]; then  # the SQL files reached the image (build context rules)
+      sql=$("${RUN[@]}" "${hardening[@]}" --entrypoint /app/.venv/bin/python "$tag" -c \
+        'import pathlib; print(len(list(pathlib.Path("/app/migrations").glob("*/*.sql"))))' || echo 0)
+      expected=$(find migrations -mindepth 2 -maxdepth 2 -name '*.sql' | wc -l)
+      [[ $sql == "$expected" ]] || check="$sql of $expected SQL files in the image"
+    fi
   fi
   verdict=ok
   awk -v t="$total" -v l="$LIMIT_MB" 'BEGIN {exit !(t < l)}' || verdict="over ${LIMIT_MB} MB"

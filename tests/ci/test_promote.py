@@ -174,3 +174,13 @@ def test_skaffold_renders_plain_names_after_a_dev_promotion(
         if "portico/" in c["image"]
     }
     assert images == {f"portico/{i}" for i in promote.IMAGES}
+
+
+def test_the_repository_overlays_pin_digests_the_script_reads(promote: ModuleType) -> None:
+    """staging and prod run what a promotion wrote: every Portico image pinned by digest."""
+    for overlay in ("staging", "prod"):
+        pins = promote.read_pins(kustomization(ROOT, overlay))
+        assert set(pins) == set(promote.IMAGES), overlay
+        for image, (name, pinned) in pins.items():
+            assert promote.DIGEST.match(pinned), f"{overlay}: {image} is not pinned by digest"
+            assert name.endswith(f"/portico/{image}")

@@ -13,3 +13,11 @@ def test_every_service_source_tree_is_re_included_by_name() -> None:
     assert members, "no services/*/src"
     missing = [m for m in members if f"!services/{m}/src/" not in lines]
     assert not missing, f".dockerignore: add `!services/<name>/src/` for {missing}"
+
+
+def test_every_migration_folder_is_re_included_by_name() -> None:
+    lines = set((ROOT / ".dockerignore").read_text().splitlines())
+    folders = sorted({p.parent.name for p in (ROOT / "migrations").glob("*/*.sql")})
+    assert folders, "no migrations/*/*.sql"
+    missing = [f for f in folders if f"!migrations/{f}/*.sql" not in lines]
+    assert not missing, f".dockerignore: add `!migrations/<service>/*.sql` for {missing}"

@@ -159,12 +159,12 @@ def test_every_image_is_a_skaffold_artifact_or_a_pinned_upstream(
             checked += 1
             if UPSTREAM.match(image) or image == INJECTED:
                 continue
-            name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+            name, _, digest = image.partition("@")
             # Overlays rename (registry prefix): the last two path segments name the artifact.
             assert "/".join(name.split("/")[-2:]) in IMAGES, (
                 f"{workload['metadata']['name']}: {image}"
             )
-            if not dev:  # dev runs what skaffold just built (tagged with the commit by skaffold)
-                assert tag, f"{image}: untagged outside dev"
-                assert tag != "latest", image
+            if not dev:  # dev runs what skaffold built, or what the pipeline promoted
+                # staging and prod run exactly what was promoted: a digest, never a tag
+                assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{image}: not by digest"
     assert checked >= 4
