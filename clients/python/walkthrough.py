@@ -108,7 +108,7 @@ def _walk(
             email=email,
             display_name="Ada",
             password=password,
-            idempotency_key=uuid.uuid4(),  # send the same one again to retry safely
+            idempotency_key=str(uuid.uuid4()),  # send the same one again to retry safely
         ),
     )
     created = expect(signed_up, SignUpResponse)

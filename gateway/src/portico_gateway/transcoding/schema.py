@@ -111,6 +111,8 @@ def _rules(field: FieldDescriptor) -> JsonSchema:
             out["format"] = "email"
         if s.HasField("uuid") and s.uuid:
             out["format"] = "uuid"
+        if rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
+            out = _or_empty(out)
     elif rules.HasField("int32"):
         i = rules.int32
         if i.HasField("gte"):
@@ -118,6 +120,25 @@ def _rules(field: FieldDescriptor) -> JsonSchema:
         if i.HasField("lte"):
             out["maximum"] = i.lte
     return out
+
+
+_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+
+def _or_empty(rules: JsonSchema) -> JsonSchema:
+    """``rules`` widened to what a field with ``IGNORE_IF_ZERO_VALUE`` lets through: the empty
+    string and ``null``, both the field left out in proto3's JSON. The document then accepts what
+    the service accepts; it says so without ``anyOf``, which client generators handle badly.
+    """
+    nullable: JsonSchema = {"type": ["string", "null"]}
+    if "const" in rules:
+        return nullable | {"pattern": f"^(|{re.escape(str(rules['const']))})$"}
+    if rules.get("format") == "uuid":
+        return nullable | {"pattern": f"^(|{_UUID})$"}
+    rules = dict(rules)
+    rules.pop("minLength", None)
+    rules.pop("format", None)
+    return nullable | rules
 
 
 def messages_in(descriptor: Descriptor) -> set[str]:
