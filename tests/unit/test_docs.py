@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
@@ -291,3 +292,23 @@ def test_security_threat_table_matches_the_hostile_suite() -> None:
         assert (suite.parent / named).is_file(), named
     for named in re.findall(r"`(tests/[\w/]+\.py)`", table):
         assert (ROOT / named).is_file(), named
+
+
+def test_the_deployment_page_names_every_application_in_its_wave() -> None:
+    """docs/deployment.md walks an operator through every Argo CD Application, in sync order."""
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    rows = {
+        name: wave for wave, name in re.findall(r"^\| (-?\d+) \| `([\w-]+)` ", page, re.MULTILINE)
+    }
+    found = 0
+    for path in sorted((ROOT / "argocd").rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not isinstance(doc, dict) or doc.get("kind") != "Application":
+                continue
+            meta = doc["metadata"]
+            wave = meta.get("annotations", {}).get("argocd.argoproj.io/sync-wave", "0")
+            if path.name == "root.yaml":
+                continue  # the root app itself, applied by hand in step 1
+            found += 1
+            assert rows.get(meta["name"]) == wave, (path, meta["name"], wave)
+    assert found >= 10
