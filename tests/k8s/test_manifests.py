@@ -122,11 +122,11 @@ def test_every_image_is_a_skaffold_artifact_or_a_pinned_upstream(
                 continue
             if image == "auto" and _istio_gateway(workload):
                 continue  # the injector sets the control plane's proxy image (istio/)
-            # Overlays may retag/rename: the last two path segments name the artifact.
-            bare = "/".join(image.split(":")[0].split("/")[-2:])
+            # Overlays rename and pin: the last two path segments name the artifact.
+            bare = "/".join(image.split("@")[0].split(":")[0].split("/")[-2:])
             assert bare in artifacts, f"{workload['metadata']['name']}: {image}"
             if docs is not rendered["dev"]:
-                assert ":" in image.split("/")[-1], f"{image} has no tag outside dev"
+                assert "@sha256:" in image, f"{image} is not pinned by digest outside dev"
 
 
 def test_migration_job_is_a_sync_hook_without_sidecar(docs: list[Manifest]) -> None:
