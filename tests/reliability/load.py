@@ -233,6 +233,7 @@ class Load:
             if s.outcome is Outcome.FAILED
         ]
         not_ok = [s.at_s for s in self.sent if s.outcome is not Outcome.OK]
+        last_not_ok = [s for s in self.sent if s.outcome is not Outcome.OK][-5:]
         return {
             "sent": len(self.sent),
             "succeeded": counts[Outcome.OK],
@@ -245,4 +246,17 @@ class Load:
             "first_not_ok_s": round(min(not_ok), 2) if not_ok else None,
             "last_not_ok_s": round(max(not_ok), 2) if not_ok else None,
             "failures": failures[:20],
+            # The last requests that did not succeed, with their answers: what a late failure
+            # was (the service's refusal, the gateway's own, a timeout) when recovery is slow.
+            "last_not_ok": [
+                {
+                    "kind": s.kind,
+                    "at_s": round(s.at_s, 2),
+                    "status": s.status,
+                    "error": s.error,
+                    "body": s.body,
+                    "request_id": s.request_id,
+                }
+                for s in last_not_ok
+            ],
         }

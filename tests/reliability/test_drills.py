@@ -79,12 +79,25 @@ def assert_sound(report: dict[str, Any]) -> None:
     assert report["load"]["acknowledged_creates"] > 0, counts
 
 
-def assert_recovered(report: dict[str, Any], back_s: float) -> None:
+def assert_recovered(report: dict[str, Any], back_s: float, logs: Path) -> None:
     last = report["load"]["last_not_ok_s"]
     assert last is None or last <= back_s + RECOVERY_S, (
         f"requests still failing {last} s into the load, backend back at {back_s} s: "
-        f"{report['load']['by_kind_and_status']}"
+        f"{report['load']['by_kind_and_status']}; the last ones: "
+        f"{json.dumps(report['load']['last_not_ok'])}; their log lines:\n"
+        + log_lines(logs, {r["request_id"] for r in report["load"]["last_not_ok"]})
     )
+
+
+def log_lines(folder: Path, request_ids: set[str], limit: int = 40) -> str:
+    """The lines of the stack's logs in ``folder`` that name one of ``request_ids``."""
+    found = [
+        f"{path.name}: {line[:600]}"
+        for path in sorted(folder.glob("*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if any(rid in line for rid in request_ids)
+    ]
+    return "\n".join(found[-limit:])
 
 
 async def until_valkey_takes_writes(url: str, within_s: float = 60.0) -> None:
@@ -116,7 +129,7 @@ async def test_valkey_killed_and_restarted(stack: DrillStack, tmp_path: Path) ->
 
     report = await drill("valkey", stack, tmp_path, fault)
     assert_sound(report)
-    assert_recovered(report, report["fault"]["done_s"])
+    assert_recovered(report, report["fault"]["done_s"], stack.root)
     # The cache is an optimization and the session store's degraded mode accepts signed tokens
     # for reads: no read may fail while Valkey is away.
     reads = {k: n for k, n in report["load"]["by_kind_and_status"].items() if k.startswith("read")}
@@ -130,7 +143,7 @@ async def test_postgres_restarted(stack: DrillStack, tmp_path: Path) -> None:
 
     report = await drill("postgres", stack, tmp_path, fault)
     assert_sound(report)
-    assert_recovered(report, report["fault"]["done_s"])
+    assert_recovered(report, report["fault"]["done_s"], stack.root)
 
 
 async def test_users_rolling_restart(stack: DrillStack, tmp_path: Path) -> None:
