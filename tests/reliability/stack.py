@@ -10,7 +10,12 @@ Valkey runs with an append-only file fsynced on every write (``appendonly yes``,
 always``): the Valkey that carries sessions and the event stream is a durable one in production,
 so a drill that SIGKILLs it and starts it again on the same port and data folder loses nothing
 that was acknowledged (the dev stack's Valkey, a cache without persistence, would lose the stream
-and every session).
+and every session). Its data folder is on tmpfs (``/dev/shm``) where there is one: a SIGKILLed
+process loses nothing that reached the kernel, so the drill needs no disk to prove that; on a
+disk shared with PostgreSQL, every Valkey write waited for an fsync queued behind PostgreSQL's
+checkpoint and WAL I/O, and on a slow disk the gateway's 0.25 s Valkey timeout then refused
+idempotent creates (503) for seconds after PostgreSQL was back: the disk, not the recovery,
+was measured.
 
 Every process is started and stopped by its own pid; each child's output goes to a log file in
 the drill's folder (named in failures).
@@ -21,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -131,6 +138,16 @@ class Service:
             await asyncio.sleep(0.05)
 
 
+SHM = Path("/dev/shm")  # noqa: S108 (a fresh mkdtemp folder inside it, see below)
+
+
+def valkey_data_dir(root: Path) -> Path:
+    """A fresh folder on tmpfs for Valkey's data when ``/dev/shm`` is usable, else in ``root``."""
+    if SHM.is_dir() and os.access(SHM, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="portico-drill-valkey-", dir=SHM))
+    return root / "valkey"
+
+
 @dataclass
 class DrillStack:
     """PostgreSQL, Valkey, users, auth, audit and gateway in ``root``, all on 127.0.0.1."""
@@ -143,6 +160,8 @@ class DrillStack:
     valkey_port: int = field(default_factory=free_port)
     postgres: EmbeddedPostgres | None = None
     valkey: Any = None
+    #: Valkey's data folder: on tmpfs when there is one (see the module's docstring).
+    valkey_dir: Path | None = None
     services: dict[str, Service] = field(default_factory=dict)
     #: Every service process ever started (restarts included), stopped at the end.
     started: list[Service] = field(default_factory=list)
@@ -167,7 +186,7 @@ class DrillStack:
         self.valkey = ValkeyServer(
             port=self.valkey_port,
             host="127.0.0.1",
-            data_dir=self.root / "valkey",
+            data_dir=self.valkey_dir or self.root / "valkey",
             persist=True,
             appendonly=True,
             appendfsync="always",
@@ -282,6 +301,7 @@ class DrillStack:
         self.postgres = EmbeddedPostgres(self.root / "postgres")
         await asyncio.to_thread(self.postgres.start)
         await self.postgres.ensure_database()
+        self.valkey_dir = valkey_data_dir(self.root)
         await asyncio.to_thread(self.start_valkey)
         await migrate(dsn=self.dsn, root=default_migrations_dir())
         keygen = await asyncio.create_subprocess_exec(
@@ -306,6 +326,10 @@ class DrillStack:
             await asyncio.to_thread(self.valkey.stop)
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
+        if self.valkey_dir is not None and self.valkey_dir.is_relative_to(SHM):
+            with contextlib.suppress(OSError):  # keep its log with the others
+                shutil.copy2(self.valkey_dir / "valkey.log", self.root / "valkey.log")
+            shutil.rmtree(self.valkey_dir, ignore_errors=True)
         return codes
 
     async def admin_token(self) -> str:
