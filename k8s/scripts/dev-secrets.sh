@@ -19,4 +19,15 @@ if ! exists auth-signing-key; then
   openssl genpkey -algorithm ed25519 -out "$key"  # PEM, PKCS#8: what AUTH_SIGNING_KEY_FILES reads
   kubectl -n "$ns" create secret generic auth-signing-key --from-file=signing-key.pem="$key"
 fi
-echo "secrets ready in namespace $ns: valkey, auth-signing-key (postgres-app comes from CloudNativePG)"
+# Each service's PostgreSQL login: CloudNativePG sets the managed role's password from it
+# (basic-auth; labelled so it reloads); hex: the Deployment puts it into a postgresql:// URL.
+role_secret() {  # role_secret <secret> <role>
+  exists "$1" && return
+  kubectl -n "$ns" create secret generic "$1" --type=kubernetes.io/basic-auth \
+    --from-literal=username="$2" --from-literal=password="$(openssl rand -hex 24)"
+  kubectl -n "$ns" label secret "$1" cnpg.io/reload=true
+}
+role_secret postgres-users portico_users_app
+role_secret postgres-auth portico_auth_app
+role_secret postgres-audit portico_audit_app
+echo "secrets ready in namespace $ns: valkey, auth-signing-key, postgres-users/-auth/-audit (postgres-app comes from CloudNativePG)"

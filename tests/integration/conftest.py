@@ -30,9 +30,11 @@ import valkey.asyncio as valkey_asyncio
 from portico_audit.server import RunningServer as AuditServer
 from portico_audit.server import start as start_audit
 from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
+from portico_devstack.roles import ensure_login_roles
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
 from portico_users.server import RunningServer, start
+from tests.support.stores import SERVICE_PASSWORDS
 from tests.support.tokens import Tokens
 
 TEMPLATE = f"portico_template_{os.getpid()}"
@@ -89,6 +91,8 @@ def template_database(postgres_admin_dsn: str) -> Iterator[str]:
         await migrate(
             dsn=with_database(postgres_admin_dsn, TEMPLATE), root=default_migrations_dir()
         )
+        # The services' login roles (cluster-wide), as the dev launcher makes them.
+        await ensure_login_roles(postgres_admin_dsn, SERVICE_PASSWORDS)
 
     async def drop() -> None:
         conn = await asyncpg.connect(postgres_admin_dsn)

@@ -149,7 +149,9 @@ def test_migration_job_is_a_sync_hook_without_sidecar(docs: list[Manifest]) -> N
 
 def _dev_script_secrets() -> set[str]:
     script = (ROOT / "k8s" / "scripts" / "dev-secrets.sh").read_text()
-    return set(re.findall(r"create secret generic ([a-z0-9-]+)", script))
+    return set(re.findall(r"create secret generic ([a-z0-9-]+)", script)) | set(
+        re.findall(r"^role_secret ([a-z0-9-]+)", script, re.MULTILINE)
+    )
 
 
 def test_every_referenced_configmap_and_secret_exists(

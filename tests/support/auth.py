@@ -15,6 +15,7 @@ from portico_auth.config import (
     SignUpSettings,
     ValkeySettings,
 )
+from tests.support.stores import service_database_url
 from tests.support.timeouts import (
     POSTGRES_CONNECT_TIMEOUT_S,
     USERS_CALL_TIMEOUT_S,
@@ -43,7 +44,7 @@ def auth_settings(
         "shutdown_grace_s": 2.0,
         "health_check_interval_s": 0.2,
         "postgres": PostgresSettings(
-            dsn=SecretStr(database_url),
+            dsn=SecretStr(service_database_url(database_url, "auth")),
             connect_timeout_s=POSTGRES_CONNECT_TIMEOUT_S,
             query_timeout_s=5.0,
         ),

@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import SecretStr
 
 from portico_users.config import PostgresSettings, UsersSettings, ValkeySettings
+from tests.support.stores import service_database_url
 from tests.support.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
 from tests.support.tokens import signing_material
 
@@ -27,7 +28,7 @@ def users_settings(*, database_url: str, valkey_url: str, **overrides: Any) -> U
         "shutdown_grace_s": 2.0,
         "health_check_interval_s": 0.2,
         "postgres": PostgresSettings(
-            dsn=SecretStr(database_url),
+            dsn=SecretStr(service_database_url(database_url, "users")),
             connect_timeout_s=POSTGRES_CONNECT_TIMEOUT_S,
             query_timeout_s=5.0,
         ),

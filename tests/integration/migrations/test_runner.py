@@ -43,10 +43,13 @@ async def test_project_migrations_apply_to_an_empty_database_and_rerun_is_a_noop
     applied = await migrate(dsn=dsn, root=default_migrations_dir())
     assert [m.label for m in applied] == [
         "audit/0001_create_events.sql",
+        "audit/0002_grant_service_role.sql",
         "auth/0001_create_credentials.sql",
         "auth/0002_create_outbox.sql",
+        "auth/0003_grant_service_role.sql",
         "users/0001_create_users.sql",
         "users/0002_create_outbox.sql",
+        "users/0003_grant_service_role.sql",
     ]
     assert await migrate(dsn=dsn, root=default_migrations_dir()) == []
     conn = await asyncpg.connect(dsn)

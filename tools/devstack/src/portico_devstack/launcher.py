@@ -33,7 +33,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2
 
-from portico_devstack import prometheus
+from portico_devstack import prometheus, roles
 from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
 from portico_devstack.config import DevSettings, child_environment
 from portico_migrations.config import default_migrations_dir
@@ -217,6 +217,35 @@ class Stack:
             say(f"auth: new dev signing key in {path}")
         return path
 
+    async def _service_dsns(self, database_url: str, env: dict[str, str]) -> dict[str, str]:
+        """Each service's DSN: its own login role (least privilege), never the owner's.
+
+        Embedded PostgreSQL: the launcher creates the login roles with passwords new each run
+        (:mod:`portico_devstack.roles`). An external ``DATABASE_URL``: the operator's
+        ``<SERVICE>_POSTGRES__DSN`` per service; a service without one falls back to
+        ``DATABASE_URL`` (the owner), and the launcher says that least privilege is not in force.
+        """
+        if self.postgres is not None:
+            passwords = roles.new_passwords()
+            await roles.ensure_login_roles(database_url, passwords)
+            say("PostgreSQL: each service logs in as its own role (portico_<service>_app)")
+            return {
+                service: roles.service_dsn(database_url, service, password)
+                for service, password in passwords.items()
+            }
+        dsns: dict[str, str] = {}
+        for service in roles.SERVICES:
+            own = env.get(f"{service.upper()}_POSTGRES__DSN")
+            if own:
+                dsns[service] = own
+            else:
+                dsns[service] = database_url
+                say(
+                    f"PostgreSQL: no {service.upper()}_POSTGRES__DSN, so {service} uses "
+                    "DATABASE_URL: least privilege is NOT in force for it (docs/data-stores.md)"
+                )
+        return dsns
+
     async def start(self) -> None:
         s = self.settings
         ports = (
@@ -251,6 +280,7 @@ class Stack:
         say(f"migrations: {len(applied)} applied, schema up to date")
 
         env = child_environment() | {"PYTHONUNBUFFERED": "1"}
+        dsns = await self._service_dsns(database_url, env)
         for prefix in (
             "USERS",
             "AUTH",
@@ -263,7 +293,7 @@ class Stack:
             [sys.executable, "-m", "portico_users"],
             env
             | {
-                "USERS_POSTGRES__DSN": database_url,
+                "USERS_POSTGRES__DSN": dsns["users"],
                 "USERS_VALKEY__URL": valkey_url,
                 "USERS_GRPC_HOST": s.host,
                 "USERS_GRPC_PORT": str(s.users_port),
@@ -277,7 +307,7 @@ class Stack:
             [sys.executable, "-m", "portico_auth"],
             env
             | {
-                "AUTH_POSTGRES__DSN": database_url,
+                "AUTH_POSTGRES__DSN": dsns["auth"],
                 "AUTH_VALKEY__URL": valkey_url,
                 "AUTH_GRPC_HOST": s.host,
                 "AUTH_GRPC_PORT": str(s.auth_port),
@@ -294,7 +324,7 @@ class Stack:
             [sys.executable, "-m", "portico_audit"],
             env
             | {
-                "AUDIT_POSTGRES__DSN": database_url,
+                "AUDIT_POSTGRES__DSN": dsns["audit"],
                 "AUDIT_VALKEY__URL": valkey_url,
                 "AUDIT_GRPC_HOST": s.host,
                 "AUDIT_GRPC_PORT": str(s.audit_port),
