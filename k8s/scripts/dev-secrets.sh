@@ -11,8 +11,15 @@ kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns"
 exists() { kubectl -n "$ns" get secret "$1" >/dev/null 2>&1; }
 
 if ! exists valkey; then
-  # hex: URL-safe, users, auth, audit and the gateway put it into redis://:<password>@valkey:6379/0
-  kubectl -n "$ns" create secret generic valkey --from-literal=password="$(openssl rand -hex 24)"
+  # One password per ACL user (docs/data-stores.md); hex: URL-safe, each component puts its
+  # own into redis://<component>:<password>@valkey:6379/0.
+  kubectl -n "$ns" create secret generic valkey \
+    --from-literal=admin="$(openssl rand -hex 24)" \
+    --from-literal=exporter="$(openssl rand -hex 24)" \
+    --from-literal=gateway="$(openssl rand -hex 24)" \
+    --from-literal=users="$(openssl rand -hex 24)" \
+    --from-literal=auth="$(openssl rand -hex 24)" \
+    --from-literal=audit="$(openssl rand -hex 24)"
 fi
 if ! exists auth-signing-key; then
   key=$(mktemp); trap 'rm -f "$key"' EXIT

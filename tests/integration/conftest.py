@@ -29,12 +29,13 @@ import valkey.asyncio as valkey_asyncio
 
 from portico_audit.server import RunningServer as AuditServer
 from portico_audit.server import start as start_audit
+from portico_devstack import valkey_acl
 from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
 from portico_devstack.roles import ensure_login_roles
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
 from portico_users.server import RunningServer, start
-from tests.support.stores import SERVICE_PASSWORDS
+from tests.support.stores import SERVICE_PASSWORDS, VALKEY_PASSWORDS
 from tests.support.tokens import Tokens
 
 TEMPLATE = f"portico_template_{os.getpid()}"
@@ -123,10 +124,19 @@ async def database_url(postgres_admin_dsn: str, template_database: str) -> Async
         await conn.close()
 
 
+async def _apply_acl(client: Any) -> None:
+    try:
+        await valkey_acl.apply(client, VALKEY_PASSWORDS)
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture(scope="session")
 def valkey_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real Valkey server, shared by the session."""
-    if external := os.environ.get("TEST_VALKEY_URL"):
+    if external := os.environ.get("TEST_VALKEY_URL"):  # an admin's URL: the users are added
+        client: Any = valkey_asyncio.from_url(external)  # type: ignore[no-untyped-call]
+        asyncio.run(_apply_acl(client))
         yield external
         return
     if _containers_backend():
@@ -135,7 +145,8 @@ def valkey_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         with ValkeyContainer() as container:
             yield container.get_connection_url()
         return
-    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
+    # With the components' ACL users; the URL is the admin's (valkey_acl, tests/support/stores).
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), passwords=VALKEY_PASSWORDS)
     server.start()
     try:
         yield server.url

@@ -2,7 +2,9 @@
 
 Each service logs in to PostgreSQL as its own CloudNativePG managed role, a member of the group
 role its migrations grant its own tables to, with the password of a Secret that both the
-Deployment and the operator read; only the migration Job uses the owner (docs/data-stores.md).
+Deployment and the operator read; only the migration Job uses the owner. Each component connects
+to Valkey as its own ACL user, with the rules ``make run`` and the tests load
+(``portico_devstack.valkey_acl``). See docs/data-stores.md.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from portico_devstack import valkey_acl
 from portico_devstack.roles import SERVICES, group_role, login_role
 from tests.k8s.conftest import Manifest, of_kind, one, pod_template
 from tests.k8s.test_wiring import container_env
@@ -83,3 +86,112 @@ def test_the_migrations_grant_each_group_its_own_schema_only() -> None:
         on += re.findall(r"DEFAULT PRIVILEGES IN SCHEMA (\w+)", sql)
         assert on, service
         assert set(on) == {service}, (service, on)
+
+
+def _valkey_users(docs: list[Manifest]) -> dict[str, list[str]]:
+    """``--user <name> <rules…>`` of the Valkey container, by user name."""
+    (container,) = [
+        c
+        for c in pod_template(one(docs, "StatefulSet", "valkey"))["containers"]
+        if c["name"] == "valkey"
+    ]
+    users: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for arg in container["args"]:
+        if arg == "--user":
+            current = []
+            continue
+        if arg.startswith("--"):
+            current = None
+        elif current is not None:
+            if not current:
+                users[arg] = current
+            current.append(arg)
+    return {name: rules[1:] for name, rules in users.items()}
+
+
+def test_valkey_runs_the_acl_users_make_run_and_the_tests_use(docs: list[Manifest]) -> None:
+    users = _valkey_users(docs)
+    assert users["default"][0] == "off"
+    assert "nopass" not in users["default"]
+    assert users["exporter"][2:] == ["resetchannels", "-@all", *valkey_acl.EXPORTER_RULES]
+    for component in valkey_acl.COMPONENTS:
+        variable = f"VALKEY_{component.upper()}_PASSWORD"
+        assert users[component] == [
+            "on",
+            f">$({variable})",
+            *valkey_acl.USERS[component].rules,
+        ], component
+        statefulset = one(docs, "StatefulSet", "valkey")
+        assert _env_secret(statefulset, variable) == ("valkey", component)
+
+
+def test_each_component_connects_to_valkey_as_its_own_user(docs: list[Manifest]) -> None:
+    for component in valkey_acl.COMPONENTS:
+        workload = one(docs, "Deployment", component)
+        env, _ = container_env(docs, workload)
+        name = (
+            "GATEWAY_VALKEY_URL" if component == "gateway" else f"{component.upper()}_VALKEY__URL"
+        )
+        url = urlsplit(env[name])
+        assert url.username == component, component
+        assert _env_secret(workload, "VALKEY_PASSWORD") == ("valkey", component)
+        assert url.password == f"secret-valkey-{component}"
+
+
+def _bytes(size: str) -> int:
+    units = {"mb": 2**20, "Mi": 2**20, "gb": 2**30, "Gi": 2**30}
+    for unit, factor in units.items():
+        if size.endswith(unit):
+            return int(size.removesuffix(unit)) * factor
+    raise AssertionError(f"unknown size {size}")
+
+
+def _memory(docs: list[Manifest], name: str) -> tuple[str, str, int]:
+    """(policy, appendonly, maxmemory bytes) of a Valkey StatefulSet, and its limit checked."""
+    statefulset = one(docs, "StatefulSet", name)
+    (container,) = [c for c in pod_template(statefulset)["containers"] if c["name"] == "valkey"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    args = container["args"]
+    for flag, variable in (
+        ("--maxmemory", "VALKEY_MAXMEMORY"),
+        ("--maxmemory-policy", "VALKEY_MAXMEMORY_POLICY"),
+        ("--appendonly", "VALKEY_APPENDONLY"),
+    ):
+        assert args[args.index(flag) + 1] == f"$({variable})", (name, flag)
+    maxmemory = _bytes(env["VALKEY_MAXMEMORY"])
+    limit = _bytes(container["resources"]["limits"]["memory"])
+    assert maxmemory <= limit // 2, (name, "maxmemory leaves room for buffers and AOF rewrites")
+    return env["VALKEY_MAXMEMORY_POLICY"], env["VALKEY_APPENDONLY"], maxmemory
+
+
+def test_state_never_evicts_and_the_cache_lives_on_an_evicting_instance_of_its_own(
+    docs: list[Manifest],
+) -> None:
+    assert _memory(docs, "valkey")[:2] == ("noeviction", "yes")
+    assert _memory(docs, "valkey-cache")[:2] == ("allkeys-lru", "no")
+    env, _ = container_env(docs, one(docs, "Deployment", "users"))
+    assert urlsplit(env["USERS_VALKEY__CACHE_URL"]).hostname == "valkey-cache"
+    assert urlsplit(env["USERS_VALKEY__URL"]).hostname == "valkey"
+
+
+def test_the_memory_alerts_read_what_each_instances_exporter_is_scraped_for(
+    docs: list[Manifest],
+) -> None:
+    rules = (ROOT / "observability" / "prometheus" / "rules" / "valkey.yaml").read_text()
+    assert "redis_memory_used_bytes" in rules
+    assert "redis_memory_max_bytes" in rules
+    scrape = (ROOT / "observability" / "prometheus" / "prometheus.yaml").read_text()
+    (keep,) = re.findall(r"regex: (portico;valkey\S*;metrics)", scrape)
+    monitors = [m for m in of_kind(docs, "ServiceMonitor") if m["metadata"]["name"] == "valkey"]
+    for name in ("valkey", "valkey-cache"):
+        statefulset = one(docs, "StatefulSet", name)
+        labels = statefulset["spec"]["template"]["metadata"]["labels"]
+        containers = {c["name"]: c for c in pod_template(statefulset)["containers"]}
+        ports = {p["name"] for p in containers["exporter"]["ports"]}
+        assert "metrics" in ports, name
+        pod = f"{labels['app.kubernetes.io/part-of']};{labels['app.kubernetes.io/name']};metrics"
+        assert re.fullmatch(keep, pod), (name, keep)
+        for monitor in monitors:  # the Prometheus Operator's scrape, where it runs
+            (expression,) = monitor["spec"]["selector"]["matchExpressions"]
+            assert labels[expression["key"]] in expression["values"], name

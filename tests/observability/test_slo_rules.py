@@ -59,7 +59,8 @@ def alerts() -> dict[str, dict[str, Any]]:
 def test_there_is_one_rule_file_per_component() -> None:
     # audit.yaml: the audit service's alerts (dead letters); it has no SLO of its own yet.
     # postgres.yaml: backup health of the CloudNativePG cluster (no SLO either).
-    assert set(rule_files()) == {f"{c}.yaml" for c in (*COMPONENTS, "audit", "postgres")}
+    # valkey.yaml: memory of the Valkey instances, before one is full (no SLO either).
+    assert set(rule_files()) == {f"{c}.yaml" for c in (*COMPONENTS, "audit", "postgres", "valkey")}
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

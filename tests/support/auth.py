@@ -15,7 +15,7 @@ from portico_auth.config import (
     SignUpSettings,
     ValkeySettings,
 )
-from tests.support.stores import service_database_url
+from tests.support.stores import component_valkey_url, service_database_url
 from tests.support.timeouts import (
     POSTGRES_CONNECT_TIMEOUT_S,
     USERS_CALL_TIMEOUT_S,
@@ -49,7 +49,7 @@ def auth_settings(
             query_timeout_s=5.0,
         ),
         "valkey": ValkeySettings(
-            url=SecretStr(valkey_url),
+            url=SecretStr(component_valkey_url(valkey_url, "auth")),
             socket_timeout_s=VALKEY_TIMEOUT_S,
             socket_connect_timeout_s=VALKEY_TIMEOUT_S,
         ),

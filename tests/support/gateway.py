@@ -14,6 +14,7 @@ from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions, jwks
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
 from tests.support.asgi import asgi_client
+from tests.support.stores import component_valkey_url
 from tests.support.timeouts import VALKEY_TIMEOUT_S
 from tests.support.tokens import signing_material
 
@@ -35,14 +36,16 @@ async def gateway_client(
     """
     values: dict[str, Any] = {
         "users_target": f"127.0.0.1:{users_port}",
-        "valkey_url": SecretStr(valkey_url),
+        "valkey_url": SecretStr(component_valkey_url(valkey_url, "gateway")),
         "valkey_timeout_s": VALKEY_TIMEOUT_S,
     }
     if auth_port is not None:
         values["auth_target"] = f"127.0.0.1:{auth_port}"
     if audit_port is not None:
         values["audit_target"] = f"127.0.0.1:{audit_port}"
-    sessions: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
+    sessions: Any = valkey_asyncio.from_url(  # type: ignore[no-untyped-call]
+        component_valkey_url(valkey_url, "gateway")
+    )
     verifier = TokenVerifier(
         JwksCache(jwks_from_file(signing_material().jwks_file)),
         ValkeySessions(sessions),

@@ -16,6 +16,7 @@ from portico.auth.v1 import auth_pb2
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
 from tests.support.asgi import asgi_client
+from tests.support.stores import component_valkey_url
 from tests.support.timeouts import VALKEY_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ async def gateway(
     values: dict[str, Any] = {
         "users_target": f"127.0.0.1:{users_port}",
         "auth_target": f"127.0.0.1:{auth_port}",
-        "valkey_url": SecretStr(valkey_url),
+        "valkey_url": SecretStr(component_valkey_url(valkey_url, "gateway")),
         "valkey_timeout_s": VALKEY_TIMEOUT_S,
     }
     if audit_port is not None:

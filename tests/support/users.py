@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import SecretStr
 
 from portico_users.config import PostgresSettings, UsersSettings, ValkeySettings
-from tests.support.stores import service_database_url
+from tests.support.stores import component_valkey_url, service_database_url
 from tests.support.timeouts import POSTGRES_CONNECT_TIMEOUT_S, VALKEY_TIMEOUT_S
 from tests.support.tokens import signing_material
 
@@ -33,7 +33,7 @@ def users_settings(*, database_url: str, valkey_url: str, **overrides: Any) -> U
             query_timeout_s=5.0,
         ),
         "valkey": ValkeySettings(
-            url=SecretStr(valkey_url),
+            url=SecretStr(component_valkey_url(valkey_url, "users")),
             socket_timeout_s=VALKEY_TIMEOUT_S,
             socket_connect_timeout_s=VALKEY_TIMEOUT_S,
         ),

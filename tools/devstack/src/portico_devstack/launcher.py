@@ -1,8 +1,9 @@
 """The local stack behind ``make run``: backends, migrations, then supervised service processes.
 
 Order of start: PostgreSQL (embedded unless ``DATABASE_URL``) → Valkey (embedded unless
-``VALKEY_URL``) → migrations → users service → auth service → audit service (each until its gRPC
-health check says SERVING; auth signs tokens with a dev key kept in
+``VALKEY_URL``: a state instance that never evicts and the users cache's own, each with its ACL
+users; docs/data-stores.md) → migrations → users service → auth service → audit service (each
+until its gRPC health check says SERVING; auth signs tokens with a dev key kept in
 ``<data_dir>/auth/signing-key.pem``, made on the first run) → gateway (until ``/readyz`` answers
 200) → with ``observe`` (``make run OBSERVE=1``), a local Prometheus scraping all four
 (:mod:`portico_devstack.prometheus`; when no ``prometheus`` is installed, or it fails to start,
@@ -33,8 +34,8 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2
 
-from portico_devstack import prometheus, roles
-from portico_devstack.backends import EmbeddedPostgres, EmbeddedValkey
+from portico_devstack import prometheus, roles, valkey_acl
+from portico_devstack.backends import CACHE_MEMORY, STATE_MEMORY, EmbeddedPostgres, EmbeddedValkey
 from portico_devstack.config import DevSettings, child_environment
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
@@ -176,6 +177,8 @@ class Stack:
         self.settings = settings
         self.postgres: EmbeddedPostgres | None = None
         self.valkey: EmbeddedValkey | None = None
+        #: The users cache's own Valkey (embedded only; evicting, unlike ``valkey``).
+        self.valkey_cache: EmbeddedValkey | None = None
         self.children: list[Child] = []
         self.force = asyncio.Event()
         #: The local Prometheus's URL once it runs (``observe``), else None.
@@ -246,6 +249,30 @@ class Stack:
                 )
         return dsns
 
+    def _valkey_urls(self, valkey_url: str, env: dict[str, str]) -> dict[str, str]:
+        """Each component's Valkey URL: its own ACL user (:mod:`portico_devstack.valkey_acl`).
+
+        Embedded Valkey: the users the launcher started it with. An external ``VALKEY_URL``: the
+        operator's ``GATEWAY_VALKEY_URL`` / ``<SERVICE>_VALKEY__URL``; a component without one
+        falls back to ``VALKEY_URL``, and the launcher says that least privilege is not in force.
+        """
+        if self.valkey is not None:
+            return {c: self.valkey.user_url(c) for c in valkey_acl.COMPONENTS}
+        urls: dict[str, str] = {}
+        for component in valkey_acl.COMPONENTS:
+            name = (
+                "GATEWAY_VALKEY_URL"
+                if component == "gateway"
+                else f"{component.upper()}_VALKEY__URL"
+            )
+            urls[component] = env.get(name) or valkey_url
+            if not env.get(name):
+                say(
+                    f"Valkey: no {name}, so {component} uses VALKEY_URL: least privilege is NOT "
+                    "in force for it (docs/data-stores.md)"
+                )
+        return urls
+
     async def start(self) -> None:
         s = self.settings
         ports = (
@@ -273,14 +300,32 @@ class Stack:
             valkey_url = s.valkey_url.get_secret_value()
             say("Valkey: using VALKEY_URL")
         else:
-            self.valkey = EmbeddedValkey(s.data_dir / "valkey", port=s.valkey_port)
-            valkey_url = await asyncio.to_thread(self.valkey.start)
-            say(f"Valkey: embedded at {valkey_url}")
+            passwords = valkey_acl.new_passwords()
+            self.valkey = EmbeddedValkey(
+                s.data_dir / "valkey", port=s.valkey_port, passwords=passwords, memory=STATE_MEMORY
+            )
+            await asyncio.to_thread(self.valkey.start)
+            valkey_url = self.valkey.url
+            # The users cache on an instance of its own: it may evict, the state one never does.
+            self.valkey_cache = EmbeddedValkey(
+                s.data_dir / "valkey-cache", passwords=passwords, memory=CACHE_MEMORY
+            )
+            await asyncio.to_thread(self.valkey_cache.start)
+            say(
+                f"Valkey: embedded, state at 127.0.0.1:{self.valkey.port} (noeviction), cache at "
+                f"127.0.0.1:{self.valkey_cache.port} (allkeys-lru); one ACL user per component"
+            )
         applied = await migrate(dsn=database_url, root=default_migrations_dir())
         say(f"migrations: {len(applied)} applied, schema up to date")
 
         env = child_environment() | {"PYTHONUNBUFFERED": "1"}
         dsns = await self._service_dsns(database_url, env)
+        valkey_urls = self._valkey_urls(valkey_url, env)
+        cache_url = (
+            {"USERS_VALKEY__CACHE_URL": self.valkey_cache.user_url("users")}
+            if self.valkey_cache is not None
+            else {}
+        )
         for prefix in (
             "USERS",
             "AUTH",
@@ -294,7 +339,8 @@ class Stack:
             env
             | {
                 "USERS_POSTGRES__DSN": dsns["users"],
-                "USERS_VALKEY__URL": valkey_url,
+                "USERS_VALKEY__URL": valkey_urls["users"],
+                **cache_url,
                 "USERS_GRPC_HOST": s.host,
                 "USERS_GRPC_PORT": str(s.users_port),
                 "USERS_METRICS_PORT": str(s.users_metrics_port),
@@ -308,7 +354,7 @@ class Stack:
             env
             | {
                 "AUTH_POSTGRES__DSN": dsns["auth"],
-                "AUTH_VALKEY__URL": valkey_url,
+                "AUTH_VALKEY__URL": valkey_urls["auth"],
                 "AUTH_GRPC_HOST": s.host,
                 "AUTH_GRPC_PORT": str(s.auth_port),
                 "AUTH_METRICS_PORT": str(s.auth_metrics_port),
@@ -325,7 +371,7 @@ class Stack:
             env
             | {
                 "AUDIT_POSTGRES__DSN": dsns["audit"],
-                "AUDIT_VALKEY__URL": valkey_url,
+                "AUDIT_VALKEY__URL": valkey_urls["audit"],
                 "AUDIT_GRPC_HOST": s.host,
                 "AUDIT_GRPC_PORT": str(s.audit_port),
                 "AUDIT_METRICS_PORT": str(s.audit_metrics_port),
@@ -343,7 +389,7 @@ class Stack:
                 "GATEWAY_USERS_TARGET": self.users_target,
                 "GATEWAY_AUTH_TARGET": self.auth_target,
                 "GATEWAY_AUDIT_TARGET": self.audit_target,
-                "GATEWAY_VALKEY_URL": valkey_url,
+                "GATEWAY_VALKEY_URL": valkey_urls["gateway"],
                 "GATEWAY_ENVIRONMENT": "dev",
             },
             color=_COLORS[1] if sys.stdout.isatty() else "",
@@ -433,6 +479,8 @@ class Stack:
             code = await child.stop(timeout_s=self.settings.stop_timeout_s, force=self.force)
             if code is not None:
                 say(f"{child.name} stopped (exit code {code})")
+        if self.valkey_cache is not None:
+            await asyncio.to_thread(self.valkey_cache.stop)
         if self.valkey is not None:
             await asyncio.to_thread(self.valkey.stop)
             say("Valkey stopped")

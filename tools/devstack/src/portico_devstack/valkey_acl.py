@@ -1,0 +1,185 @@
+"""Valkey ACL users, one per component: which keys, channels and commands each may use.
+
+The one place the rules are written down. ``make run`` and the tests load them into the embedded
+Valkey as an ACL file (:func:`acl_file`), and ``k8s/base/valkey/statefulset.yaml`` passes the
+same rules as ``--user`` arguments (``tests/k8s/test_data_stores.py`` compares them). Commands
+are listed one by one, never by category: a category such as ``@write`` holds key-less commands
+(``FLUSHALL``) that no key pattern restrains. Commands a Lua script calls are checked against
+the caller's user too, so each user lists what its scripts call. See docs/data-stores.md.
+
+Keys (the services' default prefixes):
+
+* ``portico:gateway:v1:*``: the gateway's rate limits and idempotency records;
+* ``portico:users:v1:*``: the users service's read cache;
+* ``portico:auth:v1:*``: the auth service's sessions and login throttles; every token verifier
+  (gateway, users, audit, auth) may only ask ``EXISTS portico:auth:v1:session:*`` and subscribe
+  to ``portico:auth:v1:sessions-ended``;
+* ``portico:events:v1``: the event stream. Users and auth append (the outbox relays); audit
+  reads it through its consumer group and appends to ``portico:events:v1:dead``. The auth
+  service may also read it through a consumer group of its own (session management follows the
+  users service's events), so it holds the consumer-group commands as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: The components that connect to Valkey, each as its own user.
+COMPONENTS = ("gateway", "users", "auth", "audit")
+#: The launcher's and the tests' user: every key and command (never given to a component).
+ADMIN = "admin"
+
+SESSIONS = "portico:auth:v1:session:*"
+SESSIONS_ENDED = "portico:auth:v1:sessions-ended"
+EVENTS = "portico:events:v1"
+DEAD_LETTERS = "portico:events:v1:dead"
+
+_CONNECTION = ("+ping", "+hello", "+auth", "+client|setinfo", "+client|setname", "+select")
+_SCRIPTS = ("+evalsha", "+script|load")
+#: A token verifier: is the session alive (``EXISTS`` only, read-only, in a selector of its own:
+#: nothing else of a session can be read or written), and hear when one ends.
+_VERIFY = (f"&{SESSIONS_ENDED}", "+subscribe", "+unsubscribe", f"(%R~{SESSIONS} +exists)")
+_CONSUME = "+xreadgroup +xack +xgroup|create +xpending +xclaim +xautoclaim +xinfo|groups +xrange"
+
+
+@dataclass(frozen=True, slots=True)
+class AclUser:
+    name: str
+    #: ACL rules after ``on`` and the password: key patterns, channels, commands, selectors.
+    rules: tuple[str, ...]
+
+
+USERS: dict[str, AclUser] = {
+    "gateway": AclUser(
+        "gateway",
+        (
+            "resetchannels",
+            "~portico:gateway:v1:*",
+            *_VERIFY,
+            *_CONNECTION,
+            *_SCRIPTS,
+            # rate_limit.py and idempotency.py's scripts
+            "+exists",
+            "+get",
+            "+set",
+            "+time",
+            "+hget",
+            "+hmget",
+            "+hset",
+            "+hdel",
+            "+del",
+            "+pexpire",
+        ),
+    ),
+    "users": AclUser(
+        "users",
+        (
+            "resetchannels",
+            "~portico:users:v1:*",
+            *_VERIFY,
+            *_CONNECTION,
+            *_SCRIPTS,
+            # cache.py (and its scripts)
+            "+hget",
+            "+hset",
+            "+del",
+            "+pexpire",
+            f"(~{EVENTS} +xadd)",  # the outbox relay
+        ),
+    ),
+    "auth": AclUser(
+        "auth",
+        (
+            "resetchannels",
+            "~portico:auth:v1:*",
+            *_VERIFY,
+            "+publish",  # sessions.py's scripts announce every ended session
+            *_CONNECTION,
+            *_SCRIPTS,
+            # sessions.py and throttle.py (and their scripts)
+            "+exists",
+            "+hget",
+            "+hexists",
+            "+hset",
+            "+del",
+            "+pexpire",
+            "+pttl",
+            "+incr",
+            f"(~{EVENTS} +xadd {_CONSUME})",  # the outbox relay; a consumer group of its own
+        ),
+    ),
+    "audit": AclUser(
+        "audit",
+        (
+            "resetchannels",
+            *_VERIFY,
+            *_CONNECTION,
+            f"(~{EVENTS} {_CONSUME})",  # consumer.py
+            f"(~{DEAD_LETTERS} +xadd)",
+        ),
+    ),
+}
+
+
+#: The metrics exporter beside Valkey in Kubernetes (redis_exporter): server statistics, no keys.
+EXPORTER_RULES = (
+    "+ping",
+    "+hello",
+    "+auth",
+    "+select",
+    "+client|setname",
+    "+client|setinfo",
+    "+info",
+    "+config|get",
+    "+dbsize",
+    "+client|list",
+    "+slowlog|get",
+    "+slowlog|len",
+    "+latency|latest",
+    "+latency|histogram",
+)
+
+
+def new_passwords() -> dict[str, str]:
+    """A random password per component and for the admin (hex: safe in a URL as it is)."""
+    return {name: secrets.token_hex(24) for name in (*COMPONENTS, ADMIN)}
+
+
+def acl_file(passwords: Mapping[str, str]) -> str:
+    """An ACL file (``aclfile``) for a local Valkey: the components, the admin, and ``default``.
+
+    Passwords are stored as SHA-256 (``#<hex>``), never in clear. ``default`` (no password) may
+    only ``PING``, so a readiness probe works and nothing else does without a user.
+    """
+
+    def digest(name: str) -> str:
+        return "#" + hashlib.sha256(passwords[name].encode()).hexdigest()
+
+    lines = [
+        "user default on nopass resetchannels -@all +ping",
+        f"user {ADMIN} on {digest(ADMIN)} ~* &* +@all",
+    ]
+    lines += [f"user {u.name} on {digest(u.name)} {' '.join(u.rules)}" for u in USERS.values()]
+    return "\n".join(lines) + "\n"
+
+
+def user_url(url: str, user: str, password: str) -> str:
+    """``url`` (``redis://host:port/db``) as ``user``."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{user}:{password}@{rest.rpartition('@')[2]}"
+
+
+async def apply(client: Any, passwords: Mapping[str, str]) -> None:
+    """Create (or reset) the component users on a running Valkey, through an admin ``client``.
+
+    For a server the launcher or the tests did not start (``VALKEY_URL``, ``TEST_VALKEY_URL``);
+    an embedded one loads :func:`acl_file` at start instead, and keeps it across restarts.
+    """
+    for user in USERS.values():
+        await client.execute_command(
+            "ACL", "SETUSER", user.name, "reset", "on", f">{passwords[user.name]}", *user.rules
+        )
