@@ -8,14 +8,13 @@ consumer acknowledges the stream entry only after ``store`` returned, i.e. after
 from __future__ import annotations
 
 import json
-from functools import partial
 from typing import Any
 
 import asyncpg
 
 from portico_audit.domain import AuditRecord, Cursor, Page
 from portico_audit.errors import Unavailable
-from portico_common.postgres import Deadline, connection
+from portico_common.postgres import DatabaseErrors, Deadline, Repository, from_row
 
 _COLUMNS = "id, type, subject, actor, service, occurred_at, recorded_at, payload, trace_id"
 _INSERT = """
@@ -25,29 +24,19 @@ _INSERT = """
 """
 
 
-def _record(row: Any) -> AuditRecord:
+def _record(row: asyncpg.Record) -> AuditRecord:
     payload = row["payload"]
-    return AuditRecord(
-        id=row["id"],
-        type=row["type"],
-        subject=row["subject"],
-        actor=row["actor"],
-        service=row["service"],
-        occurred_at=row["occurred_at"],
-        recorded_at=row["recorded_at"],
+    return from_row(
+        AuditRecord,
+        row,
         payload=json.loads(payload) if isinstance(payload, str) else dict(payload or {}),
-        trace_id=row["trace_id"],
     )
 
 
-class EventRepository:
+class EventRepository(Repository):
     """``audit.events`` over an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
-        self._pool = pool
-        #: A connection for one call, database failures turned into this service's errors.
-        self._connection = partial(connection, pool, unavailable=Unavailable)
-        self._limit = query_timeout_s
+    errors = DatabaseErrors(unavailable=Unavailable)
 
     async def store(self, record: AuditRecord) -> bool:
         """Insert ``record`` and commit; False when an event with its id was stored before.

@@ -13,7 +13,6 @@ in the same transaction as the change; session events, whose state is in Valkey,
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -21,8 +20,8 @@ import asyncpg
 
 from portico_auth.domain import Credential, CredentialState
 from portico_auth.errors import AlreadyExists, Unavailable
-from portico_common.outbox import OUTBOX_COLUMNS, Event, new_event
-from portico_common.postgres import Deadline, connection
+from portico_common.outbox import Event, new_event, outbox_insert
+from portico_common.postgres import DatabaseErrors, Deadline, Repository, from_row
 
 _INSERT_PENDING = """
     INSERT INTO auth.credentials (email, display_name, password_hash, idempotency_key)
@@ -65,35 +64,18 @@ _SET_HASH = """
     UPDATE auth.credentials SET password_hash = $2, updated_at = clock_timestamp() WHERE id = $1
 """
 
-_INSERT_EVENT = f"""
-    INSERT INTO auth.outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
-"""  # noqa: S608 (a constant column list)
+_INSERT_EVENT = outbox_insert("auth")
 
 
-def _credential(row: Any) -> Credential:
-    return Credential(
-        id=row["id"],
-        user_id=row["user_id"],
-        email=row["email"],
-        display_name=row["display_name"],
-        password_hash=row["password_hash"],
-        state=CredentialState(row["state"]),
-        idempotency_key=row["idempotency_key"],
-        created_at=row["created_at"],
-    )
+def _credential(row: asyncpg.Record) -> Credential:
+    return from_row(Credential, row, state=CredentialState(row["state"]))
 
 
-class CredentialRepository:
+class CredentialRepository(Repository):
     """Credentials on PostgreSQL. Each call is limited to ``query_timeout_s``, or less: the
     caller's deadline when it ends sooner (:class:`portico_common.postgres.Deadline`)."""
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
-        self._pool = pool
-        #: A connection for one call, database failures turned into this service's errors.
-        self._connection = partial(
-            connection, pool, unavailable=Unavailable, unique_violation=AlreadyExists
-        )
-        self._limit = query_timeout_s
+    errors = DatabaseErrors(unavailable=Unavailable, unique_violation=AlreadyExists)
 
     async def _one(self, query: str, *args: Any) -> Credential | None:
         deadline = Deadline(self._limit)
