@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from portico.auth.v1 import auth_pb2, auth_pb2_grpc
+from portico.auth.v1 import auth_pb2
+from portico.auth.v1.auth_pb2_grpc import add_AuthServiceServicer_to_server as add_servicer
 from portico_auth.config import AuthSettings
 from portico_auth.errors import ERROR_DOMAIN
 from portico_auth.identity import ServiceIdentity
@@ -33,14 +34,14 @@ from portico_auth.throttle import LoginThrottle
 from portico_auth.tokens import TokenIssuer
 from portico_auth.users_client import UsersClient
 from portico_common import runtime as service_runtime
-from portico_common.outbox import OutboxRelay
-from portico_common.runtime import Runtime
+from portico_common.runtime import GrpcService, Runtime
 from portico_common.runtime import serve as serve_running
 from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions
 
-SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
-
-__all__ = ["SERVICE", "RunningServer", "serve", "start"]
+#: AuthService as the shared runtime serves it: name, proto service, registration, error domain.
+SERVICE = GrpcService(
+    "auth", auth_pb2.DESCRIPTOR.services_by_name["AuthService"], add_servicer, ERROR_DOMAIN
+)
 
 #: This service, started (``core``: its AuthService).
 RunningServer = service_runtime.RunningServer[AuthService]
@@ -54,7 +55,7 @@ async def start(settings: AuthSettings) -> RunningServer:
         environment=settings.environment,
     )
     vk = settings.valkey
-    async with Runtime("auth", settings) as runtime:
+    async with Runtime(SERVICE, settings) as runtime:
         pool = await runtime.pool()
         client = runtime.valkey(vk)
         users_channel = runtime.channel(settings.users_target)
@@ -91,21 +92,14 @@ async def start(settings: AuthSettings) -> RunningServer:
             "signup-reconciler",
             partial(service.reconcile_forever, settings.signup.reconcile_interval_s),
         )
-        if settings.outbox.relay_enabled:
-            relay = OutboxRelay(
-                pool, client, schema="auth", service="auth", settings=settings.outbox
-            )
-            runtime.background("outbox-relay", relay.run)
-        servicer = AuthServicer(service, keys)
+        runtime.outbox_relay(pool, client, settings.outbox)
         # Valkey is not probed: JWKS works without it; sign-up (whose calls to the users
         # service need the service identity's session), token, refresh and logout answer
         # UNAVAILABLE while it is down, which callers may retry.
         return await runtime.start(
-            SERVICE,
-            partial(auth_pb2_grpc.add_AuthServiceServicer_to_server, servicer),
+            AuthServicer(service, keys),
             core=service,
             verifier=verifier,
-            error_domain=ERROR_DOMAIN,
             degraded_reads=False,
             listening_note=f" (signing kid {keys.active.kid}, {len(keys.keys)} key(s) in the JWKS)",
         )
