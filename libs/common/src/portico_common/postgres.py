@@ -5,11 +5,11 @@ demand, health says NOT_SERVING, calls answer UNAVAILABLE, and all of it recover
 PostgreSQL returns. ``close_pool`` never hangs a shutdown on a stuck connection.
 
 A repository derives from :class:`Repository` (the pool, the query limit, and what database
-failures become in its service: :class:`DatabaseErrors`). Each call spends its time through
+failures become in its service: :class:`DatabaseErrors`). Each call takes its connection and its
 :class:`Deadline` (the configured query limit, or the caller's gRPC deadline when it ends sooner)
-and takes its connection with ``self._connection(deadline)`` (:func:`connection`), which turns
-database failures into the service errors of :mod:`portico_common.errors`; :func:`from_row` makes
-a row into the service's dataclass. :func:`ping` is the health probe's question.
+with ``self._connect(time_left)``, through :func:`connection`, which turns database failures into
+the service errors of :mod:`portico_common.errors`; :func:`from_row` makes a row into the
+service's dataclass. :func:`ping` is the health probe's question.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -184,8 +184,8 @@ class Repository:
     """The base of a service's repository: its SQL runs on ``pool``, each call within
     ``query_timeout_s`` (or the caller's deadline when it ends sooner, see :class:`Deadline`).
 
-    A subclass sets :attr:`errors` and takes each call's connection with
-    ``self._connection(deadline)``.
+    A subclass sets :attr:`errors` and runs each call in ``async with self._connect(time_left)
+    as (conn, deadline)``, passing ``timeout=deadline.left()`` to each query.
     """
 
     #: What database failures become in this service.
@@ -195,16 +195,25 @@ class Repository:
         self._pool = pool
         self._limit = query_timeout_s
 
-    def _connection(
-        self, deadline: Deadline
-    ) -> AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        """A connection for one call, database failures turned into this service's errors."""
-        return connection(
+    @asynccontextmanager
+    async def _connect(
+        self, time_left: float | None = None, *, transaction: bool = False
+    ) -> AsyncIterator[tuple[PoolConnectionProxy[asyncpg.Record], Deadline]]:
+        """A connection for one call (in a transaction, with ``transaction``) and the call's
+        :class:`Deadline` (``time_left``: the caller's remaining time, when it passes it);
+        database failures become this service's errors."""
+        deadline = Deadline(self._limit, time_left)
+        async with connection(
             self._pool,
             deadline,
             unavailable=self.errors.unavailable,
             unique_violation=self.errors.unique_violation,
-        )
+        ) as conn:
+            if not transaction:
+                yield conn, deadline
+                return
+            async with conn.transaction():
+                yield conn, deadline
 
 
 class Columns(Protocol):

@@ -14,7 +14,7 @@ import asyncpg
 
 from portico_audit.domain import AuditRecord, Cursor, Page
 from portico_audit.errors import Unavailable
-from portico_common.postgres import DatabaseErrors, Deadline, Repository, from_row
+from portico_common.postgres import DatabaseErrors, Repository, from_row
 
 _COLUMNS = "id, type, subject, actor, service, occurred_at, recorded_at, payload, trace_id"
 _INSERT = """
@@ -44,8 +44,7 @@ class EventRepository(Repository):
         Raises ``Unavailable``/``DeadlineExceeded`` when PostgreSQL cannot take it now (retry
         later), and asyncpg's own errors when PostgreSQL refuses this event's data.
         """
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(transaction=True) as (conn, deadline):
             status = await conn.execute(
                 _INSERT,
                 record.id,
@@ -70,7 +69,6 @@ class EventRepository(Repository):
         time_left: float | None = None,
     ) -> Page:
         """One page, newest first, optionally only of ``subject`` and/or ``type_``."""
-        deadline = Deadline(self._limit, time_left)
         conditions: list[str] = []
         args: list[Any] = []
         if subject:
@@ -88,7 +86,7 @@ class EventRepository(Repository):
             f"SELECT {_COLUMNS} FROM audit.events {where} "  # noqa: S608 (constant fragments)
             f"ORDER BY recorded_at DESC, id DESC LIMIT ${len(args)}"
         )
-        async with self._connection(deadline) as conn:
+        async with self._connect(time_left) as (conn, deadline):
             rows = await conn.fetch(query, *args, timeout=deadline.left())
         events = [_record(row) for row in rows[:page_size]]
         last = events[-1] if events else None

@@ -21,7 +21,7 @@ import asyncpg
 from portico_auth.domain import Credential, CredentialState
 from portico_auth.errors import AlreadyExists, Unavailable
 from portico_common.outbox import Event, new_event, outbox_insert
-from portico_common.postgres import DatabaseErrors, Deadline, Repository, from_row
+from portico_common.postgres import DatabaseErrors, Repository, from_row
 
 _INSERT_PENDING = """
     INSERT INTO auth.credentials (email, display_name, password_hash, idempotency_key)
@@ -78,8 +78,7 @@ class CredentialRepository(Repository):
     errors = DatabaseErrors(unavailable=Unavailable, unique_violation=AlreadyExists)
 
     async def _one(self, query: str, *args: Any) -> Credential | None:
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connect() as (conn, deadline):
             row = await conn.fetchrow(query, *args, timeout=deadline.left())
         return None if row is None else _credential(row)
 
@@ -105,8 +104,7 @@ class CredentialRepository(Repository):
 
         ``AlreadyExists`` when another credential already names ``user_id``.
         """
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(transaction=True) as (conn, deadline):
             done = await conn.fetchval(
                 _ACTIVATE,
                 credential.id,
@@ -125,8 +123,7 @@ class CredentialRepository(Repository):
 
     async def drop_pending(self, credential: Credential) -> bool:
         """Delete a still-pending credential; False when it is no longer that pending row."""
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connect() as (conn, deadline):
             done = await conn.fetchval(
                 _DROP_PENDING, credential.id, credential.idempotency_key, timeout=deadline.left()
             )
@@ -134,8 +131,7 @@ class CredentialRepository(Repository):
 
     async def delete(self, credential_id: UUID) -> None:
         """Delete a credential (+ ``credential.deleted`` when it was active)."""
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(transaction=True) as (conn, deadline):
             user_id = await conn.fetchval(_DELETE, credential_id, timeout=deadline.left())
             if user_id is not None:
                 event = new_event(
@@ -149,18 +145,15 @@ class CredentialRepository(Repository):
         """Write ``event`` to the outbox in a transaction of its own (for changes made
         elsewhere, e.g. sessions in Valkey: the event follows the change, it is not atomic
         with it)."""
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connect() as (conn, deadline):
             await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
 
     async def stale_pending(self, *, older_than_s: float, limit: int = 100) -> list[Credential]:
         """Pending credentials created more than ``older_than_s`` ago, oldest first."""
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connect() as (conn, deadline):
             rows = await conn.fetch(_STALE_PENDING, older_than_s, limit, timeout=deadline.left())
         return [_credential(row) for row in rows]
 
     async def set_password_hash(self, credential_id: UUID, password_hash: str) -> None:
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connect() as (conn, deadline):
             await conn.execute(_SET_HASH, credential_id, password_hash, timeout=deadline.left())

@@ -95,8 +95,7 @@ class UserRepository(Repository):
         actor: str | None = None,
         time_left: float | None = None,
     ) -> User:
-        deadline = Deadline(self._limit, time_left)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(time_left, transaction=True) as (conn, deadline):
             row = await conn.fetchrow(_INSERT, email, display_name, timeout=deadline.left())
             assert row is not None  # noqa: S101 - INSERT … RETURNING returns the row it inserted
             user = from_row(User, row)
@@ -106,8 +105,7 @@ class UserRepository(Repository):
         return user
 
     async def get_user(self, *, user_id: UUID, time_left: float | None = None) -> User:
-        deadline = Deadline(self._limit, time_left)
-        async with self._connection(deadline) as conn:
+        async with self._connect(time_left) as (conn, deadline):
             row = await conn.fetchrow(_SELECT, user_id, timeout=deadline.left())
         if row is None:
             raise NotFound(f"user {user_id} not found")
@@ -116,8 +114,7 @@ class UserRepository(Repository):
     async def list_users(
         self, *, page_size: int, after: Cursor | None, time_left: float | None = None
     ) -> Page:
-        deadline = Deadline(self._limit, time_left)
-        async with self._connection(deadline) as conn:
+        async with self._connect(time_left) as (conn, deadline):
             if after is None:
                 rows = await conn.fetch(_FIRST_PAGE, page_size + 1, timeout=deadline.left())
             else:
@@ -139,9 +136,8 @@ class UserRepository(Repository):
         actor: str | None = None,
         time_left: float | None = None,
     ) -> User:
-        deadline = Deadline(self._limit, time_left)
         expected = _expected_version(etag)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(time_left, transaction=True) as (conn, deadline):
             row = await conn.fetchrow(
                 _UPDATE,
                 user_id,
@@ -174,9 +170,8 @@ class UserRepository(Repository):
         actor: str | None = None,
         time_left: float | None = None,
     ) -> None:
-        deadline = Deadline(self._limit, time_left)
         expected = _expected_version(etag)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(time_left, transaction=True) as (conn, deadline):
             deleted = await conn.fetchval(_DELETE, user_id, expected, timeout=deadline.left())
             if deleted is None:
                 await self._raise_missing(conn, deadline, user_id=user_id, conditional=etag)
