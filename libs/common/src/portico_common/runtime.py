@@ -12,14 +12,18 @@ domain) and builds it::
             servicer = UserServicer(...)
             return await runtime.start(servicer, core=servicer, verifier=verifier)
 
+    serve = serving(start)
+
 What the :class:`Runtime` opens (the pool, Valkey clients, channels, the session listener) is
 closed by the stop, last opened first; a start that fails closes it at once.
 :meth:`Runtime.start` builds the server with the one interceptor chain (tracing and RED
 metrics, request id and call deadline, error mapping, access rules, protovalidate), the
 standard health service (following PostgreSQL, probed every ``health_check_interval_s``) and
 reflection; binds the metrics endpoint, then the gRPC port; starts the health probe and the
-service's background tasks; and returns a :class:`RunningServer`. :func:`serve` is the process:
-``gc.freeze()``, wait for SIGTERM/SIGINT, stop gracefully (a second signal forces).
+service's background tasks (:meth:`Runtime.outbox_relay` is one); and returns a
+:class:`RunningServer`. :func:`serve` is the process: ``gc.freeze()``, wait for SIGTERM/SIGINT,
+stop gracefully (a second signal forces); :func:`serving` makes a service's ``serve(settings)``
+of its ``start``.
 
 Stopping (:meth:`RunningServer.stop`): the service's before-stop hooks (the audit consumer
 finishing its batch), every background task (within a budget, whatever it awaits:
@@ -75,6 +79,7 @@ _log = logging.getLogger(__name__)
 
 Core = TypeVar("Core")
 Servicer = TypeVar("Servicer")
+Settings = TypeVar("Settings", bound=ServiceSettings)
 
 #: Something to await before the background tasks stop, given the drain budget (``grace``).
 BeforeStop = Callable[[float | None], Awaitable[None]]
@@ -323,3 +328,15 @@ async def serve(running: RunningServer[Any], settings: ServiceSettings, *, first
             settings.shutdown_grace_s,
         ),
     )
+
+
+def serving(
+    start: Callable[[Settings], Awaitable[RunningServer[Any]]], *, first: str = ""
+) -> Callable[[Settings], Coroutine[Any, Any, None]]:
+    """A service's ``serve(settings)``: ``start(settings)``, then :func:`serve` (``first``: what
+    the stop does before the health change, for the announcement)."""
+
+    async def serve_service(settings: Settings) -> None:
+        await serve(await start(settings), settings, first=first)
+
+    return serve_service

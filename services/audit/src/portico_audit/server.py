@@ -22,8 +22,7 @@ from portico_audit.errors import ERROR_DOMAIN
 from portico_audit.repository import EventRepository
 from portico_audit.servicer import AuditServicer
 from portico_common import runtime as service_runtime
-from portico_common.runtime import BeforeStop, GrpcService, Runtime
-from portico_common.runtime import serve as serve_running
+from portico_common.runtime import BeforeStop, GrpcService, Runtime, serving
 
 #: AuditService as the shared runtime serves it: name, proto service, registration, error domain.
 SERVICE = GrpcService(
@@ -59,6 +58,5 @@ async def start(
         )
 
 
-async def serve(settings: AuditSettings) -> None:
-    """Run the service until SIGTERM or SIGINT, then stop gracefully."""
-    await serve_running(await start(settings), settings, first="consumer finishing its batch, ")
+#: The process: start, serve until SIGTERM or SIGINT, then stop gracefully.
+serve = serving(start, first="consumer finishing its batch, ")

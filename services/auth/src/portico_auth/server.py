@@ -1,16 +1,14 @@
 """The composition root: keys, pool, Valkey, users channel → AuthService, on the shared runtime.
 
-``start(settings)`` builds and starts everything and returns a ``RunningServer`` (tests and the
-dev launcher use it); ``serve(settings)`` is the process: start, wait for SIGTERM/SIGINT, stop.
-How a service starts, serves, drains and stops is :mod:`portico_common.runtime`'s.
+``start(settings)`` builds, binds and starts it (tests and the dev launcher use it); ``serve`` is
+the process. How a service starts, serves, drains and stops is :mod:`portico_common.runtime`'s.
 
 Start-up refuses bad signing-key settings (``KeyConfigError``: production without key files, an
 unreadable or non-Ed25519 file, an unknown ``AUTH_ACTIVE_KID``) before binding anything. Like the
 users service it starts while PostgreSQL is down (health NOT_SERVING until it answers).
 
-Background tasks: the health probe, the sign-up reconciler (every
-``signup.reconcile_interval_s``, see ``service.py``) and the outbox relay (``auth.outbox`` to the
-event stream, when ``outbox.relay_enabled``; ``portico_common.outbox``). At the stop, the
+Background tasks: the health probe, the sign-up reconciler (every ``signup.reconcile_interval_s``,
+see ``service.py``) and the outbox relay (``auth.outbox`` to the event stream). At the stop, the
 service's own identity session is ended (or left to expire while Valkey is down).
 """
 
@@ -34,9 +32,8 @@ from portico_auth.throttle import LoginThrottle
 from portico_auth.tokens import TokenIssuer
 from portico_auth.users_client import UsersClient
 from portico_common import runtime as service_runtime
-from portico_common.runtime import GrpcService, Runtime
-from portico_common.runtime import serve as serve_running
-from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions
+from portico_common.runtime import GrpcService, Runtime, serving
+from portico_common.tokens import ValkeySessions
 
 #: AuthService as the shared runtime serves it: name, proto service, registration, error domain.
 SERVICE = GrpcService(
@@ -50,9 +47,7 @@ RunningServer = service_runtime.RunningServer[AuthService]
 async def start(settings: AuthSettings) -> RunningServer:
     """Build the whole service from ``settings``, bind it and start serving."""
     keys = load_key_ring(
-        settings.signing_key_files,
-        active_kid=settings.active_kid,
-        environment=settings.environment,
+        settings.signing_key_files, active_kid=settings.active_kid, environment=settings.environment
     )
     vk = settings.valkey
     async with Runtime(SERVICE, settings) as runtime:
@@ -82,12 +77,7 @@ async def start(settings: AuthSettings) -> RunningServer:
         )
         # Every AuthService RPC is public (see auth.proto); the interceptor still closes any
         # RPC added later without a rule, with this service's own keys and sessions.
-        verifier = TokenVerifier(
-            JwksCache(keys.fetch_jwks),
-            ValkeySessions(client, key_prefix=vk.key_prefix),
-            issuer=settings.issuer,
-            audience=settings.audience,
-        )
+        verifier = tokens.verifier(ValkeySessions(client, key_prefix=vk.key_prefix))
         runtime.background(
             "signup-reconciler",
             partial(service.reconcile_forever, settings.signup.reconcile_interval_s),
@@ -105,6 +95,5 @@ async def start(settings: AuthSettings) -> RunningServer:
         )
 
 
-async def serve(settings: AuthSettings) -> None:
-    """Run the service until SIGTERM or SIGINT, then stop gracefully."""
-    await serve_running(await start(settings), settings)
+#: The process: start, serve until SIGTERM or SIGINT, then stop gracefully.
+serve = serving(start)

@@ -19,8 +19,7 @@ from __future__ import annotations
 from portico.users.v1 import users_pb2
 from portico.users.v1.users_pb2_grpc import add_UserServiceServicer_to_server as add_servicer
 from portico_common import runtime as service_runtime
-from portico_common.runtime import GrpcService, Runtime
-from portico_common.runtime import serve as serve_running
+from portico_common.runtime import GrpcService, Runtime, serving
 from portico_users.cache import CachedUsers
 from portico_users.config import UsersSettings
 from portico_users.errors import ERROR_DOMAIN
@@ -55,6 +54,5 @@ async def start(settings: UsersSettings) -> RunningServer:
         return await runtime.start(servicer, core=servicer, verifier=verifier)
 
 
-async def serve(settings: UsersSettings) -> None:
-    """Run the service until SIGTERM or SIGINT, then stop gracefully."""
-    await serve_running(await start(settings), settings)
+#: The process: start, serve until SIGTERM or SIGINT, then stop gracefully.
+serve = serving(start)
