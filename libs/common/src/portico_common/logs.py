@@ -25,6 +25,7 @@ import re
 import sys
 import time
 from contextvars import ContextVar
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -166,6 +167,7 @@ def configure_logging(
     return handler
 
 
+@dataclass(slots=True)
 class OutageLog:
     """The outage of an optional dependency, logged at its start and at its end only.
 
@@ -174,23 +176,21 @@ class OutageLog:
     after a failure.
     """
 
-    def __init__(
-        self, log: logging.Logger, *, down: str, up: str, up_level: int = logging.INFO
-    ) -> None:
-        self._log = log
-        self._down = down
-        self._up = up
-        self._up_level = up_level
-        self.healthy = True
+    log: logging.Logger
+    _: KW_ONLY
+    down: str
+    up: str
+    up_level: int = logging.INFO
+    healthy: bool = True
 
     def failed(self, exc: BaseException, *args: object) -> None:
         """A call failed: log it if it is the first since the dependency last answered."""
         if self.healthy:
-            self._log.warning(self._down, *args, type(exc).__name__, exc)
+            self.log.warning(self.down, *args, type(exc).__name__, exc)
         self.healthy = False
 
     def succeeded(self) -> None:
         """A call succeeded: log the recovery if the dependency was down."""
         if not self.healthy:
-            self._log.log(self._up_level, self._up)
+            self.log.log(self.up_level, self.up)
         self.healthy = True
