@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 from portico_common import service_settings
 from portico_common.outbox import OutboxSettings
-from portico_common.service_settings import PostgresSettings, ServiceSettings
+from portico_common.service_settings import Port, PostgresSettings, ServiceSettings
 
 __all__ = [
     "Argon2Settings",
@@ -81,13 +81,9 @@ class SignUpSettings(BaseModel):
     users_timeout_s: float = Field(default=5.0, gt=0)
 
 
-class AuthSettings(ServiceSettings):
-    """Everything the auth service needs to start."""
+class AuthSettings(ServiceSettings, env_prefix="AUTH_"):
+    """Everything the auth service needs to start (its variables: ``AUTH_*``)."""
 
-    model_config = SettingsConfigDict(env_prefix="AUTH_", env_nested_delimiter="__", extra="ignore")
-
-    grpc_port: int = Field(default=50052, ge=0, le=65535)
-    metrics_port: int = Field(default=9102, ge=0, le=65535)
     #: gRPC address of the users service (portico.users.v1.UserService).
     users_target: str = "127.0.0.1:50051"
     #: ``production`` refuses to start without signing key files; ``dev`` makes a throwaway one.
@@ -108,6 +104,9 @@ class AuthSettings(ServiceSettings):
     signup: SignUpSettings = SignUpSettings()
     #: Events: the outbox relay and the stream it publishes to (``AUTH_OUTBOX__*``).
     outbox: OutboxSettings = OutboxSettings()
+    #: Its ports, where it listens unless told otherwise.
+    grpc_port: Port = 50052
+    metrics_port: Port = 9102
 
     @field_validator("signing_key_files", "admin_emails", mode="before")
     @classmethod
