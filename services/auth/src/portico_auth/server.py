@@ -9,18 +9,22 @@ unreadable or non-Ed25519 file, an unknown ``AUTH_ACTIVE_KID``) before binding a
 users service it starts while PostgreSQL is down (health NOT_SERVING until it answers).
 
 Background tasks: the health probe, the sign-up reconciler (every
-``signup.reconcile_interval_s``, see ``service.py``) and the outbox relay (``auth.outbox`` to the
-event stream, when ``outbox.relay_enabled``; ``portico_common.outbox``). At the stop, the
+``signup.reconcile_interval_s``, see ``service.py``), the outbox relay (``auth.outbox`` to the
+event stream, when ``outbox.relay_enabled``; ``portico_common.outbox``) and the consumer of
+``user.deleted`` events (when ``user_deletions.enabled``; ``deletions.py``). At the stop, the
 service's own identity session is ended (or left to expire while Valkey is down).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from functools import partial
+from typing import Any
 
 from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico_auth.config import AuthSettings
+from portico_auth.deletions import UserDeletions
 from portico_auth.errors import ERROR_DOMAIN
 from portico_auth.identity import ServiceIdentity
 from portico_auth.keys import load_key_ring
@@ -64,7 +68,12 @@ async def start(settings: AuthSettings) -> RunningServer:
             audience=settings.audience,
             ttl_s=settings.access_token_ttl_s,
         )
-        sessions = Sessions(client, key_prefix=vk.key_prefix, ttl_s=settings.refresh_token_ttl_s)
+        sessions = Sessions(
+            client,
+            key_prefix=vk.key_prefix,
+            ttl_s=settings.refresh_token_ttl_s,
+            absolute_ttl_s=settings.session_absolute_ttl_s,
+        )
         identity = ServiceIdentity(tokens, sessions)
         runtime.resources.push_async_callback(identity.close_quietly)
         service = AuthService(
@@ -79,8 +88,8 @@ async def start(settings: AuthSettings) -> RunningServer:
             admin_emails=settings.admin_emails,
             pending_timeout_s=settings.signup.pending_timeout_s,
         )
-        # Every AuthService RPC is public (see auth.proto); the interceptor still closes any
-        # RPC added later without a rule, with this service's own keys and sessions.
+        # Most AuthService RPCs are public (see auth.proto); the admin ones and any RPC added
+        # later without a rule are checked with this service's own keys and sessions.
         verifier = TokenVerifier(
             JwksCache(keys.fetch_jwks),
             ValkeySessions(client, key_prefix=vk.key_prefix),
@@ -96,6 +105,8 @@ async def start(settings: AuthSettings) -> RunningServer:
                 pool, client, schema="auth", service="auth", settings=settings.outbox
             )
             runtime.background("outbox-relay", relay.run)
+        if settings.user_deletions.enabled:
+            runtime.background("user-deletions", deletions_consumer(runtime, settings, service))
         servicer = AuthServicer(service, keys)
         # Valkey is not probed: JWKS works without it; sign-up (whose calls to the users
         # service need the service identity's session), token, refresh and logout answer
@@ -109,6 +120,24 @@ async def start(settings: AuthSettings) -> RunningServer:
             degraded_reads=False,
             listening_note=f" (signing kid {keys.active.kid}, {len(keys.keys)} key(s) in the JWKS)",
         )
+
+
+def deletions_consumer(
+    runtime: Runtime, settings: AuthSettings, service: AuthService
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """The ``user.deleted`` consumer's loop, on a Valkey client of its own whose reply limit
+    outlasts ``XREADGROUP … BLOCK``."""
+    vk = settings.valkey
+    blocking = vk.model_copy(
+        update={"socket_timeout_s": settings.user_deletions.block_ms / 1000 + vk.socket_timeout_s}
+    )
+    consumer = UserDeletions(
+        service,
+        runtime.valkey(blocking),
+        settings.user_deletions,
+        stream=settings.outbox.stream,
+    )
+    return consumer.run
 
 
 async def serve(settings: AuthSettings) -> None:
