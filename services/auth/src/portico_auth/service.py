@@ -22,8 +22,10 @@ created by sign-up either has an active credential or is named by a pending row 
 one, and a credential is active only once its user exists. Retrying a finished sign-up with its
 key returns the same user; another sign-up for a reserved or taken email is ALREADY_EXISTS.
 
-A credential whose user was later deleted through the users service is removed at its next
-successful password check (login answers as for a wrong password).
+A credential whose user was later deleted through the users service is removed, and every
+session of the user ended, by the consumer of ``user.deleted`` events (``deletions.py``), and
+in any case at the next successful password check (login answers as for a wrong password) or
+refresh (which checks the user before it spends the token, and derives the roles anew).
 
 Events (docs/architecture.md, "Events"): activation writes ``credential.created`` in its own
 transaction (see the repository). Sessions live in Valkey, so ``auth.logged_in`` and
@@ -64,6 +66,14 @@ _log = logging.getLogger(__name__)
 #: Tolerated clock difference between our database and the users service's when deciding
 #: whether a user was created by this sign-up (step 2 above).
 _CLOCK_SLACK = timedelta(seconds=5)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 class AuthService:
@@ -268,6 +278,8 @@ class AuthService:
         """
         owner = await self._sessions.current_owner(refresh_token)
         roles: tuple[str, ...] = ()
+        if owner is not None and not _is_uuid(owner):
+            raise Unauthenticated(BAD_REFRESH_TOKEN)  # not a person's (the service identity's)
         if owner is not None:
             current = await self._current_roles(owner)
             if current is None:
@@ -298,10 +310,7 @@ class AuthService:
         credential's email, which only sign-up sets (a user cannot change it through
         UpdateUser into an admin's address), and the configured admin emails.
         """
-        try:
-            uid = UUID(user_id)
-        except ValueError:
-            return None  # not a person's session (e.g. the service identity's)
+        uid = UUID(user_id)
         credential = await self._credentials.by_user(uid)
         if credential is None or credential.state is not CredentialState.ACTIVE:
             return None
