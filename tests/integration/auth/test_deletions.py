@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from portico_auth.config import UserDeletionSettings
-from portico_auth.server import RunningServer, start
 from portico_auth.sessions import Sessions
 from portico_users.server import RunningServer as UsersServer
-from tests.support.auth import auth_settings
+from tests.support.auth import running_auth
 
 STREAM = "portico:events:v1"
 GROUP = "auth-sessions"
@@ -48,19 +47,15 @@ async def test_an_entry_left_pending_by_a_dead_replica_is_taken_over(
     await valkey.xreadgroup(GROUP, "auth-dead", {STREAM: ">"}, count=10)
     assert await pending(valkey) == 3
 
-    settings = auth_settings(
+    async with running_auth(
         database_url=database_url,
         valkey_url=valkey_url,
-        users_target=f"127.0.0.1:{users_server.port}",
-        key_files=[key_file],
+        users_port=users_server.port,
+        key_file=key_file,
         user_deletions=UserDeletionSettings(name="auth-live", claim_idle_ms=200),
-    )
-    running: RunningServer = await start(settings)
-    try:
+    ):
         deadline = time.monotonic() + 30
         while await valkey.exists(sessions.key(sid)) or await pending(valkey):
             assert time.monotonic() < deadline, "the pending entries were never taken over"
             await asyncio.sleep(0.1)
-    finally:
-        await running.stop(0)
     assert not await valkey.exists(sessions.index_key(user))

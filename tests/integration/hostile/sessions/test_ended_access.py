@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -28,10 +28,9 @@ from portico.audit.v1 import audit_pb2
 from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico.users.v1 import users_pb2
 from portico_auth.server import RunningServer as AuthServer
-from portico_auth.server import start as start_auth
 from portico_users.server import RunningServer as UsersServer
 from tests.integration.hostile.support import refused
-from tests.support.auth import auth_settings
+from tests.support.auth import running_auth
 from tests.support.security import (
     ADMIN_EMAIL,
     SESSION_PREFIX,
@@ -65,23 +64,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = WIT
         await asyncio.sleep(0.1)
 
 
-@asynccontextmanager
-async def another_auth_server(
+def another_auth_server(
     database_url: str, valkey_url: str, users_server: UsersServer, **overrides: Any
-) -> AsyncIterator[AuthServer]:
+) -> AbstractAsyncContextManager[AuthServer]:
     """A second auth server over the same stores (a restart with other settings)."""
-    settings = auth_settings(
+    return running_auth(
         database_url=database_url,
         valkey_url=valkey_url,
-        users_target=f"127.0.0.1:{users_server.port}",
-        key_files=[signing_material().key_file],
+        users_port=users_server.port,
+        key_file=signing_material().key_file,
         **overrides,
     )
-    running = await start_auth(settings)
-    try:
-        yield running
-    finally:
-        await running.stop(0)
 
 
 async def refresh(
