@@ -41,6 +41,10 @@ _BY_ID = """
     SELECT id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
     FROM auth.credentials WHERE id = $1
 """
+_BY_USER = """
+    SELECT id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
+    FROM auth.credentials WHERE user_id = $1
+"""
 _ACTIVATE = """
     UPDATE auth.credentials
     SET state = 'active', user_id = $3, updated_at = clock_timestamp()
@@ -98,6 +102,10 @@ class CredentialRepository(Repository):
     async def by_id(self, credential_id: UUID) -> Credential | None:
         return await self._one(_BY_ID, credential_id)
 
+    async def by_user(self, user_id: UUID) -> Credential | None:
+        """The credential of a user (``user_id`` is unique), if it has one."""
+        return await self._one(_BY_USER, user_id)
+
     async def activate(self, credential: Credential, *, user_id: UUID) -> bool:
         """Pending → active for ``user_id`` (+ ``credential.created``); False when the row is no
         longer that pending row.
@@ -141,12 +149,14 @@ class CredentialRepository(Repository):
                 )
                 await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
 
-    async def record(self, event: Event) -> None:
-        """Write ``event`` to the outbox in a transaction of its own (for changes made
-        elsewhere, e.g. sessions in Valkey: the event follows the change, it is not atomic
+    async def record(self, *events: Event) -> None:
+        """Write ``events`` to the outbox in a transaction of their own (for changes made
+        elsewhere, e.g. sessions in Valkey: the events follow the change, they are not atomic
         with it)."""
-        async with self._connect() as (conn, deadline):
-            await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
+        async with self._connect(transaction=True) as (conn, deadline):
+            await conn.executemany(
+                _INSERT_EVENT, [event.row() for event in events], timeout=deadline.left()
+            )
 
     async def stale_pending(self, *, older_than_s: float, limit: int = 100) -> list[Credential]:
         """Pending credentials created more than ``older_than_s`` ago, oldest first."""

@@ -7,8 +7,10 @@ Start-up refuses bad signing-key settings (``KeyConfigError``: production withou
 unreadable or non-Ed25519 file, an unknown ``AUTH_ACTIVE_KID``) before binding anything. Like the
 users service it starts while PostgreSQL is down (health NOT_SERVING until it answers).
 
-Background tasks: the health probe, the sign-up reconciler (every ``signup.reconcile_interval_s``,
-see ``service.py``) and the outbox relay (``auth.outbox`` to the event stream). At the stop, the
+Background tasks: the health probe, the sign-up reconciler (every
+``signup.reconcile_interval_s``, see ``service.py``), the outbox relay (``auth.outbox`` to the
+event stream) and the consumer of ``user.deleted`` events (when ``user_deletions.enabled``;
+``deletions.py``). At the stop, the
 service's own identity session is ended (or left to expire while Valkey is down).
 """
 
@@ -20,6 +22,7 @@ from functools import partial
 from portico.auth.v1 import auth_pb2
 from portico.auth.v1.auth_pb2_grpc import add_AuthServiceServicer_to_server as add_servicer
 from portico_auth.config import AuthSettings
+from portico_auth.deletions import deletions_consumer
 from portico_auth.errors import ERROR_DOMAIN
 from portico_auth.identity import ServiceIdentity
 from portico_auth.keys import load_key_ring
@@ -60,7 +63,12 @@ async def start(settings: AuthSettings) -> RunningServer:
             audience=settings.audience,
             ttl_s=settings.access_token_ttl_s,
         )
-        sessions = Sessions(client, key_prefix=vk.key_prefix, ttl_s=settings.refresh_token_ttl_s)
+        sessions = Sessions(
+            client,
+            key_prefix=vk.key_prefix,
+            ttl_s=settings.refresh_token_ttl_s,
+            absolute_ttl_s=settings.session_absolute_ttl_s,
+        )
         identity = ServiceIdentity(tokens, sessions)
         runtime.resources.push_async_callback(identity.close_quietly)
         service = AuthService(
@@ -75,14 +83,16 @@ async def start(settings: AuthSettings) -> RunningServer:
             admin_emails=settings.admin_emails,
             pending_timeout_s=settings.signup.pending_timeout_s,
         )
-        # Every AuthService RPC is public (see auth.proto); the interceptor still closes any
-        # RPC added later without a rule, with this service's own keys and sessions.
+        # Most AuthService RPCs are public (see auth.proto); the admin ones and any RPC added
+        # later without a rule are checked with this service's own keys and sessions.
         verifier = tokens.verifier(ValkeySessions(client, key_prefix=vk.key_prefix))
         runtime.background(
             "signup-reconciler",
             partial(service.reconcile_forever, settings.signup.reconcile_interval_s),
         )
         runtime.outbox_relay(pool, client, settings.outbox)
+        if settings.user_deletions.enabled:
+            runtime.background("user-deletions", deletions_consumer(runtime, settings, service))
         # Valkey is not probed: JWKS works without it; sign-up (whose calls to the users
         # service need the service identity's session), token, refresh and logout answer
         # UNAVAILABLE while it is down, which callers may retry.
