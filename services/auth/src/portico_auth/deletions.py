@@ -146,7 +146,7 @@ class UserDeletions:
 
 
 def deletions_consumer(
-    runtime: Runtime, settings: AuthSettings, service: AuthService
+    runtime: Runtime[Any], settings: AuthSettings, service: AuthService
 ) -> Callable[[], Coroutine[Any, Any, None]]:
     """The ``user.deleted`` consumer's loop, on a Valkey client of its own whose reply limit
     outlasts ``XREADGROUP … BLOCK``."""
