@@ -43,7 +43,7 @@ PY_CLIENT  := clients/python/portico-client
 TS_CLIENT  := clients/typescript
 CI_TOOLS   := $(TOOLS)/ci
 CI_NODE    := $(TOOLS)/ci-node
-DOCKERFILES := gateway/Dockerfile services/users/Dockerfile services/auth/Dockerfile services/audit/Dockerfile migrations/Dockerfile
+DOCKERFILES := gateway/Dockerfile services/Dockerfile migrations/Dockerfile
 
 ##@ Everyday
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build the five images from their Dockerfiles with podman, unchanged, and prove them: each
-# image's unpacked size (printed, against the < 100 MB promise), its user (non-root), and a
-# container started from it with a read-only root filesystem, as a non-root user, with no
-# capabilities: the gateway answers /healthz, the others their --help (they need PostgreSQL and
-# Valkey to serve). Run by `make images` (README "Kubernetes" > "Images").
+# Build the five images from their Dockerfiles with podman, unchanged (the three services' from
+# services/Dockerfile with SERVICE=<name>), and prove them: each image's unpacked size (printed,
+# against the < 100 MB promise), its user (non-root), and a container started from it with a
+# read-only root filesystem, as a non-root user, with no capabilities: the gateway answers
+# /healthz, the others their --help (they need PostgreSQL and Valkey to serve). Run by
+# `make images` (README "Kubernetes" > "Images").
 #
 # No public container registry is reachable from our machines, so the three images the
 # Dockerfiles start FROM are stand-ins assembled here from the same sources, under the same names
@@ -31,8 +32,8 @@ export CONTAINERS_CONF=$ROOT/k8s/tools/images/containers.conf
 PODMAN=(podman)
 RUN=("${PODMAN[@]}" run --rm --runtime runc)
 declare -A DOCKERFILE=(
-  [gateway]=gateway/Dockerfile [users]=services/users/Dockerfile [auth]=services/auth/Dockerfile
-  [audit]=services/audit/Dockerfile [migrations]=migrations/Dockerfile
+  [gateway]=gateway/Dockerfile [users]=services/Dockerfile [auth]=services/Dockerfile
+  [audit]=services/Dockerfile [migrations]=migrations/Dockerfile
 )
 declare -A COMMAND=(
   [gateway]=portico-gateway [users]=portico-users [auth]=portico-auth [audit]=portico-audit
@@ -117,8 +118,9 @@ for image in "${SELECTED[@]}"; do
   start=$(date +%s)
   # --no-cache for the application stages would re-download every wheel; uv's cache mount keeps
   # that cheap, and buildah's layer cache does not notice .dockerignore changes: build fresh.
+  # SERVICE names the service of services/Dockerfile; the other Dockerfiles do not read it.
   "${PODMAN[@]}" build --quiet --format docker --pull=never --network host --no-cache \
-    --build-arg VERSION=local --build-arg "REVISION=$revision" \
+    --build-arg "SERVICE=$image" --build-arg VERSION=local --build-arg "REVISION=$revision" \
     -f "${DOCKERFILE[$image]}" -t "$tag" . >/dev/null
   seconds=$(( $(date +%s) - start ))
   total=$(size_mib "$tag")

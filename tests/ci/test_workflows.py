@@ -214,12 +214,16 @@ def test_release_builds_every_dockerfile_for_both_architectures(promote: ModuleT
     matrix = build["strategy"]["matrix"]
     dockerfiles = {i["image"]: i["dockerfile"] for i in matrix["include"] if "dockerfile" in i}
     assert matrix["image"] == list(promote.IMAGES)
-    assert sorted(dockerfiles.values()) == sorted(makefile_var("DOCKERFILES").split())
+    assert set(dockerfiles.values()) == set(makefile_var("DOCKERFILES").split())
     assert set(dockerfiles) == set(promote.IMAGES)
+    # services/Dockerfile builds the service its SERVICE argument names: the image's name.
+    services = {i for i, path in dockerfiles.items() if path == "services/Dockerfile"}
+    assert services == {"users", "auth", "audit"}
     assert matrix["platform"] == ["linux/amd64", "linux/arm64"]
     runners = {i["platform"]: i["runner"] for i in matrix["include"] if "runner" in i}
     assert runners == {"linux/amd64": "ubuntu-24.04", "linux/arm64": "ubuntu-24.04-arm"}
     (push,) = [s for s in build["steps"] if "build-push-action" in s.get("uses", "")]
+    assert "SERVICE=${{ matrix.image }}" in push["with"]["build-args"].splitlines()
     assert push["with"]["provenance"] == "mode=max"
     assert push["with"]["sbom"] is True
     assert "push-by-digest=true" in push["with"]["outputs"]

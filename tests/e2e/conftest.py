@@ -108,6 +108,8 @@ def start_stack(
         # proven by the integration tier, and the documented walkthroughs that log in run after it.
         "AUTH_THROTTLE__ADDRESS_LIMIT": "1000000",
         "AUTH_THROTTLE__SIGNUP_ADDRESS_LIMIT": "1000000",
+        "AUTH_THROTTLE__ACCOUNT_CLIENT_LIMIT": "1000000",
+        "AUTH_THROTTLE__ACCOUNT_LIMIT": "1000000",
     }
     env |= extra_env or {}
     process = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""The five images: how their Dockerfiles are built, and that every image a cluster runs is either
+"""The five images: how their Dockerfiles are built (the three services' from one, with a stage a
+service), and that every image a cluster runs is either
 one of them (a skaffold artifact) or a pinned upstream image.
 
 No Docker engine here: the Dockerfiles are checked as text (hadolint and checkov lint them in
@@ -17,11 +18,13 @@ from tests.k8s.conftest import ROOT, Manifest, yaml_to_json
 #: Image (skaffold artifact) -> Dockerfile, package, and the console script it runs.
 IMAGES = {
     "portico/gateway": ("gateway/Dockerfile", "portico-gateway", "portico-gateway"),
-    "portico/users": ("services/users/Dockerfile", "portico-users", "portico-users"),
-    "portico/auth": ("services/auth/Dockerfile", "portico-auth", "portico-auth"),
-    "portico/audit": ("services/audit/Dockerfile", "portico-audit", "portico-audit"),
+    "portico/users": ("services/Dockerfile", "portico-users", "portico-users"),
+    "portico/auth": ("services/Dockerfile", "portico-auth", "portico-auth"),
+    "portico/audit": ("services/Dockerfile", "portico-audit", "portico-audit"),
     "portico/migrations": ("migrations/Dockerfile", "portico-migrations", "portico-migrate"),
 }
+#: The images built from services/Dockerfile -> the SERVICE build argument each is built with.
+SERVICES = {"portico/users": "users", "portico/auth": "auth", "portico/audit": "audit"}
 #: The runtime base: Debian 12's CPython 3.11, the minor version of .python-version and uv.lock.
 RUNTIME_BASE = "gcr.io/distroless/python3-debian12:nonroot"
 #: Upstream images the overlays may run, each pinned to a version (never latest).
@@ -32,8 +35,23 @@ INJECTED = "auto"
 POD_KINDS = ("Deployment", "StatefulSet", "Job", "Rollout", "CronJob", "DaemonSet")
 
 
+def build_args(image: str) -> dict[str, str]:
+    """The build arguments ``image`` needs (skaffold, compose, the release and ``make images``
+    pass them)."""
+    return {"SERVICE": SERVICES[image]} if image in SERVICES else {}
+
+
 def dockerfile(image: str) -> str:
-    return (ROOT / IMAGES[image][0]).read_text()
+    """The Dockerfile of ``image`` as its build reads it: ``${SERVICE}`` expanded, and of
+    services/Dockerfile only the stages this image is made of (not the other services')."""
+    text = (ROOT / IMAGES[image][0]).read_text()
+    service = SERVICES.get(image)
+    if service is None:
+        return text
+    blocks = re.split(r"(?m)^(?=FROM )", text)
+    others = [b for b in blocks if re.match(rf"FROM runtime AS (?!{service}$)\S+$", b, re.M)]
+    assert len(others) == len(SERVICES) - 1, "a stage a service, named after it"
+    return "".join(b for b in blocks if b not in others).replace("${SERVICE}", service)
 
 
 def stages(text: str) -> list[tuple[str, str]]:
@@ -54,6 +72,7 @@ def test_every_dockerfile_is_a_skaffold_artifact_built_from_the_root() -> None:
     for name, (path, _, _) in IMAGES.items():
         assert artifacts[name]["context"] == "."
         assert artifacts[name]["docker"]["dockerfile"] == path
+        assert artifacts[name]["docker"].get("buildArgs", {}) == build_args(name)
     found = {
         str(p.relative_to(ROOT)) for p in ROOT.glob("**/Dockerfile") if ".tools" not in p.parts
     }
@@ -62,11 +81,15 @@ def test_every_dockerfile_is_a_skaffold_artifact_built_from_the_root() -> None:
 
 def test_multi_stage_on_distroless_with_the_same_python(image: str) -> None:
     text = dockerfile(image)
+    service = [("runtime", SERVICES[image])] if image in SERVICES else []
     assert stages(text) == [
         (RUNTIME_BASE, "base"),
         ("debian:bookworm-slim", "build"),
         ("base", "runtime"),
+        *service,
     ], "runtime = distroless python3-debian12; build = the Debian 12 its Python comes from"
+    if image in SERVICES:  # the image is the service's stage, chosen by the build argument
+        assert text.rstrip().endswith(f"\nFROM {SERVICES[image]}")
     # The venv is made for the interpreter distroless has, at the same path.
     assert "UV_PYTHON=/usr/bin/python3.11" in text
     assert "install -y --no-install-recommends python3.11 binutils" in text
@@ -77,7 +100,7 @@ def test_multi_stage_on_distroless_with_the_same_python(image: str) -> None:
 def test_built_from_the_lock_without_dev_dependencies(image: str) -> None:
     text = dockerfile(image)
     package = IMAGES[image][1]
-    syncs = re.findall(r"uv sync (.*)", text)
+    syncs = [line.replace('"', "") for line in re.findall(r"uv sync (.*)", text)]
     assert syncs == [
         f"--frozen --no-install-workspace --package {package} --no-dev --no-editable",
         f"--frozen --package {package} --no-dev --no-editable \\",
@@ -122,6 +145,24 @@ def test_healthcheck_only_where_it_makes_sense(image: str) -> None:
         # checkov's CKV_DOCKER_2 is skipped with a reason, never silently.
         (skip,) = re.findall(r"^# checkov:skip=CKV_DOCKER_2: (.+)$", text, re.MULTILINE)
         assert len(skip) > 20
+
+
+def test_compose_and_make_images_build_each_service_with_its_service_argument() -> None:
+    (compose,) = yaml_to_json((ROOT / "docker-compose.yaml").read_text())
+    built = {
+        spec["image"].partition(":")[0]: spec["build"]
+        for spec in compose["services"].values()
+        if "build" in spec
+    }
+    assert built.keys() == IMAGES.keys()
+    for image, build in built.items():
+        assert (build["context"], build["dockerfile"]) == (".", IMAGES[image][0])
+        assert build.get("args", {}) == build_args(image)
+    # make images (k8s/tools/images.sh) builds every image with SERVICE=<its name>.
+    script = (ROOT / "k8s/tools/images.sh").read_text()
+    assert '--build-arg "SERVICE=$image"' in script
+    for image in SERVICES:
+        assert f"[{image.removeprefix('portico/')}]={IMAGES[image][0]}" in script
 
 
 def test_dockerignore_sends_what_uv_needs_and_nothing_else() -> None:

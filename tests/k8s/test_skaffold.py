@@ -12,9 +12,9 @@ from tests.k8s.conftest import ROOT, yaml_to_json
 
 DOCKERFILES = {
     "portico/gateway": "gateway/Dockerfile",
-    "portico/users": "services/users/Dockerfile",
-    "portico/auth": "services/auth/Dockerfile",
-    "portico/audit": "services/audit/Dockerfile",
+    "portico/users": "services/Dockerfile",
+    "portico/auth": "services/Dockerfile",
+    "portico/audit": "services/Dockerfile",
     "portico/migrations": "migrations/Dockerfile",
 }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from portico_auth.config import (
     SignUpSettings,
     ValkeySettings,
 )
+from portico_auth.server import RunningServer, start
 from tests.support.stores import component_valkey_url, service_database_url
 from tests.support.timeouts import (
     POSTGRES_CONNECT_TIMEOUT_S,
@@ -58,6 +61,25 @@ def auth_settings(
     }
     values.update(overrides)
     return AuthSettings(**values)
+
+
+@asynccontextmanager
+async def running_auth(
+    *, database_url: str, valkey_url: str, users_port: int, key_file: Path, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    """A real auth server (:func:`auth_settings` with ``overrides``), stopped on exit."""
+    settings = auth_settings(
+        database_url=database_url,
+        valkey_url=valkey_url,
+        users_target=f"127.0.0.1:{users_port}",
+        key_files=[key_file],
+        **overrides,
+    )
+    running = await start(settings)
+    try:
+        yield running
+    finally:
+        await running.stop(0)
 
 
 async def rows(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:

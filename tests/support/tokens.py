@@ -51,7 +51,9 @@ class Tokens:
     def __init__(self, valkey: Any, *, ttl_s: int = 600) -> None:
         keys = load_key_ring([signing_material().key_file], active_kid="", environment="dev")
         self.issuer = TokenIssuer(keys, issuer="portico", audience="portico-api", ttl_s=ttl_s)
-        self.sessions = Sessions(valkey, key_prefix="portico:auth:v1:", ttl_s=3600)
+        self.sessions = Sessions(
+            valkey, key_prefix="portico:auth:v1:", ttl_s=3600, absolute_ttl_s=7200
+        )
 
     async def issue(self, user_id: str | None = None, roles: Sequence[str] = ("user",)) -> str:
         """A token for ``user_id`` (a random one by default) with ``roles``, in a new session."""

@@ -21,6 +21,7 @@ from portico_common.cli import load_settings, setup_telemetry_or_exit
 from portico_common.logs import configure_logging
 from portico_gateway.app import create_app, openapi_text
 from portico_gateway.config import GatewaySettings, get_settings
+from portico_gateway.edge import EdgeLimits, protocol_for
 
 _log = logging.getLogger("portico_gateway")
 
@@ -164,6 +165,16 @@ def main(argv: list[str] | None = None) -> None:
         # per-address rate limits and login throttling key on.
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        # httptools with bounds on head size, read time and connections (portico_gateway.edge)
+        http=protocol_for(
+            EdgeLimits(
+                max_header_bytes=settings.max_header_bytes,
+                header_timeout_s=settings.header_timeout_s,
+                body_timeout_s=settings.body_timeout_s,
+                max_connections=settings.max_connections,
+            )
+        ),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
     )
     server = _Server(config, app=app, delay_s=settings.shutdown_delay_s)
     if settings.reuse_port:

@@ -26,6 +26,7 @@ from portico_gateway.errors import install_error_handlers
 from portico_gateway.lifespan import make_lifespan
 from portico_gateway.middleware.authentication import AuthenticationMiddleware
 from portico_gateway.middleware.body_limit import BodyLimitMiddleware
+from portico_gateway.middleware.edge_limits import EdgeLimitsMiddleware
 from portico_gateway.middleware.idempotency import IdempotencyMiddleware
 from portico_gateway.middleware.rate_limit import Limit, RateLimitMiddleware
 from portico_gateway.middleware.request_id import RequestIdMiddleware
@@ -139,6 +140,12 @@ def create_app(
     )
     app.add_middleware(AuthenticationMiddleware)  # principal for rate limits and routes
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        EdgeLimitsMiddleware,  # 431 before anything reads a header; 503 over the connection limit
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        retry_after_s=settings.retry_after_s,
+    )
     app.add_middleware(SecurityHeadersMiddleware, hsts_max_age_s=settings.hsts_max_age_s)
     if (cors := cors_options(settings)) is not None:
         app.add_middleware(CORSMiddleware, **cors)  # preflights are answered before the rest

@@ -143,6 +143,39 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1, description="Larger request bodies are refused with 413."
     )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        description="Request headers larger than this in all (name, value and line overhead) are "
+        "refused with 431; an incomplete head may add 8 KiB for the request line before the "
+        "connection refuses it.",
+    )
+    max_header_count: int = Field(
+        default=100, ge=10, description="Requests with more headers are refused with 431."
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's head must arrive within this time of the connection opening (or "
+        "of its first byte); otherwise 408 and the connection closes.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request's body must arrive within this time of its head; otherwise 408 "
+        "and the connection closes.",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5,
+        ge=1,
+        description="An idle kept-alive connection is closed after this many seconds.",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=0,
+        description="Open connections per process; requests on the ones beyond get 503 and the "
+        "connection closes; 0 turns the limit off.",
+    )
     retry_after_s: int = Field(
         default=1, ge=0, description="Retry-After sent with 503 when an upstream is unavailable."
     )

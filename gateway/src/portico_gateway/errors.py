@@ -7,7 +7,8 @@
   INTERNAL/UNKNOWN/DATA_LOSS the upstream text is replaced by a generic one.
 * :class:`RequestError`: the gateway's own checks (bad JSON, unknown field, bad header …), and
   :class:`~portico_gateway.middleware.BodyTooLarge` (a chunked body over the limit): 413.
-* Starlette's HTTP errors (unknown route 404, 405), FastAPI validation errors, and finally any
+* Starlette's HTTP errors (unknown route 404, 405), FastAPI validation errors, a client gone
+  while its body was read (499, logged without a traceback: nobody hears it), and finally any
   other exception: 500 with a generic detail; the traceback goes to the log only.
 
 Every problem carries the ``request_id`` and, inside a traced request, the ``trace_id`` (32 hex
@@ -30,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.rpc import error_details_pb2, status_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from portico_common.logs import trace_ids
@@ -250,6 +252,12 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
     async def on_body_too_large(request: Request, exc: Exception) -> Any:
         return problem(request, status=413, detail=str(exc))  # a chunked body ran over
 
+    async def on_client_gone(request: Request, exc: Exception) -> Any:
+        # The client closed the connection, or the connection's read timeout closed it
+        # (portico_gateway.edge), while the body was being read: nobody hears the answer.
+        _log.info("client gone before its request body arrived: %s", request.url.path)
+        return problem(request, status=499, detail=_GENERIC_DETAIL[499])
+
     async def on_unexpected(request: Request, exc: Exception) -> Any:
         _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return problem(request, status=500, detail=_GENERIC_DETAIL[500])
@@ -259,4 +267,5 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
     app.add_exception_handler(BodyTooLarge, on_body_too_large)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)

@@ -28,6 +28,7 @@ provider is installed (the RED metrics above are Prometheus's).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -137,9 +138,27 @@ class AccessMiddleware:
             )
 
 
+def _live_tasks() -> float:
+    """asyncio tasks alive in this thread's loop (0 outside one: a scrape from elsewhere)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0
+
+
+@functools.cache
+def task_gauge() -> Gauge:
+    """``portico_gateway_asyncio_tasks``, counted when scraped (created once per process)."""
+    gauge = Gauge("portico_gateway_asyncio_tasks", "asyncio tasks alive in the gateway process.")
+    gauge.set_function(_live_tasks)
+    return gauge
+
+
 def metrics_router() -> APIRouter:
-    """``GET /metrics`` in the Prometheus (or OpenMetrics) exposition format."""
+    """``GET /metrics`` in the Prometheus (or OpenMetrics) exposition format, with the count of
+    live asyncio tasks (:func:`task_gauge`): steady under steady load, so growth is a leak."""
     router = APIRouter()
+    task_gauge()
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

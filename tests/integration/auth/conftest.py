@@ -12,9 +12,9 @@ import pytest
 import valkey.asyncio as valkey_asyncio
 
 from portico.auth.v1 import auth_pb2_grpc
-from portico_auth.server import RunningServer, start
+from portico_auth.server import RunningServer
 from portico_users.server import RunningServer as UsersServer
-from tests.support.auth import auth_settings
+from tests.support.auth import running_auth
 from tests.support.tokens import signing_material
 
 if TYPE_CHECKING:
@@ -49,18 +49,14 @@ async def auth_server(
     settings_overrides: dict[str, Any],
 ) -> AsyncIterator[RunningServer]:
     """A real auth service on 127.0.0.1:0 that reaches the test's users service."""
-    settings = auth_settings(
+    async with running_auth(
         database_url=database_url,
         valkey_url=valkey_url,
-        users_target=f"127.0.0.1:{users_server.port}",
-        key_files=[key_file],
+        users_port=users_server.port,
+        key_file=key_file,
         **settings_overrides,
-    )
-    running = await start(settings)
-    try:
+    ) as running:
         yield running
-    finally:
-        await running.stop(0)
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ import pytest
 from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_auth.errors import Unavailable
-from portico_auth.server import RunningServer, start
+from portico_auth.server import RunningServer
 from portico_users.server import RunningServer as UsersServer
 from portico_users.server import start as start_users
 from tests.integration.auth.test_tokens import PASSWORD, login
-from tests.support.auth import auth_settings, rows, users_and_credentials
+from tests.support.auth import rows, running_auth, users_and_credentials
 from tests.support.tokens import DefaultBearer, Tokens
 from tests.support.users import closed_port, users_settings
 
@@ -120,17 +120,13 @@ async def lone_auth(
     database_url: str, valkey_url: str, key_file: Path, users_port: int
 ) -> AsyncIterator[RunningServer]:
     """An auth server whose users service (on ``users_port``) is not running yet."""
-    settings = auth_settings(
+    async with running_auth(
         database_url=database_url,
         valkey_url=valkey_url,
-        users_target=f"127.0.0.1:{users_port}",
-        key_files=[key_file],
-    )
-    running = await start(settings)
-    try:
+        users_port=users_port,
+        key_file=key_file,
+    ) as running:
         yield running
-    finally:
-        await running.stop(0)
 
 
 async def test_with_the_users_service_down_nothing_is_left_half_done(

@@ -21,9 +21,8 @@ from portico.auth.v1 import auth_pb2_grpc
 from portico.users.v1 import users_pb2_grpc
 from portico_audit.server import RunningServer as AuditServer
 from portico_auth.server import RunningServer as AuthServer
-from portico_auth.server import start as start_auth
 from portico_users.server import RunningServer as UsersServer
-from tests.support.auth import auth_settings
+from tests.support.auth import running_auth
 from tests.support.security import ADMIN_EMAIL, People, gateway, person
 from tests.support.tokens import signing_material
 
@@ -47,18 +46,14 @@ async def auth_server(
     settings_overrides: dict[str, Any],
 ) -> AsyncIterator[AuthServer]:
     """A real auth service on 127.0.0.1:0 in front of the test's users service."""
-    settings = auth_settings(
+    async with running_auth(
         database_url=database_url,
         valkey_url=valkey_url,
-        users_target=f"127.0.0.1:{users_server.port}",
-        key_files=[signing_material().key_file],
+        users_port=users_server.port,
+        key_file=signing_material().key_file,
         **settings_overrides,
-    )
-    running = await start_auth(settings)
-    try:
+    ) as running:
         yield running
-    finally:
-        await running.stop(0)
 
 
 @pytest.fixture

@@ -33,6 +33,8 @@ PROTECTED = {
     ("patch", "/v1/users/{id}"),
     ("delete", "/v1/users/{id}"),
     ("get", "/v1/audit/events"),
+    ("get", "/v1/auth/users/{user_id}/sessions"),
+    ("delete", "/v1/auth/users/{user_id}/sessions"),
 }
 PUBLIC = {
     ("post", "/v1/auth/signup"),

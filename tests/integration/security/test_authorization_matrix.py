@@ -141,6 +141,19 @@ EXPECTED: dict[str, dict[str, Outcome]] = {
         OTHER: (200, OK),
         ADMIN: (200, OK),
     },
+    # Admins only, even for the user whose sessions they are (issue 14).
+    "AuthService.ListUserSessions": {
+        ANONYMOUS: (401, UNAUTHENTICATED),
+        SELF: (403, DENIED),
+        OTHER: (403, DENIED),
+        ADMIN: (200, OK),
+    },
+    "AuthService.EndUserSessions": {
+        ANONYMOUS: (401, UNAUTHENTICATED),
+        SELF: (403, DENIED),
+        OTHER: (403, DENIED),
+        ADMIN: (200, OK),
+    },
 }
 
 
@@ -205,6 +218,12 @@ REST: dict[str, RestCall] = {
         "/v1/auth/logout", json={"refresh_token": w.people.self.refresh_token}, headers=h
     ),
     "AuthService.GetJwks": lambda w, h: w.api.get("/.well-known/jwks.json", headers=h),
+    "AuthService.ListUserSessions": lambda w, h: w.api.get(
+        f"/v1/auth/users/{w.people.self.user_id}/sessions", headers=h
+    ),
+    "AuthService.EndUserSessions": lambda w, h: w.api.delete(
+        f"/v1/auth/users/{w.people.self.user_id}/sessions", headers=h
+    ),
 }
 
 # ------------------------------------------------------------------ gRPC: one call per RPC
@@ -267,6 +286,12 @@ GRPC: dict[str, GrpcCall] = {
     ),
     "AuthService.GetJwks": lambda w, md: w.auth.GetJwks(
         auth_pb2.GetJwksRequest(), metadata=md, timeout=5
+    ),
+    "AuthService.ListUserSessions": lambda w, md: w.auth.ListUserSessions(
+        auth_pb2.ListUserSessionsRequest(user_id=w.people.self.user_id), metadata=md, timeout=5
+    ),
+    "AuthService.EndUserSessions": lambda w, md: w.auth.EndUserSessions(
+        auth_pb2.EndUserSessionsRequest(user_id=w.people.self.user_id), metadata=md, timeout=5
     ),
 }
 

@@ -132,6 +132,7 @@ def test_the_service_config_lists_exactly_the_get_bound_methods() -> None:
         ("UserService", "GetCurrentUser"),
         ("UserService", "ListUsers"),
         ("AuthService", "GetJwks"),
+        ("AuthService", "ListUserSessions"),
         ("AuditService", "ListAuditEvents"),
     }
     assert method_config["retryPolicy"] == {

@@ -7,12 +7,14 @@
 * ``Cache-Control: no-store`` on every answer to a method other than GET/HEAD, and on every
   ``/v1/auth/`` answer (tokens must never sit in a cache: there it replaces any other value);
 * ``Content-Security-Policy``: :data:`API_CSP` (``default-src 'none'; frame-ancestors 'none'``:
-  JSON needs nothing) — except for the Swagger UI HTML under ``/docs``, which loads its bundle and
-  stylesheet from cdn.jsdelivr.net, fetches ``/openapi.json`` and boots from an inline
-  ``<script>`` (FastAPI's ``get_swagger_ui_html``). Rather than ``'unsafe-inline'``, that page's
-  inline scripts are hashed (``'sha256-…'``) as they are served, so only FastAPI's own bootstrap
-  runs; styles keep ``'unsafe-inline'`` (Swagger UI sets inline styles; no script can come from
-  them);
+  JSON needs nothing) — except for the Swagger UI HTML under ``/docs``, which loads its
+  bundle, stylesheet and icon from the gateway itself (``/docs/assets``,
+  :mod:`portico_gateway.routers.docs`), fetches ``/openapi.json`` and boots from an inline
+  ``<script>`` (FastAPI's ``get_swagger_ui_html``). No other host is allowed. Rather than
+  ``'unsafe-inline'``, that page's inline scripts are hashed (``'sha256-…'``) as they are
+  served, so only FastAPI's own bootstrap runs; styles keep ``'unsafe-inline'`` (Swagger UI
+  sets inline styles; no script can come from them); images are the gateway's and ``data:``
+  URIs (the stylesheet's icons);
 * ``Strict-Transport-Security: max-age=…; includeSubDomains`` only when ``hsts_max_age_s`` > 0
   (the mesh ingress terminates TLS; in dev there is none).
 
@@ -35,10 +37,9 @@ from portico_gateway.config import GatewaySettings
 from portico_gateway.middleware.asgi import response_headers
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
-SWAGGER_CDN = "https://cdn.jsdelivr.net"
 DOCS_CSP = (
-    "default-src 'none'; script-src {cdn}{hashes}; style-src {cdn} 'unsafe-inline'; "
-    "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'{hashes}; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 AUTH_PREFIX = "/v1/auth/"
@@ -55,12 +56,12 @@ CORS_EXPOSED_HEADERS = (
 
 
 def docs_csp(html: bytes) -> str:
-    """The CSP for a docs page: the CDN plus the hash of each inline script of ``html``."""
+    """The CSP for a docs page: the gateway itself plus the hash of each inline script."""
     hashes = "".join(
         f" 'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'"
         for script in _INLINE_SCRIPT.findall(html)
     )
-    return DOCS_CSP.format(cdn=SWAGGER_CDN, hashes=hashes)
+    return DOCS_CSP.format(hashes=hashes)
 
 
 class SecurityHeadersMiddleware:

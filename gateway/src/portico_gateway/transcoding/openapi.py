@@ -79,6 +79,7 @@ _ERRORS = {
     412: "`If-Match` does not match the current ETag.",
     413: "Request body too large.",
     415: "Request body is neither JSON nor (where accepted) a form.",
+    431: "Request headers too large, or too many of them.",
     500: "Internal error.",
     503: "A service is unavailable; see `Retry-After`.",
     504: "A service did not answer in time.",
@@ -190,8 +191,9 @@ def operation(
     }
     if not rule.public:
         result["security"] = [{SECURITY_SCHEME: []}]
-    # 401/403/429 can come from any service (authentication, authorization, throttling).
-    errors = [400, 401, 403, 404, 429, 500, 503, 504]
+    # 401/403/429 can come from any service (authentication, authorization, throttling); 431
+    # from the gateway's edge, for any request (headers over the size or count bound).
+    errors = [400, 401, 403, 404, 429, 431, 500, 503, 504]
     if binding.body:
         body_type = binding.body_descriptor
         if body_type is not None:

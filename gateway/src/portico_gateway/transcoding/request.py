@@ -183,18 +183,18 @@ FORM = "application/x-www-form-urlencoded"
 _TOO_DEEP = "the request body is nested too deeply"
 
 
-def read_body(
-    raw: bytes, content_type: str | None, *, form_ok: bool, empty_ok: bool = False
-) -> Any:
+def read_body(raw: bytes, content_type: str | None, *, form_ok: bool) -> Any:
     """The document of a request body: JSON, or (where ``form_ok``) an HTML/OAuth2 form.
 
     A form (``application/x-www-form-urlencoded``, as RFC 6749 requires for the token endpoint)
     becomes an object of strings; a field given twice becomes a list. Other media types: 415.
-    Where the whole message is the body (``empty_ok``), no body at all is the empty message, as
-    in grpc-gateway (``POST /v1/auth/logout`` with just a bearer token).
+    Every route with a body declares it required in the OpenAPI document, so no body at all is
+    a 400, whatever the route (``{}`` is the empty message: ``POST /v1/auth/logout`` with just a
+    bearer token sends ``{}``).
     """
-    if empty_ok and not raw:
-        return {}
+    if not raw:
+        accepted = "a JSON object or a form" if form_ok else "a JSON object ({} for no fields)"
+        raise RequestError(400, f"the request body is missing; send {accepted}")
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if form_ok and media_type == FORM:
         try:

@@ -180,7 +180,6 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
                 await request.body(),
                 request.headers.get("content-type"),
                 form_ok=binding.takes_form,
-                empty_ok=binding.body == "*",
             )
         descriptor = binding.body_descriptor
         derived: list[str] = []  # from the body as sent, before path variables are merged in

@@ -5,18 +5,21 @@
 * :func:`setup_telemetry_or_exit`: ``OTEL_*`` (and ``PORTICO_SESSION_STORE_*``) read at start-up,
   so a typo stops the process with its name instead of a traceback from inside the server;
 * :func:`new_event_loop`: the event loop they run on;
-* :func:`service_parser` and :func:`serve_service`: a whole service ``__main__``, in two calls.
+* :func:`service_parser` and :func:`serve_service`: a whole service ``__main__``, in two calls;
+  :func:`service_main`: both in one, for a service whose command line is only ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings
 
 from portico_common.config import get_session_store_settings, get_telemetry_settings
 from portico_common.logs import LogFormat, configure_logging
@@ -132,3 +135,27 @@ def serve_service(
     run = serve()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(run(settings))
+
+
+def service_main(
+    service: str,
+    description: str,
+    settings: type[BaseSettings],
+    load: Callable[[], SS],
+    *,
+    server: str,
+    argv: list[str] | None = None,
+) -> None:
+    """The ``main`` of the gRPC service ``service`` (``portico-<service>``): ``--help`` says
+    ``description`` and every setting of ``settings`` (under its ``env_prefix``), then
+    :func:`serve_service` runs ``serve`` of the module ``server``, imported once logging is
+    configured."""
+    prog = f"portico-{service}"
+    prefix = settings.model_config.get("env_prefix", "")
+    service_parser(prog, description, settings, prefix).parse_args(argv)
+
+    def serve() -> Callable[[SS], Coroutine[Any, Any, None]]:
+        run: Callable[[SS], Coroutine[Any, Any, None]] = importlib.import_module(server).serve
+        return run
+
+    serve_service(prog, service, prefix, load, serve)

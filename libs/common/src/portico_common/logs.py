@@ -7,6 +7,10 @@ the gateway's middleware and the services' request-id interceptor), ``trace_id``
 one, and any ``extra={...}`` fields (the gateway's access log adds ``method``, ``route``,
 ``status``, ``duration_ms``). ``text`` is the same information on one line, for humans.
 
+:class:`OutageLog` says once that a dependency a component can do without (Valkey, for the
+users cache and the login throttle) stopped answering, and once that it answers again, instead
+of one line per failed call.
+
 Redaction (:func:`redact`) runs on the message, the exception text and every string extra, in
 both formats: bearer/basic credentials, ``Authorization`` values, passwords in URLs/DSNs,
 JWT-shaped strings and ``password=``/``token=``-style pairs are replaced by ``[REDACTED]``. It is
@@ -21,6 +25,7 @@ import re
 import sys
 import time
 from contextvars import ContextVar
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -160,3 +165,32 @@ def configure_logging(
         uvicorn_logger.handlers[:] = []
         uvicorn_logger.propagate = True
     return handler
+
+
+@dataclass(slots=True)
+class OutageLog:
+    """The outage of an optional dependency, logged at its start and at its end only.
+
+    ``down`` is a %-format for a WARNING, given the ``args`` of :meth:`failed`, then the
+    exception's type name and text; ``up`` is logged at ``up_level`` on the first success
+    after a failure.
+    """
+
+    log: logging.Logger
+    _: KW_ONLY
+    down: str
+    up: str
+    up_level: int = logging.INFO
+    healthy: bool = True
+
+    def failed(self, exc: BaseException, *args: object) -> None:
+        """A call failed: log it if it is the first since the dependency last answered."""
+        if self.healthy:
+            self.log.warning(self.down, *args, type(exc).__name__, exc)
+        self.healthy = False
+
+    def succeeded(self) -> None:
+        """A call succeeded: log the recovery if the dependency was down."""
+        if not self.healthy:
+            self.log.log(self.up_level, self.up)
+        self.healthy = True

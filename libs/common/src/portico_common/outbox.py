@@ -2,9 +2,9 @@
 
 Writing: a service builds an :class:`Event` with :func:`new_event` (id, type, subject, actor,
 time, a small JSON payload, and the W3C trace context of the current span) and its repository
-INSERTs it into ``<schema>.outbox`` with :data:`OUTBOX_COLUMNS`, in the same transaction as the
-change it describes (the auth service's session events, whose state lives in Valkey, are written
-right after the Valkey change instead; see docs/architecture.md, "Events").
+INSERTs it into ``<schema>.outbox`` (:func:`outbox_insert` with :meth:`Event.row`), in the same
+transaction as the change it describes (the auth service's session events, whose state lives in
+Valkey, are written right after the Valkey change instead; see docs/architecture.md, "Events").
 
 Publishing: :class:`OutboxRelay` (one per service process, a background task) repeats, in one
 PostgreSQL transaction: take the service's advisory lock (``pg_try_advisory_xact_lock``; a
@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # the services bring asyncpg; this module only uses the pool 
 
 _log = logging.getLogger(__name__)
 
-#: Column list of an outbox INSERT, matching :meth:`Event.row` (the repositories use both).
+#: Column list of an outbox INSERT (:func:`outbox_insert`), matching :meth:`Event.row`.
 OUTBOX_COLUMNS = "id, type, subject, actor, occurred_at, payload, trace_context"
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]*")
@@ -80,6 +80,21 @@ class OutboxSettings(BaseModel):
     max_backoff_s: float = Field(default=5.0, gt=0)
     #: Published rows older than this are deleted (checked every minute).
     retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+
+
+def _outbox_table(schema: str) -> str:
+    """``<schema>.outbox``, once ``schema`` is known to be a plain schema name."""
+    if not _SCHEMA.fullmatch(schema):
+        raise ValueError(f"not a schema name: {schema!r}")
+    return f"{schema}.outbox"
+
+
+def outbox_insert(schema: str) -> str:
+    """The INSERT of one event into ``<schema>.outbox``; its arguments are :meth:`Event.row`."""
+    return f"""
+        INSERT INTO {_outbox_table(schema)} ({OUTBOX_COLUMNS})
+        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
+    """  # noqa: S608 (a checked schema name, a constant column list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,15 +212,13 @@ class OutboxRelay:
         settings: OutboxSettings,
         after_publish: AfterPublish | None = None,
     ) -> None:
-        if not _SCHEMA.fullmatch(schema):
-            raise ValueError(f"not a schema name: {schema!r}")
+        table = _outbox_table(schema)
         self._pool = pool
         self._client = client
         self._service = service
         self._settings = settings
         self._after_publish = after_publish
         self._lock_key = f"portico.outbox:{schema}"
-        table = f"{schema}.outbox"
         self._select = f"""
             SELECT id, seq, type, subject, actor, occurred_at, payload, trace_context
             FROM {table} WHERE published_at IS NULL

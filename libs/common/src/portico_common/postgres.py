@@ -4,20 +4,24 @@
 demand, health says NOT_SERVING, calls answer UNAVAILABLE, and all of it recovers when
 PostgreSQL returns. ``close_pool`` never hangs a shutdown on a stuck connection.
 
-A repository spends a call's time through :class:`Deadline` (the configured query limit, or the
-caller's gRPC deadline when it ends sooner) and takes its connection with :func:`connection`,
-which turns database failures into the service errors of :mod:`portico_common.errors`.
-:func:`ping` is the health probe's question.
+A repository derives from :class:`Repository` (the pool, the query limit, and what database
+failures become in its service: :class:`DatabaseErrors`). Each call takes its connection and its
+:class:`Deadline` (the configured query limit, or the caller's gRPC deadline when it ends sooner)
+with ``self._connect(time_left)``, through :func:`connection`, which turns database failures into
+the service errors of :mod:`portico_common.errors`; :func:`from_row` makes a row into the
+service's dataclass. :func:`ping` is the health probe's question.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -26,9 +30,14 @@ from pydantic import SecretStr
 from portico_common.deadlines import call_time_left
 from portico_common.errors import DeadlineExceeded, ServiceError, Unavailable
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 _log = logging.getLogger(__name__)
 
 _POOL_CLOSE_TIMEOUT_S = 5.0
+
+Row = TypeVar("Row", bound="DataclassInstance")
 
 
 class PoolSettings(Protocol):
@@ -159,6 +168,65 @@ async def connection(
             await pool.release(conn, timeout=1.0)
         except Exception:  # the pool already dropped the broken connection
             _log.debug("releasing a connection failed", exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseErrors:
+    """What database failures become in one service: its ``Unavailable`` (with its wording) and,
+    where a unique index means something to its callers, the error a unique violation becomes
+    (without one, a unique violation stays asyncpg's)."""
+
+    unavailable: Callable[[], ServiceError] = _unavailable
+    unique_violation: Callable[[], ServiceError] | None = None
+
+
+class Repository:
+    """The base of a service's repository: its SQL runs on ``pool``, each call within
+    ``query_timeout_s`` (or the caller's deadline when it ends sooner, see :class:`Deadline`).
+
+    A subclass sets :attr:`errors` and runs each call in ``async with self._connect(time_left)
+    as (conn, deadline)``, passing ``timeout=deadline.left()`` to each query.
+    """
+
+    #: What database failures become in this service.
+    errors: ClassVar[DatabaseErrors] = DatabaseErrors()
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
+        self._pool = pool
+        self._limit = query_timeout_s
+
+    @asynccontextmanager
+    async def _connect(
+        self, time_left: float | None = None, *, transaction: bool = False
+    ) -> AsyncIterator[tuple[PoolConnectionProxy[asyncpg.Record], Deadline]]:
+        """A connection for one call (in a transaction, with ``transaction``) and the call's
+        :class:`Deadline` (``time_left``: the caller's remaining time, when it passes it);
+        database failures become this service's errors."""
+        deadline = Deadline(self._limit, time_left)
+        async with connection(
+            self._pool,
+            deadline,
+            unavailable=self.errors.unavailable,
+            unique_violation=self.errors.unique_violation,
+        ) as conn:
+            if not transaction:
+                yield conn, deadline
+                return
+            async with conn.transaction():
+                yield conn, deadline
+
+
+class Columns(Protocol):
+    """A row's columns by name (an ``asyncpg.Record``)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+def from_row(cls: type[Row], row: Columns, **values: Any) -> Row:
+    """The dataclass ``cls`` from the columns of ``row`` named like its fields; ``values`` are
+    fields given instead (a column that needs converting)."""
+    columns = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name not in values}
+    return cls(**columns, **values)
 
 
 async def ping(*, dsn: str, time_limit_s: float) -> None:

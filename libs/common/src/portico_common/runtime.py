@@ -1,14 +1,18 @@
 """One runtime for every grpc.aio service process: build, start, serve, drain, stop.
 
-A service's ``server.py`` is its composition root and nothing more::
+A service's ``server.py`` is its composition root and nothing more: it declares the service
+(:class:`GrpcService`: its name, its proto service, how its servicer is registered, its error
+domain) and builds it::
 
     async def start(settings: UsersSettings) -> RunningServer:
-        async with Runtime("users", settings) as runtime:
+        async with Runtime(SERVICE, settings) as runtime:
             pool = await runtime.pool()
             client = runtime.valkey(settings.valkey)
             verifier = await runtime.token_verifier(client, settings)
             servicer = UserServicer(...)
-            return await runtime.start(SERVICE, partial(add_..._to_server, servicer), ...)
+            return await runtime.start(servicer, core=servicer, verifier=verifier)
+
+    serve = serving(start)
 
 What the :class:`Runtime` opens (the pool, Valkey clients, channels, the session listener) is
 closed by the stop, last opened first; a start that fails closes it at once.
@@ -16,8 +20,10 @@ closed by the stop, last opened first; a start that fails closes it at once.
 metrics, request id and call deadline, error mapping, access rules, protovalidate), the
 standard health service (following PostgreSQL, probed every ``health_check_interval_s``) and
 reflection; binds the metrics endpoint, then the gRPC port; starts the health probe and the
-service's background tasks; and returns a :class:`RunningServer`. :func:`serve` is the process:
-``gc.freeze()``, wait for SIGTERM/SIGINT, stop gracefully (a second signal forces).
+service's background tasks (:meth:`Runtime.outbox_relay` is one); and returns a
+:class:`RunningServer`. :func:`serve` is the process: ``gc.freeze()``, wait for SIGTERM/SIGINT,
+stop gracefully (a second signal forces); :func:`serving` makes a service's ``serve(settings)``
+of its ``start``.
 
 Stopping (:meth:`RunningServer.stop`): the service's before-stop hooks (the audit consumer
 finishing its batch), every background task (within a budget, whatever it awaits:
@@ -32,6 +38,7 @@ import gc
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -54,6 +61,7 @@ from portico_common.interceptors import (
     ValidationInterceptor,
 )
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
+from portico_common.outbox import OutboxRelay, OutboxSettings
 from portico_common.postgres import bind_address, close_pool, open_pool, ping
 from portico_common.service_settings import ServiceSettings, TokenCheckingSettings, ValkeySettings
 from portico_common.shutdown import stop_on_signals
@@ -70,6 +78,8 @@ from portico_common.tokens import (
 _log = logging.getLogger(__name__)
 
 Core = TypeVar("Core")
+Servicer = TypeVar("Servicer")
+Settings = TypeVar("Settings", bound=ServiceSettings)
 
 #: Something to await before the background tasks stop, given the drain budget (``grace``).
 BeforeStop = Callable[[float | None], Awaitable[None]]
@@ -117,16 +127,33 @@ class RunningServer(Generic[Core]):
         _log.info("%s service stopped", self.name)
 
 
-class Runtime:
+@dataclass(frozen=True, slots=True)
+class GrpcService(Generic[Servicer]):
+    """One service as the runtime serves it.
+
+    ``name`` (``users``) names its logs, metrics, tasks and PostgreSQL ``application_name``
+    (``portico-<name>``); ``descriptor`` is its proto service (access rules, health, reflection);
+    ``add_servicer`` the generated ``add_<Service>Servicer_to_server``; ``error_domain`` the
+    ``google.rpc.ErrorInfo.domain`` of its errors.
+    """
+
+    name: str
+    descriptor: ServiceDescriptor
+    add_servicer: Callable[[Servicer, grpc.aio.Server], None]
+    error_domain: str
+
+
+class Runtime(Generic[Servicer]):
     """Builds one service process; see the module docstring."""
 
-    def __init__(self, name: str, settings: ServiceSettings) -> None:
-        self.name = name
+    def __init__(self, service: GrpcService[Servicer], settings: ServiceSettings) -> None:
+        self.service = service
+        self.name = service.name
         self.settings = settings
         self.resources = AsyncExitStack()
         self._background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
 
-    async def __aenter__(self) -> Runtime:
+    async def __aenter__(self) -> Runtime[Servicer]:
         return self
 
     async def __aexit__(
@@ -186,14 +213,23 @@ class Runtime:
         """Run ``run()`` as a task from start to stop (named ``<service>-<name>``)."""
         self._background.append((name, run))
 
+    def outbox_relay(
+        self, pool: asyncpg.Pool[asyncpg.Record], client: Valkey, settings: OutboxSettings
+    ) -> None:
+        """Publish the service's outbox (``<name>.outbox``) to the event stream from start to
+        stop, when ``settings.relay_enabled`` (:mod:`portico_common.outbox`)."""
+        if settings.relay_enabled:
+            relay = OutboxRelay(
+                pool, client, schema=self.name, service=self.name, settings=settings
+            )
+            self.background("outbox-relay", relay.run)
+
     async def start(
         self,
-        service: ServiceDescriptor,
-        add_servicer: Callable[[grpc.aio.Server], None],
+        servicer: Servicer,
         *,
         core: Core,
         verifier: TokenVerifier,
-        error_domain: str,
         errors: type[ServiceError] = ServiceError,
         degraded_reads: bool = True,
         before_stop: Sequence[BeforeStop] = (),
@@ -201,16 +237,19 @@ class Runtime:
     ) -> RunningServer[Core]:
         """Build the server, bind it, start serving and the background tasks; see the module.
 
-        ``errors`` is the base of the exceptions turned into statuses (in ``error_domain``);
-        ``degraded_reads``: read-only methods may be served on a validly signed token while the
-        session store is down (``PORTICO_SESSION_STORE_FAIL_MODE``).
+        ``core`` is what the :class:`RunningServer` hands to tests and tools (the servicer, or
+        the domain service behind it); ``errors`` is the base of the exceptions turned into
+        statuses (in the service's error domain); ``degraded_reads``: read-only methods may be
+        served on a validly signed token while the session store is down
+        (``PORTICO_SESSION_STORE_FAIL_MODE``).
         """
         settings = self.settings
+        service = self.service.descriptor
         server = grpc.aio.server(
             interceptors=[
                 *server_interceptors(),  # the server span, then RED metrics, outermost
                 RequestIdInterceptor(),  # request id and the caller's deadline, for the logs
-                ErrorInterceptor(errors, partial(status_of, domain=error_domain)),
+                ErrorInterceptor(errors, partial(status_of, domain=self.service.error_domain)),
                 # before validation: 401 first
                 AccessInterceptor(
                     verifier,
@@ -220,7 +259,7 @@ class Runtime:
                 ValidationInterceptor(protovalidate.Validator(), InvalidArgument.from_pairs),
             ]
         )
-        add_servicer(server)
+        self.service.add_servicer(servicer, server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
@@ -289,3 +328,15 @@ async def serve(running: RunningServer[Any], settings: ServiceSettings, *, first
             settings.shutdown_grace_s,
         ),
     )
+
+
+def serving(
+    start: Callable[[Settings], Awaitable[RunningServer[Any]]], *, first: str = ""
+) -> Callable[[Settings], Coroutine[Any, Any, None]]:
+    """A service's ``serve(settings)``: ``start(settings)``, then :func:`serve` (``first``: what
+    the stop does before the health change, for the announcement)."""
+
+    async def serve_service(settings: Settings) -> None:
+        await serve(await start(settings), settings, first=first)
+
+    return serve_service

@@ -2,18 +2,22 @@
 
 A service's settings class derives from :class:`ServiceSettings` (or
 :class:`TokenCheckingSettings` when it checks access tokens issued by the auth service), sets its
-``env_prefix`` (``USERS_``, ``AUTH_``, ``AUDIT_``) and the defaults that differ (its ports), and
-adds its own groups. Nested groups use ``__``: ``USERS_POSTGRES__DSN``, ``USERS_VALKEY__URL``.
+``env_prefix`` (``USERS_``, ``AUTH_``, ``AUDIT_``; the rest of the configuration is inherited)
+and the defaults that differ (its ports, typed :data:`Port`), and adds its own groups. Nested
+groups use ``__``: ``USERS_POSTGRES__DSN``, ``USERS_VALKEY__URL``.
 Nothing here is read at import time: each ``__main__`` calls its ``get_settings()``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: A TCP port to bind; 0 picks a free one (the gRPC port) or turns the endpoint off (metrics).
+Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 class PostgresSettings(BaseModel):
@@ -49,7 +53,7 @@ class ServiceSettings(BaseSettings):
 
     grpc_host: str = "127.0.0.1"
     #: 0 binds an ephemeral port (tests); the bound one is ``RunningServer.port``.
-    grpc_port: int = Field(default=0, ge=0, le=65535)
+    grpc_port: Port = 0
     #: After SIGTERM, keep serving this long with health NOT_SERVING, so balancers and health
     #: checkers notice before new calls are refused; then drain for up to shutdown_grace_s.
     shutdown_delay_s: float = Field(default=1.0, ge=0)
@@ -60,7 +64,7 @@ class ServiceSettings(BaseSettings):
     #: ``json`` (one object per line, for collectors) or ``text`` (one readable line, for humans).
     log_format: Literal["json", "text"] = "json"
     #: Prometheus ``/metrics`` over HTTP on ``grpc_host``; 0 disables it.
-    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_port: Port = 0
     postgres: PostgresSettings
 
 

@@ -13,10 +13,9 @@ import socket
 from typing import Self
 
 from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import SettingsConfigDict
 
 from portico_common import service_settings
-from portico_common.service_settings import PostgresSettings, TokenCheckingSettings
+from portico_common.service_settings import Port, PostgresSettings, TokenCheckingSettings
 
 __all__ = [
     "AuditSettings",
@@ -72,17 +71,14 @@ class ConsumerSettings(BaseModel):
     backlog_interval_s: float = Field(default=5.0, gt=0)
 
 
-class AuditSettings(TokenCheckingSettings):
-    """Everything the audit service needs to start."""
+class AuditSettings(TokenCheckingSettings, env_prefix="AUDIT_"):
+    """Everything the audit service needs to start (its variables: ``AUDIT_*``)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="AUDIT_", env_nested_delimiter="__", extra="ignore"
-    )
-
-    grpc_port: int = Field(default=50053, ge=0, le=65535)
-    metrics_port: int = Field(default=9103, ge=0, le=65535)
     valkey: ValkeySettings = ValkeySettings()
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    #: Its ports, where it listens unless told otherwise.
+    grpc_port: Port = 50053
+    metrics_port: Port = 9103
 
     @model_validator(mode="after")
     def _block_within_socket_timeout(self) -> Self:

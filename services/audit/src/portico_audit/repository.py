@@ -8,14 +8,13 @@ consumer acknowledges the stream entry only after ``store`` returned, i.e. after
 from __future__ import annotations
 
 import json
-from functools import partial
 from typing import Any
 
 import asyncpg
 
 from portico_audit.domain import AuditRecord, Cursor, Page
 from portico_audit.errors import Unavailable
-from portico_common.postgres import Deadline, connection
+from portico_common.postgres import DatabaseErrors, Repository, from_row
 
 _COLUMNS = "id, type, subject, actor, service, occurred_at, recorded_at, payload, trace_id"
 _INSERT = """
@@ -25,29 +24,19 @@ _INSERT = """
 """
 
 
-def _record(row: Any) -> AuditRecord:
+def _record(row: asyncpg.Record) -> AuditRecord:
     payload = row["payload"]
-    return AuditRecord(
-        id=row["id"],
-        type=row["type"],
-        subject=row["subject"],
-        actor=row["actor"],
-        service=row["service"],
-        occurred_at=row["occurred_at"],
-        recorded_at=row["recorded_at"],
+    return from_row(
+        AuditRecord,
+        row,
         payload=json.loads(payload) if isinstance(payload, str) else dict(payload or {}),
-        trace_id=row["trace_id"],
     )
 
 
-class EventRepository:
+class EventRepository(Repository):
     """``audit.events`` over an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
-        self._pool = pool
-        #: A connection for one call, database failures turned into this service's errors.
-        self._connection = partial(connection, pool, unavailable=Unavailable)
-        self._limit = query_timeout_s
+    errors = DatabaseErrors(unavailable=Unavailable)
 
     async def store(self, record: AuditRecord) -> bool:
         """Insert ``record`` and commit; False when an event with its id was stored before.
@@ -55,8 +44,7 @@ class EventRepository:
         Raises ``Unavailable``/``DeadlineExceeded`` when PostgreSQL cannot take it now (retry
         later), and asyncpg's own errors when PostgreSQL refuses this event's data.
         """
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(transaction=True) as (conn, deadline):
             status = await conn.execute(
                 _INSERT,
                 record.id,
@@ -81,7 +69,6 @@ class EventRepository:
         time_left: float | None = None,
     ) -> Page:
         """One page, newest first, optionally only of ``subject`` and/or ``type_``."""
-        deadline = Deadline(self._limit, time_left)
         conditions: list[str] = []
         args: list[Any] = []
         if subject:
@@ -99,7 +86,7 @@ class EventRepository:
             f"SELECT {_COLUMNS} FROM audit.events {where} "  # noqa: S608 (constant fragments)
             f"ORDER BY recorded_at DESC, id DESC LIMIT ${len(args)}"
         )
-        async with self._connection(deadline) as conn:
+        async with self._connect(time_left) as (conn, deadline):
             rows = await conn.fetch(query, *args, timeout=deadline.left())
         events = [_record(row) for row in rows[:page_size]]
         last = events[-1] if events else None

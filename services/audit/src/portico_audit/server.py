@@ -14,21 +14,20 @@ stop (health NOT_SERVING, keep serving for ``delay``, drain calls within ``grace
 
 from __future__ import annotations
 
-from functools import partial
-
-from portico.audit.v1 import audit_pb2, audit_pb2_grpc
+from portico.audit.v1 import audit_pb2
+from portico.audit.v1.audit_pb2_grpc import add_AuditServiceServicer_to_server as add_servicer
 from portico_audit.config import AuditSettings
 from portico_audit.consumer import AfterCommit, EventConsumer
 from portico_audit.errors import ERROR_DOMAIN
 from portico_audit.repository import EventRepository
 from portico_audit.servicer import AuditServicer
 from portico_common import runtime as service_runtime
-from portico_common.runtime import BeforeStop, Runtime
-from portico_common.runtime import serve as serve_running
+from portico_common.runtime import BeforeStop, GrpcService, Runtime, serving
 
-SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"]
-
-__all__ = ["SERVICE", "RunningServer", "serve", "start"]
+#: AuditService as the shared runtime serves it: name, proto service, registration, error domain.
+SERVICE = GrpcService(
+    "audit", audit_pb2.DESCRIPTOR.services_by_name["AuditService"], add_servicer, ERROR_DOMAIN
+)
 
 #: This service, started (``core``: its AuditServicer).
 RunningServer = service_runtime.RunningServer[AuditServicer]
@@ -41,7 +40,7 @@ async def start(
 
     ``after_commit`` is a test hook of the consumer (see :class:`EventConsumer`).
     """
-    async with Runtime("audit", settings) as runtime:
+    async with Runtime(SERVICE, settings) as runtime:
         pool = await runtime.pool()
         client = runtime.valkey(settings.valkey)
         repository = EventRepository(pool, query_timeout_s=settings.postgres.query_timeout_s)
@@ -55,15 +54,9 @@ async def start(
             before_stop.append(consumer.finish)
         servicer = AuditServicer(repository)
         return await runtime.start(
-            SERVICE,
-            partial(audit_pb2_grpc.add_AuditServiceServicer_to_server, servicer),
-            core=servicer,
-            verifier=verifier,
-            error_domain=ERROR_DOMAIN,
-            before_stop=before_stop,
+            servicer, core=servicer, verifier=verifier, before_stop=before_stop
         )
 
 
-async def serve(settings: AuditSettings) -> None:
-    """Run the service until SIGTERM or SIGINT, then stop gracefully."""
-    await serve_running(await start(settings), settings, first="consumer finishing its batch, ")
+#: The process: start, serve until SIGTERM or SIGINT, then stop gracefully.
+serve = serving(start, first="consumer finishing its batch, ")

@@ -15,15 +15,17 @@ an ephemeral key then, with a warning (see :mod:`portico_auth.keys`).
 from __future__ import annotations
 
 import functools
+import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 from portico_common import service_settings
 from portico_common.outbox import OutboxSettings
-from portico_common.service_settings import PostgresSettings, ServiceSettings
+from portico_common.service_settings import Port, PostgresSettings, ServiceSettings
 
 __all__ = [
     "Argon2Settings",
@@ -31,6 +33,7 @@ __all__ = [
     "PostgresSettings",
     "SignUpSettings",
     "ThrottleSettings",
+    "UserDeletionSettings",
     "ValkeySettings",
     "get_settings",
 ]
@@ -81,13 +84,34 @@ class SignUpSettings(BaseModel):
     users_timeout_s: float = Field(default=5.0, gt=0)
 
 
-class AuthSettings(ServiceSettings):
-    """Everything the auth service needs to start."""
+def default_consumer_name() -> str:
+    """``<hostname>-<pid>``: unique per process, stable for its lifetime."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
-    model_config = SettingsConfigDict(env_prefix="AUTH_", env_nested_delimiter="__", extra="ignore")
 
-    grpc_port: int = Field(default=50052, ge=0, le=65535)
-    metrics_port: int = Field(default=9102, ge=0, le=65535)
+class UserDeletionSettings(BaseModel):
+    """The consumer that ends a deleted user's sessions (``portico_auth.deletions``): a member
+    of its own consumer group on the shared event stream (the stream is ``outbox.stream``)."""
+
+    #: Run the consumer in this process (several replicas share the group's entries).
+    enabled: bool = True
+    #: Consumer group; created (``MKSTREAM``, from the stream's first entry) at start.
+    group: str = Field(default="auth-sessions", min_length=1)
+    #: This consumer's name in the group; unique per process.
+    name: str = Field(default_factory=default_consumer_name, min_length=1)
+    #: ``XREADGROUP … BLOCK``: how long one read waits for new entries.
+    block_ms: int = Field(default=1000, ge=1, le=60_000)
+    #: Entries read (and taken over) per round.
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    #: Entries left pending this long (their consumer died or failed) are taken over.
+    claim_idle_ms: int = Field(default=30_000, ge=1)
+    #: Longest pause between retries while Valkey or PostgreSQL fails.
+    max_backoff_s: float = Field(default=5.0, gt=0)
+
+
+class AuthSettings(ServiceSettings, env_prefix="AUTH_"):
+    """Everything the auth service needs to start (its variables: ``AUTH_*``)."""
+
     #: gRPC address of the users service (portico.users.v1.UserService).
     users_target: str = "127.0.0.1:50051"
     #: ``production`` refuses to start without signing key files; ``dev`` makes a throwaway one.
@@ -100,6 +124,8 @@ class AuthSettings(ServiceSettings):
     access_token_ttl_s: int = Field(default=MAX_ACCESS_TOKEN_TTL_S, ge=1, le=MAX_ACCESS_TOKEN_TTL_S)
     #: Lifetime of a refresh token, and of an idle session (each refresh starts it anew).
     refresh_token_ttl_s: int = Field(default=14 * 24 * 3600, ge=60)
+    #: Absolute lifetime of a session, however often it is refreshed: then it ends.
+    session_absolute_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
     #: Emails (case-insensitive) whose tokens carry the "admin" role.
     admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
     valkey: ValkeySettings = ValkeySettings()
@@ -108,6 +134,11 @@ class AuthSettings(ServiceSettings):
     signup: SignUpSettings = SignUpSettings()
     #: Events: the outbox relay and the stream it publishes to (``AUTH_OUTBOX__*``).
     outbox: OutboxSettings = OutboxSettings()
+    #: Its ports, where it listens unless told otherwise.
+    grpc_port: Port = 50052
+    metrics_port: Port = 9102
+    #: The consumer of ``user.deleted`` events that ends the deleted user's sessions.
+    user_deletions: UserDeletionSettings = Field(default_factory=UserDeletionSettings)
 
     @field_validator("signing_key_files", "admin_emails", mode="before")
     @classmethod

@@ -13,7 +13,6 @@ in the same transaction as the change; session events, whose state is in Valkey,
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -21,8 +20,8 @@ import asyncpg
 
 from portico_auth.domain import Credential, CredentialState
 from portico_auth.errors import AlreadyExists, Unavailable
-from portico_common.outbox import OUTBOX_COLUMNS, Event, new_event
-from portico_common.postgres import Deadline, connection
+from portico_common.outbox import Event, new_event, outbox_insert
+from portico_common.postgres import DatabaseErrors, Repository, from_row
 
 _INSERT_PENDING = """
     INSERT INTO auth.credentials (email, display_name, password_hash, idempotency_key)
@@ -41,6 +40,10 @@ _BY_EMAIL = """
 _BY_ID = """
     SELECT id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
     FROM auth.credentials WHERE id = $1
+"""
+_BY_USER = """
+    SELECT id, user_id, email, display_name, password_hash, state, idempotency_key, created_at
+    FROM auth.credentials WHERE user_id = $1
 """
 _ACTIVATE = """
     UPDATE auth.credentials
@@ -65,39 +68,21 @@ _SET_HASH = """
     UPDATE auth.credentials SET password_hash = $2, updated_at = clock_timestamp() WHERE id = $1
 """
 
-_INSERT_EVENT = f"""
-    INSERT INTO auth.outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
-"""  # noqa: S608 (a constant column list)
+_INSERT_EVENT = outbox_insert("auth")
 
 
-def _credential(row: Any) -> Credential:
-    return Credential(
-        id=row["id"],
-        user_id=row["user_id"],
-        email=row["email"],
-        display_name=row["display_name"],
-        password_hash=row["password_hash"],
-        state=CredentialState(row["state"]),
-        idempotency_key=row["idempotency_key"],
-        created_at=row["created_at"],
-    )
+def _credential(row: asyncpg.Record) -> Credential:
+    return from_row(Credential, row, state=CredentialState(row["state"]))
 
 
-class CredentialRepository:
+class CredentialRepository(Repository):
     """Credentials on PostgreSQL. Each call is limited to ``query_timeout_s``, or less: the
     caller's deadline when it ends sooner (:class:`portico_common.postgres.Deadline`)."""
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
-        self._pool = pool
-        #: A connection for one call, database failures turned into this service's errors.
-        self._connection = partial(
-            connection, pool, unavailable=Unavailable, unique_violation=AlreadyExists
-        )
-        self._limit = query_timeout_s
+    errors = DatabaseErrors(unavailable=Unavailable, unique_violation=AlreadyExists)
 
     async def _one(self, query: str, *args: Any) -> Credential | None:
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connect() as (conn, deadline):
             row = await conn.fetchrow(query, *args, timeout=deadline.left())
         return None if row is None else _credential(row)
 
@@ -117,14 +102,17 @@ class CredentialRepository:
     async def by_id(self, credential_id: UUID) -> Credential | None:
         return await self._one(_BY_ID, credential_id)
 
+    async def by_user(self, user_id: UUID) -> Credential | None:
+        """The credential of a user (``user_id`` is unique), if it has one."""
+        return await self._one(_BY_USER, user_id)
+
     async def activate(self, credential: Credential, *, user_id: UUID) -> bool:
         """Pending → active for ``user_id`` (+ ``credential.created``); False when the row is no
         longer that pending row.
 
         ``AlreadyExists`` when another credential already names ``user_id``.
         """
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(transaction=True) as (conn, deadline):
             done = await conn.fetchval(
                 _ACTIVATE,
                 credential.id,
@@ -143,8 +131,7 @@ class CredentialRepository:
 
     async def drop_pending(self, credential: Credential) -> bool:
         """Delete a still-pending credential; False when it is no longer that pending row."""
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connect() as (conn, deadline):
             done = await conn.fetchval(
                 _DROP_PENDING, credential.id, credential.idempotency_key, timeout=deadline.left()
             )
@@ -152,8 +139,7 @@ class CredentialRepository:
 
     async def delete(self, credential_id: UUID) -> None:
         """Delete a credential (+ ``credential.deleted`` when it was active)."""
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(transaction=True) as (conn, deadline):
             user_id = await conn.fetchval(_DELETE, credential_id, timeout=deadline.left())
             if user_id is not None:
                 event = new_event(
@@ -163,22 +149,21 @@ class CredentialRepository:
                 )
                 await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
 
-    async def record(self, event: Event) -> None:
-        """Write ``event`` to the outbox in a transaction of its own (for changes made
-        elsewhere, e.g. sessions in Valkey: the event follows the change, it is not atomic
+    async def record(self, *events: Event) -> None:
+        """Write ``events`` to the outbox in a transaction of their own (for changes made
+        elsewhere, e.g. sessions in Valkey: the events follow the change, they are not atomic
         with it)."""
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
-            await conn.execute(_INSERT_EVENT, *event.row(), timeout=deadline.left())
+        async with self._connect(transaction=True) as (conn, deadline):
+            await conn.executemany(
+                _INSERT_EVENT, [event.row() for event in events], timeout=deadline.left()
+            )
 
     async def stale_pending(self, *, older_than_s: float, limit: int = 100) -> list[Credential]:
         """Pending credentials created more than ``older_than_s`` ago, oldest first."""
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connect() as (conn, deadline):
             rows = await conn.fetch(_STALE_PENDING, older_than_s, limit, timeout=deadline.left())
         return [_credential(row) for row in rows]
 
     async def set_password_hash(self, credential_id: UUID, password_hash: str) -> None:
-        deadline = Deadline(self._limit)
-        async with self._connection(deadline) as conn:
+        async with self._connect() as (conn, deadline):
             await conn.execute(_SET_HASH, credential_id, password_hash, timeout=deadline.left())

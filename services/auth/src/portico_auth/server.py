@@ -1,16 +1,16 @@
 """The composition root: keys, pool, Valkey, users channel → AuthService, on the shared runtime.
 
-``start(settings)`` builds and starts everything and returns a ``RunningServer`` (tests and the
-dev launcher use it); ``serve(settings)`` is the process: start, wait for SIGTERM/SIGINT, stop.
-How a service starts, serves, drains and stops is :mod:`portico_common.runtime`'s.
+``start(settings)`` builds, binds and starts it (tests and the dev launcher use it); ``serve`` is
+the process. How a service starts, serves, drains and stops is :mod:`portico_common.runtime`'s.
 
 Start-up refuses bad signing-key settings (``KeyConfigError``: production without key files, an
 unreadable or non-Ed25519 file, an unknown ``AUTH_ACTIVE_KID``) before binding anything. Like the
 users service it starts while PostgreSQL is down (health NOT_SERVING until it answers).
 
 Background tasks: the health probe, the sign-up reconciler (every
-``signup.reconcile_interval_s``, see ``service.py``) and the outbox relay (``auth.outbox`` to the
-event stream, when ``outbox.relay_enabled``; ``portico_common.outbox``). At the stop, the
+``signup.reconcile_interval_s``, see ``service.py``), the outbox relay (``auth.outbox`` to the
+event stream) and the consumer of ``user.deleted`` events (when ``user_deletions.enabled``;
+``deletions.py``). At the stop, the
 service's own identity session is ended (or left to expire while Valkey is down).
 """
 
@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from portico.auth.v1 import auth_pb2, auth_pb2_grpc
+from portico.auth.v1 import auth_pb2
+from portico.auth.v1.auth_pb2_grpc import add_AuthServiceServicer_to_server as add_servicer
 from portico_auth.config import AuthSettings
+from portico_auth.deletions import deletions_consumer
 from portico_auth.errors import ERROR_DOMAIN
 from portico_auth.identity import ServiceIdentity
 from portico_auth.keys import load_key_ring
@@ -33,14 +35,13 @@ from portico_auth.throttle import LoginThrottle
 from portico_auth.tokens import TokenIssuer
 from portico_auth.users_client import UsersClient
 from portico_common import runtime as service_runtime
-from portico_common.outbox import OutboxRelay
-from portico_common.runtime import Runtime
-from portico_common.runtime import serve as serve_running
-from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions
+from portico_common.runtime import GrpcService, Runtime, serving
+from portico_common.tokens import ValkeySessions
 
-SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
-
-__all__ = ["SERVICE", "RunningServer", "serve", "start"]
+#: AuthService as the shared runtime serves it: name, proto service, registration, error domain.
+SERVICE = GrpcService(
+    "auth", auth_pb2.DESCRIPTOR.services_by_name["AuthService"], add_servicer, ERROR_DOMAIN
+)
 
 #: This service, started (``core``: its AuthService).
 RunningServer = service_runtime.RunningServer[AuthService]
@@ -49,12 +50,10 @@ RunningServer = service_runtime.RunningServer[AuthService]
 async def start(settings: AuthSettings) -> RunningServer:
     """Build the whole service from ``settings``, bind it and start serving."""
     keys = load_key_ring(
-        settings.signing_key_files,
-        active_kid=settings.active_kid,
-        environment=settings.environment,
+        settings.signing_key_files, active_kid=settings.active_kid, environment=settings.environment
     )
     vk = settings.valkey
-    async with Runtime("auth", settings) as runtime:
+    async with Runtime(SERVICE, settings) as runtime:
         pool = await runtime.pool()
         client = runtime.valkey(vk)
         users_channel = runtime.channel(settings.users_target)
@@ -64,7 +63,12 @@ async def start(settings: AuthSettings) -> RunningServer:
             audience=settings.audience,
             ttl_s=settings.access_token_ttl_s,
         )
-        sessions = Sessions(client, key_prefix=vk.key_prefix, ttl_s=settings.refresh_token_ttl_s)
+        sessions = Sessions(
+            client,
+            key_prefix=vk.key_prefix,
+            ttl_s=settings.refresh_token_ttl_s,
+            absolute_ttl_s=settings.session_absolute_ttl_s,
+        )
         identity = ServiceIdentity(tokens, sessions)
         runtime.resources.push_async_callback(identity.close_quietly)
         service = AuthService(
@@ -79,38 +83,27 @@ async def start(settings: AuthSettings) -> RunningServer:
             admin_emails=settings.admin_emails,
             pending_timeout_s=settings.signup.pending_timeout_s,
         )
-        # Every AuthService RPC is public (see auth.proto); the interceptor still closes any
-        # RPC added later without a rule, with this service's own keys and sessions.
-        verifier = TokenVerifier(
-            JwksCache(keys.fetch_jwks),
-            ValkeySessions(client, key_prefix=vk.key_prefix),
-            issuer=settings.issuer,
-            audience=settings.audience,
-        )
+        # Most AuthService RPCs are public (see auth.proto); the admin ones and any RPC added
+        # later without a rule are checked with this service's own keys and sessions.
+        verifier = tokens.verifier(ValkeySessions(client, key_prefix=vk.key_prefix))
         runtime.background(
             "signup-reconciler",
             partial(service.reconcile_forever, settings.signup.reconcile_interval_s),
         )
-        if settings.outbox.relay_enabled:
-            relay = OutboxRelay(
-                pool, client, schema="auth", service="auth", settings=settings.outbox
-            )
-            runtime.background("outbox-relay", relay.run)
-        servicer = AuthServicer(service, keys)
+        runtime.outbox_relay(pool, client, settings.outbox)
+        if settings.user_deletions.enabled:
+            runtime.background("user-deletions", deletions_consumer(runtime, settings, service))
         # Valkey is not probed: JWKS works without it; sign-up (whose calls to the users
         # service need the service identity's session), token, refresh and logout answer
         # UNAVAILABLE while it is down, which callers may retry.
         return await runtime.start(
-            SERVICE,
-            partial(auth_pb2_grpc.add_AuthServiceServicer_to_server, servicer),
+            AuthServicer(service, keys),
             core=service,
             verifier=verifier,
-            error_domain=ERROR_DOMAIN,
             degraded_reads=False,
             listening_note=f" (signing kid {keys.active.kid}, {len(keys.keys)} key(s) in the JWKS)",
         )
 
 
-async def serve(settings: AuthSettings) -> None:
-    """Run the service until SIGTERM or SIGINT, then stop gracefully."""
-    await serve_running(await start(settings), settings)
+#: The process: start, serve until SIGTERM or SIGINT, then stop gracefully.
+serve = serving(start)

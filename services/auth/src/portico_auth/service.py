@@ -22,8 +22,10 @@ created by sign-up either has an active credential or is named by a pending row 
 one, and a credential is active only once its user exists. Retrying a finished sign-up with its
 key returns the same user; another sign-up for a reserved or taken email is ALREADY_EXISTS.
 
-A credential whose user was later deleted through the users service is removed at its next
-successful password check (login answers as for a wrong password).
+A credential whose user was later deleted through the users service is removed, and every
+session of the user ended, by the consumer of ``user.deleted`` events (``deletions.py``), and
+in any case at the next successful password check (login answers as for a wrong password) or
+refresh (which checks the user before it spends the token, and derives the roles anew).
 
 Events (docs/architecture.md, "Events"): activation writes ``credential.created`` in its own
 transaction (see the repository). Sessions live in Valkey, so ``auth.logged_in`` and
@@ -53,17 +55,25 @@ from portico_auth.errors import (
 )
 from portico_auth.passwords import Passwords
 from portico_auth.repository import CredentialRepository
-from portico_auth.sessions import Rotation, Sessions
+from portico_auth.sessions import Rotation, SessionInfo, Sessions
 from portico_auth.throttle import LoginThrottle
 from portico_auth.tokens import TokenIssuer, roles_for
 from portico_auth.users_client import UsersClient
-from portico_common.outbox import new_event
+from portico_common.outbox import Event, new_event
 
 _log = logging.getLogger(__name__)
 
 #: Tolerated clock difference between our database and the users service's when deciding
 #: whether a user was created by this sign-up (step 2 above).
 _CLOCK_SLACK = timedelta(seconds=5)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 class AuthService:
@@ -248,26 +258,102 @@ class AuthService:
         roles = roles_for(credential.email, self._admin_emails)
         session_id, refresh_token = await self._sessions.create(user_id=user_id, roles=roles)
         await self._record_after(
-            "auth.logged_in", user_id=user_id, actor=user_id, session_id=session_id
+            new_event(
+                "auth.logged_in",
+                subject=user_id,
+                actor=user_id,
+                payload={"session_id": session_id},
+            )
         )
         return self._grant(user_id, session_id, roles, refresh_token)
 
     async def refresh(self, *, refresh_token: str) -> TokenGrant:
-        """Rotate a refresh token; a reused one revokes its session."""
-        result = await self._sessions.rotate(refresh_token)
+        """Rotate a refresh token, with roles derived anew; a reused one revokes its session.
+
+        Before the token is spent, its user is checked (see :meth:`_current_roles`): a user who
+        was deleted has all their sessions ended here, whatever the event consumer did yet, and
+        the roles follow the credential's email and today's ``AUTH_ADMIN_EMAILS``. When the
+        check cannot be made (the users service or PostgreSQL is down) the token stays unspent
+        and the call is UNAVAILABLE, so the client may retry it.
+        """
+        owner = await self._sessions.current_owner(refresh_token)
+        roles: tuple[str, ...] = ()
+        if owner is not None and not _is_uuid(owner):
+            raise Unauthenticated(BAD_REFRESH_TOKEN)  # not a person's (the service identity's)
+        if owner is not None:
+            current = await self._current_roles(owner)
+            if current is None:
+                _log.info("refresh for deleted user %s: ending their sessions", owner)
+                await self.end_sessions_of(owner, actor=None, reason="user_deleted")
+                raise Unauthenticated(BAD_REFRESH_TOKEN)
+            roles = current
+        # Without an owner the token is not the current one: rotating it cannot succeed, but it
+        # tells a spent token (reuse: the session is revoked) from an unknown one.
+        result = await self._sessions.rotate(refresh_token, roles=roles)
         session_id = refresh_token.partition(".")[0]
         if result.outcome is Rotation.REUSED:
             _log.warning("refresh token reuse: session revoked")
             await self._record_after(
-                "auth.session_revoked",
-                user_id=result.user_id,
-                actor=None,
-                session_id=session_id,
-                reason="refresh_token_reuse",
+                self._session_event(
+                    result.user_id, session_id, actor=None, reason="refresh_token_reuse"
+                )
             )
-        if result.outcome is not Rotation.ROTATED:
+        if result.outcome is not Rotation.ROTATED or not roles:
             raise Unauthenticated(BAD_REFRESH_TOKEN)
-        return self._grant(result.user_id, session_id, result.roles, result.refresh_token)
+        return self._grant(result.user_id, session_id, roles, result.refresh_token)
+
+    async def _current_roles(self, user_id: str) -> tuple[str, ...] | None:
+        """The roles ``user_id`` has now, or None when they may no longer have a session.
+
+        None when the user has no active credential or the users service no longer knows the
+        user (whose credential is then removed, as at login). The roles come from the
+        credential's email, which only sign-up sets (a user cannot change it through
+        UpdateUser into an admin's address), and the configured admin emails.
+        """
+        uid = UUID(user_id)
+        credential = await self._credentials.by_user(uid)
+        if credential is None or credential.state is not CredentialState.ACTIVE:
+            return None
+        if await self._users.get_user(uid) is None:
+            _log.info("removing the credential of deleted user %s", uid)
+            await self._credentials.delete(credential.id)
+            return None
+        return roles_for(credential.email, self._admin_emails)
+
+    # ---------------------------------------------------------------- ending sessions
+
+    async def end_sessions_of(self, user_id: str, *, actor: str | None, reason: str) -> int:
+        """End every session of ``user_id`` (their access tokens stop at once); how many.
+
+        One ``auth.session_revoked`` event per session this call ended, with ``reason``.
+        """
+        ended = await self._sessions.end_all(user_id)
+        if ended:
+            await self._record_after(
+                *(self._session_event(user_id, sid, actor=actor, reason=reason) for sid in ended)
+            )
+        return len(ended)
+
+    async def list_sessions(self, user_id: str, *, actor: str | None) -> list[SessionInfo]:
+        """The live sessions of ``user_id``; the look is recorded (``auth.sessions_listed``)."""
+        found = await self._sessions.of_user(user_id)
+        await self._record_after(
+            new_event(
+                "auth.sessions_listed",
+                subject=user_id,
+                actor=actor,
+                payload={"sessions": len(found)},
+            )
+        )
+        return found
+
+    async def user_deleted(self, user_id: str, *, actor: str | None) -> int:
+        """A ``user.deleted`` event: end the user's sessions and remove their credential."""
+        ended = await self.end_sessions_of(user_id, actor=actor, reason="user_deleted")
+        credential = await self._credentials.by_user(UUID(user_id))
+        if credential is not None:
+            await self._credentials.delete(credential.id)
+        return ended
 
     async def logout(self, *, refresh_token: str, bearer: str | None) -> None:
         """End the session of ``refresh_token``, else of the ``bearer`` access token."""
@@ -277,11 +363,12 @@ class AuthService:
                 raise Unauthenticated(BAD_REFRESH_TOKEN)
             if result.user_id:  # this call ended it (not: it was already gone)
                 await self._record_after(
-                    "auth.session_revoked",
-                    user_id=result.user_id,
-                    actor=result.user_id,
-                    session_id=refresh_token.partition(".")[0],
-                    reason="logout",
+                    self._session_event(
+                        result.user_id,
+                        refresh_token.partition(".")[0],
+                        actor=result.user_id,
+                        reason="logout",
+                    )
                 )
             return
         if not bearer:
@@ -289,32 +376,29 @@ class AuthService:
         claims = self._tokens.verify(bearer)
         if await self._sessions.end(claims.session_id):
             await self._record_after(
-                "auth.session_revoked",
-                user_id=claims.user_id,
-                actor=claims.user_id,
-                session_id=claims.session_id,
-                reason="logout",
+                self._session_event(
+                    claims.user_id, claims.session_id, actor=claims.user_id, reason="logout"
+                )
             )
 
-    async def _record_after(
-        self,
-        type_: str,
-        *,
-        user_id: str,
-        actor: str | None,
-        session_id: str,
-        reason: str | None = None,
-    ) -> None:
-        """Write a session event after its Valkey change succeeded; a failure loses it."""
-        payload = {"session_id": session_id} | ({"reason": reason} if reason else {})
-        event = new_event(type_, subject=user_id, actor=actor, payload=payload)
+    @staticmethod
+    def _session_event(user_id: str, session_id: str, *, actor: str | None, reason: str) -> Event:
+        return new_event(
+            "auth.session_revoked",
+            subject=user_id,
+            actor=actor,
+            payload={"session_id": session_id, "reason": reason},
+        )
+
+    async def _record_after(self, *events: Event) -> None:
+        """Write events after their Valkey change succeeded; a failure loses them."""
         try:
-            await self._credentials.record(event)
+            await self._credentials.record(*events)
         except DomainError as error:
             _log.warning(
-                "event %s (%s) lost: the outbox write failed: %s",
-                type_,
-                event.id,
+                "event(s) %s (%s) lost: the outbox write failed: %s",
+                ", ".join(sorted({e.type for e in events})),
+                ", ".join(str(e.id) for e in events),
                 error.grpc_code.name,
             )
 

@@ -15,7 +15,9 @@ from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico_auth.domain import TokenGrant
 from portico_auth.keys import KeyRing
 from portico_auth.service import AuthService
+from portico_auth.sessions import SessionInfo
 from portico_auth.throttle import client_address
+from portico_common.access import PRINCIPAL
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -84,6 +86,39 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.GetJwksRequest, context: Context
     ) -> auth_pb2.GetJwksResponse:
         return self._jwks
+
+    async def ListUserSessions(
+        self, request: auth_pb2.ListUserSessionsRequest, context: Context
+    ) -> auth_pb2.ListUserSessionsResponse:
+        found = await self._service.list_sessions(request.user_id.lower(), actor=_actor())
+        return auth_pb2.ListUserSessionsResponse(sessions=[_session(s) for s in found])
+
+    async def EndUserSessions(
+        self, request: auth_pb2.EndUserSessionsRequest, context: Context
+    ) -> auth_pb2.EndUserSessionsResponse:
+        ended = await self._service.end_sessions_of(
+            request.user_id.lower(), actor=_actor(), reason="admin"
+        )
+        return auth_pb2.EndUserSessionsResponse(ended=ended)
+
+
+def _actor() -> str | None:
+    """Who is calling (the access token's user id), as the access interceptor verified it."""
+    principal = PRINCIPAL.get()
+    return principal.user_id if principal is not None else None
+
+
+def _session(info: SessionInfo) -> auth_pb2.Session:
+    session = auth_pb2.Session(session_id=info.session_id)
+    for stamp, ms in (
+        (session.create_time, info.created_ms),
+        (session.refresh_time, info.refreshed_ms),
+        (session.idle_expire_time, info.idle_expires_ms),
+        (session.end_time, info.ends_ms),
+    ):
+        if ms:  # 0: unknown (a session older than these fields), left unset
+            stamp.FromMilliseconds(ms)
+    return session
 
 
 def _grant_fields(grant: TokenGrant) -> dict[str, Any]:

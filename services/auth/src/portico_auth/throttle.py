@@ -39,6 +39,7 @@ from valkey.asyncio import Valkey
 from portico_auth.config import ThrottleSettings
 from portico_auth.errors import ResourceExhausted
 from portico_auth.sessions import VALKEY_FAILURES
+from portico_common.logs import OutageLog
 
 _log = logging.getLogger(__name__)
 
@@ -84,7 +85,13 @@ class LoginThrottle:
         self._prefix = key_prefix
         self._window_ms = max(1, round(settings.window_s * 1000))
         self._hit = client.register_script(_HIT)
-        self._healthy = True
+        self._outage = OutageLog(
+            _log,
+            down="Valkey unreachable, login throttling is OFF (failing open) until it is back: "
+            "%s: %s",
+            up="Valkey answers again, login throttling is back on",
+            up_level=logging.WARNING,
+        )
 
     def account_key(self, email: str) -> str:
         return f"{self._prefix}throttle:account:{_digest(email)}"
@@ -121,9 +128,9 @@ class LoginThrottle:
                 if int(count) > limit:
                     retry_after_ms = max(retry_after_ms, int(left_ms))
         except VALKEY_FAILURES as exc:
-            self._failed(exc)
+            self._outage.failed(exc)
             return
-        self._succeeded()
+        self._outage.succeeded()
         if retry_after_ms:
             raise ResourceExhausted(retry_after_s=retry_after_ms / 1000)
 
@@ -134,19 +141,4 @@ class LoginThrottle:
                 self.account_key(email), self.account_client_key(email, address)
             )
         except VALKEY_FAILURES as exc:
-            self._failed(exc)
-
-    def _failed(self, exc: Exception) -> None:
-        if self._healthy:
-            _log.warning(
-                "Valkey unreachable, login throttling is OFF (failing open) until it is back: "
-                "%s: %s",
-                type(exc).__name__,
-                exc,
-            )
-        self._healthy = False
-
-    def _succeeded(self) -> None:
-        if not self._healthy:
-            _log.warning("Valkey answers again, login throttling is back on")
-        self._healthy = True
+            self._outage.failed(exc)

@@ -29,6 +29,7 @@ import jwt
 
 from portico_auth.errors import Unauthenticated
 from portico_auth.keys import KeyRing
+from portico_common.tokens import JwksCache, SessionCheck, TokenVerifier
 
 ALGORITHM = "EdDSA"
 _REQUIRED = ["sub", "sid", "roles", "iss", "aud", "exp", "iat", "jti"]
@@ -56,6 +57,13 @@ class TokenIssuer:
     @property
     def keys(self) -> KeyRing:
         return self._keys
+
+    def verifier(self, sessions: SessionCheck) -> TokenVerifier:
+        """The shared verifier (what every other component runs) for the tokens this issuer
+        signs: this key ring's JWKS, its issuer and audience, sessions checked in ``sessions``."""
+        return TokenVerifier(
+            JwksCache(self._keys.fetch_jwks), sessions, issuer=self._issuer, audience=self._audience
+        )
 
     def issue(
         self, *, user_id: str, session_id: str, roles: Sequence[str], now: float | None = None

@@ -45,6 +45,7 @@ from valkey.asyncio import Valkey
 from valkey.exceptions import ValkeyError
 
 from portico.users.v1 import users_pb2
+from portico_common.logs import OutageLog
 from portico_users.codec import user_from_proto, user_to_proto
 from portico_users.domain import Cursor, Page, User, UserChanges, UserStore
 
@@ -110,7 +111,11 @@ class CachedUsers:
         self._fill = client.register_script(_FILL)
         self._bury = client.register_script(_BURY)
         self._flights: dict[UUID, asyncio.Task[User]] = {}
-        self._healthy = True
+        self._outage = OutageLog(
+            _log,
+            down="Valkey %s failed, serving from PostgreSQL: %s: %s",
+            up="Valkey answers again, cache back in use",
+        )
         reads = cache_requests()
         self._hits, self._misses, self._errors = (reads.labels(r) for r in ("hit", "miss", "error"))
 
@@ -151,11 +156,11 @@ class CachedUsers:
             except _VALKEY_FAILURES as exc:
                 span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
                 self._errors.inc()
-                self._failed("read", exc)
+                self._outage.failed(exc, "read")
                 return None
             span.set_attribute(CACHE_HIT, user is not None)
         (self._misses if user is None else self._hits).inc()
-        self._succeeded()
+        self._outage.succeeded()
         return user
 
     async def list_users(
@@ -212,9 +217,9 @@ class CachedUsers:
                     keys=[self.key(user.id)], args=[user.version, data, self._ttl_ms]
                 )
         except _VALKEY_FAILURES as exc:
-            self._failed("write", exc)
+            self._outage.failed(exc, "write")
             return False
-        self._succeeded()
+        self._outage.succeeded()
         return bool(stored)
 
     async def forget(self, user_id: UUID) -> None:
@@ -223,23 +228,6 @@ class CachedUsers:
             with trace.use_span(_span("tombstone"), end_on_exit=True):
                 await self._bury(keys=[self.key(user_id)], args=[self._tombstone_ttl_ms])
         except _VALKEY_FAILURES as exc:
-            self._failed("tombstone", exc)
+            self._outage.failed(exc, "tombstone")
             return
-        self._succeeded()
-
-    # ---------------------------------------------------------------- outage logging
-
-    def _failed(self, operation: str, exc: Exception) -> None:
-        if self._healthy:
-            _log.warning(
-                "Valkey %s failed, serving from PostgreSQL: %s: %s",
-                operation,
-                type(exc).__name__,
-                exc,
-            )
-        self._healthy = False
-
-    def _succeeded(self) -> None:
-        if not self._healthy:
-            _log.info("Valkey answers again, cache back in use")
-        self._healthy = True
+        self._outage.succeeded()

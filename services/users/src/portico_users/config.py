@@ -13,11 +13,10 @@ from __future__ import annotations
 import functools
 
 from pydantic import Field, SecretStr
-from pydantic_settings import SettingsConfigDict
 
 from portico_common import service_settings
 from portico_common.outbox import OutboxSettings
-from portico_common.service_settings import PostgresSettings, TokenCheckingSettings
+from portico_common.service_settings import Port, PostgresSettings, TokenCheckingSettings
 
 __all__ = ["PostgresSettings", "UsersSettings", "ValkeySettings", "get_settings"]
 
@@ -37,18 +36,15 @@ class ValkeySettings(service_settings.ValkeySettings):
     cache_url: SecretStr | None = None
 
 
-class UsersSettings(TokenCheckingSettings):
-    """Everything the users service needs to start."""
+class UsersSettings(TokenCheckingSettings, env_prefix="USERS_"):
+    """Everything the users service needs to start (its variables: ``USERS_*``)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="USERS_", env_nested_delimiter="__", extra="ignore"
-    )
-
-    grpc_port: int = Field(default=50051, ge=0, le=65535)
-    metrics_port: int = Field(default=9101, ge=0, le=65535)
     valkey: ValkeySettings = ValkeySettings()
     #: Events: the outbox relay and the stream it publishes to (``USERS_OUTBOX__*``).
     outbox: OutboxSettings = OutboxSettings()
+    #: Its ports, where it listens unless told otherwise.
+    grpc_port: Port = 50051
+    metrics_port: Port = 9101
 
 
 @functools.cache

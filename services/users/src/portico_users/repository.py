@@ -17,15 +17,14 @@ and a write that changes nothing (not found, etag mismatch) records none.
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, NoReturn
+from typing import NoReturn
 from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from portico_common.outbox import OUTBOX_COLUMNS, Event, new_event
-from portico_common.postgres import Deadline, connection
+from portico_common.outbox import Event, new_event, outbox_insert
+from portico_common.postgres import DatabaseErrors, Deadline, Repository, from_row
 from portico_users.domain import Cursor, Page, User, UserChanges, version_from_etag
 from portico_users.errors import (
     AlreadyExists,
@@ -69,20 +68,7 @@ _DELETE = """
     DELETE FROM users.users WHERE id = $1 AND ($2::bigint IS NULL OR version = $2) RETURNING id
 """
 
-_INSERT_EVENT = f"""
-    INSERT INTO users.outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
-"""  # noqa: S608 (a constant column list)
-
-
-def _user(row: Any) -> User:
-    return User(
-        id=row["id"],
-        email=row["email"],
-        display_name=row["display_name"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        version=row["version"],
-    )
+_INSERT_EVENT = outbox_insert("users")
 
 
 def _expected_version(etag: str | None) -> int | None:
@@ -92,19 +78,14 @@ def _expected_version(etag: str | None) -> int | None:
     return version_from_etag(etag) or 0
 
 
-class UserRepository:
+def _email_taken() -> AlreadyExists:
+    return AlreadyExists("a user with this email already exists")
+
+
+class UserRepository(Repository):
     """``UserStore`` on PostgreSQL."""
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, query_timeout_s: float) -> None:
-        self._pool = pool
-        #: A connection for one call, database failures turned into this service's errors.
-        self._connection = partial(
-            connection,
-            pool,
-            unavailable=Unavailable,
-            unique_violation=lambda: AlreadyExists("a user with this email already exists"),
-        )
-        self._limit = query_timeout_s
+    errors = DatabaseErrors(unavailable=Unavailable, unique_violation=_email_taken)
 
     async def create_user(
         self,
@@ -114,35 +95,33 @@ class UserRepository:
         actor: str | None = None,
         time_left: float | None = None,
     ) -> User:
-        deadline = Deadline(self._limit, time_left)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(time_left, transaction=True) as (conn, deadline):
             row = await conn.fetchrow(_INSERT, email, display_name, timeout=deadline.left())
-            user = _user(row)
+            assert row is not None  # noqa: S101 - INSERT … RETURNING returns the row it inserted
+            user = from_row(User, row)
             payload = {"email": user.email, "display_name": user.display_name, "version": 1}
             event = new_event("user.created", subject=str(user.id), actor=actor, payload=payload)
             await _record(conn, deadline, event)
         return user
 
     async def get_user(self, *, user_id: UUID, time_left: float | None = None) -> User:
-        deadline = Deadline(self._limit, time_left)
-        async with self._connection(deadline) as conn:
+        async with self._connect(time_left) as (conn, deadline):
             row = await conn.fetchrow(_SELECT, user_id, timeout=deadline.left())
         if row is None:
             raise NotFound(f"user {user_id} not found")
-        return _user(row)
+        return from_row(User, row)
 
     async def list_users(
         self, *, page_size: int, after: Cursor | None, time_left: float | None = None
     ) -> Page:
-        deadline = Deadline(self._limit, time_left)
-        async with self._connection(deadline) as conn:
+        async with self._connect(time_left) as (conn, deadline):
             if after is None:
                 rows = await conn.fetch(_FIRST_PAGE, page_size + 1, timeout=deadline.left())
             else:
                 rows = await conn.fetch(
                     _NEXT_PAGE, after.created_at, after.id, page_size + 1, timeout=deadline.left()
                 )
-        users = [_user(row) for row in rows[:page_size]]
+        users = [from_row(User, row) for row in rows[:page_size]]
         more = len(rows) > page_size
         last = users[-1] if users else None
         next_cursor = Cursor(last.created_at, last.id) if more and last else None
@@ -157,9 +136,8 @@ class UserRepository:
         actor: str | None = None,
         time_left: float | None = None,
     ) -> User:
-        deadline = Deadline(self._limit, time_left)
         expected = _expected_version(etag)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(time_left, transaction=True) as (conn, deadline):
             row = await conn.fetchrow(
                 _UPDATE,
                 user_id,
@@ -170,7 +148,7 @@ class UserRepository:
             )
             if row is None:
                 await self._raise_missing(conn, deadline, user_id=user_id, conditional=etag)
-            user = _user(row)
+            user = from_row(User, row)
             fields = {
                 name: value
                 for name, value in (
@@ -192,9 +170,8 @@ class UserRepository:
         actor: str | None = None,
         time_left: float | None = None,
     ) -> None:
-        deadline = Deadline(self._limit, time_left)
         expected = _expected_version(etag)
-        async with self._connection(deadline) as conn, conn.transaction():
+        async with self._connect(time_left, transaction=True) as (conn, deadline):
             deleted = await conn.fetchval(_DELETE, user_id, expected, timeout=deadline.left())
             if deleted is None:
                 await self._raise_missing(conn, deadline, user_id=user_id, conditional=etag)

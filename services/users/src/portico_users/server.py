@@ -16,22 +16,20 @@ published again by the next relay: at-least-once).
 
 from __future__ import annotations
 
-from functools import partial
-
-from portico.users.v1 import users_pb2, users_pb2_grpc
+from portico.users.v1 import users_pb2
+from portico.users.v1.users_pb2_grpc import add_UserServiceServicer_to_server as add_servicer
 from portico_common import runtime as service_runtime
-from portico_common.outbox import OutboxRelay
-from portico_common.runtime import Runtime
-from portico_common.runtime import serve as serve_running
+from portico_common.runtime import GrpcService, Runtime, serving
 from portico_users.cache import CachedUsers
 from portico_users.config import UsersSettings
 from portico_users.errors import ERROR_DOMAIN
 from portico_users.repository import UserRepository
 from portico_users.servicer import UserServicer
 
-SERVICE = users_pb2.DESCRIPTOR.services_by_name["UserService"]
-
-__all__ = ["SERVICE", "RunningServer", "serve", "start"]
+#: UserService as the shared runtime serves it: name, proto service, registration, error domain.
+SERVICE = GrpcService(
+    "users", users_pb2.DESCRIPTOR.services_by_name["UserService"], add_servicer, ERROR_DOMAIN
+)
 
 #: This service, started (``core``: its UserServicer).
 RunningServer = service_runtime.RunningServer[UserServicer]
@@ -40,7 +38,7 @@ RunningServer = service_runtime.RunningServer[UserServicer]
 async def start(settings: UsersSettings) -> RunningServer:
     """Build the whole service from ``settings``, bind it and start serving."""
     vk = settings.valkey
-    async with Runtime("users", settings) as runtime:
+    async with Runtime(SERVICE, settings) as runtime:
         pool = await runtime.pool()
         client = runtime.valkey(vk)
         # The cache on an instance of its own (evicting) when configured: never beside sessions.
@@ -55,21 +53,10 @@ async def start(settings: UsersSettings) -> RunningServer:
             key_prefix=vk.key_prefix,
         )
         verifier = await runtime.token_verifier(client, settings)
-        if settings.outbox.relay_enabled:
-            relay = OutboxRelay(
-                pool, client, schema="users", service="users", settings=settings.outbox
-            )
-            runtime.background("outbox-relay", relay.run)
+        runtime.outbox_relay(pool, client, settings.outbox)
         servicer = UserServicer(store)
-        return await runtime.start(
-            SERVICE,
-            partial(users_pb2_grpc.add_UserServiceServicer_to_server, servicer),
-            core=servicer,
-            verifier=verifier,
-            error_domain=ERROR_DOMAIN,
-        )
+        return await runtime.start(servicer, core=servicer, verifier=verifier)
 
 
-async def serve(settings: UsersSettings) -> None:
-    """Run the service until SIGTERM or SIGINT, then stop gracefully."""
-    await serve_running(await start(settings), settings)
+#: The process: start, serve until SIGTERM or SIGINT, then stop gracefully.
+serve = serving(start)

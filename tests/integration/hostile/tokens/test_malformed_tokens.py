@@ -74,7 +74,7 @@ async def test_rest_protected_route_answers_401(api: httpx.AsyncClient, name: st
 async def test_rest_logout_with_a_malformed_bearer_answers_401(
     api: httpx.AsyncClient, name: str
 ) -> None:
-    response = await api.post("/v1/auth/logout", headers=authorization(MALFORMED[name]))
+    response = await api.post("/v1/auth/logout", json={}, headers=authorization(MALFORMED[name]))
     refused(response, 401)
 
 

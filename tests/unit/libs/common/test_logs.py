@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from portico_common.logs import REQUEST_ID, TextFormatter, configure_logging, redact
+from portico_common.logs import REQUEST_ID, OutageLog, TextFormatter, configure_logging, redact
 
 TOKEN = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJl"
 FIELDS = {"timestamp", "level", "logger", "message", "trace_id", "span_id", "request_id", "service"}
@@ -119,3 +119,23 @@ def test_text_format_is_one_redacted_line() -> None:
     assert "portico_gateway" in line
     assert "Bearer [REDACTED]" in line
     assert TOKEN not in line
+
+
+def test_an_outage_is_logged_when_it_starts_and_when_it_ends_not_per_failed_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("portico.test.outage")
+    outage = OutageLog(log, down="Valkey %s failed: %s: %s", up="Valkey is back")
+    caplog.set_level(logging.INFO, logger=log.name)
+    outage.succeeded()  # healthy already: nothing to say
+    for operation in ("read", "write", "read"):
+        outage.failed(ConnectionError("refused"), operation)
+    outage.succeeded()
+    outage.succeeded()
+    outage.failed(TimeoutError("slow"), "write")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "Valkey read failed: ConnectionError: refused"),
+        ("INFO", "Valkey is back"),
+        ("WARNING", "Valkey write failed: TimeoutError: slow"),
+    ]
+    assert outage.healthy is False

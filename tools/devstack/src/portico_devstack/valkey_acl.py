@@ -16,8 +16,8 @@ Keys (the services' default prefixes):
   to ``portico:auth:v1:sessions-ended``;
 * ``portico:events:v1``: the event stream. Users and auth append (the outbox relays); audit
   reads it through its consumer group and appends to ``portico:events:v1:dead``. The auth
-  service may also read it through a consumer group of its own (session management follows the
-  users service's events), so it holds the consumer-group commands as well.
+  service also reads it through a consumer group of its own (``deletions.py``: a deleted user's
+  sessions end), so it holds the consumer-group commands as well.
 """
 
 from __future__ import annotations
@@ -100,16 +100,23 @@ USERS: dict[str, AclUser] = {
             "+publish",  # sessions.py's scripts announce every ended session
             *_CONNECTION,
             *_SCRIPTS,
-            # sessions.py and throttle.py (and their scripts)
+            # sessions.py (sessions, the per-user index) and throttle.py (and their scripts)
             "+exists",
             "+hget",
+            "+hmget",
+            "+hkeys",
             "+hexists",
             "+hset",
+            "+hdel",
+            "+sadd",
+            "+smembers",
+            "+srem",
             "+del",
             "+pexpire",
             "+pttl",
             "+incr",
-            f"(~{EVENTS} +xadd {_CONSUME})",  # the outbox relay; a consumer group of its own
+            # the outbox relay; deletions.py's consumer group (user.deleted ends the sessions)
+            f"(~{EVENTS} +xadd {_CONSUME})",
         ),
     ),
     "audit": AclUser(

@@ -24,12 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from portico.access.v1 import access_pb2 as portico_dot_access_dot_v1_dot_access__pb2
 from portico.rest.v1 import rest_pb2 as portico_dot_rest_dot_v1_dot_rest__pb2
 from portico.validate.v1 import rules_pb2 as portico_dot_validate_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aportico/auth/v1/auth.proto\x12\x0fportico.auth.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1eportico/access/v1/access.proto\x1a\x1aportico/rest/v1/rest.proto\x1a\x1fportico/validate/v1/rules.proto\"\xee\x01\n\rSignUpRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12{\n\x0c\x64isplay_name\x18\x02 \x01(\tBe\xbaHbr\x07\x10\x01\x18\x64\xc0>\x01\xba\x01V\n\x16\x64isplay_name.not_blank\x12\'must contain a non-whitespace character\x1a\x13this.matches(\'\\\\S\')\x12\x1f\n\x08password\x18\x03 \x01(\tB\r\xbaH\nr\x08\x10\x0c\x18\x80\x01\xc0>\x01\x12$\n\x0fidempotency_key\x18\x04 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"0\n\x0eSignUpResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"\xda\x01\n\x11IssueTokenRequest\x12#\n\ngrant_type\x18\x01 \x01(\tB\x0f\xbaH\x0cr\n\n\x08password\x12\x1f\n\x08username\x18\x02 \x01(\tB\r\xbaH\nr\x08\x10\x01\x18\xfe\x01\xc0>\x01\x12\x1f\n\x08password\x18\x03 \x01(\tB\r\xbaH\nr\x08\x10\x01\x18\x80\x01\xc0>\x01\x12\x1a\n\x05scope\x18\x04 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x08\xc0>\x01\x12\x1e\n\tclient_id\x18\x05 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\x12\"\n\rclient_secret\x18\x06 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\"\x82\x01\n\x12IssueTokenResponse\x12\x19\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x03\x80\x01\x01\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x1a\n\rrefresh_token\x18\x04 \x01(\tB\x03\x80\x01\x01\x12\r\n\x05scope\x18\x05 \x01(\t\"\xc8\x01\n\x13RefreshTokenRequest\x12$\n\rrefresh_token\x18\x01 \x01(\tB\r\xbaH\nr\x08\x10\x01\x18\x80\x02\xc0>\x01\x12+\n\ngrant_type\x18\x02 \x01(\tB\x17\xbaH\x14r\x0f\n\rrefresh_token\xd8\x01\x01\x12\x1a\n\x05scope\x18\x03 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x08\xc0>\x01\x12\x1e\n\tclient_id\x18\x04 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\x12\"\n\rclient_secret\x18\x05 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\"\x84\x01\n\x14RefreshTokenResponse\x12\x19\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x03\x80\x01\x01\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x1a\n\rrefresh_token\x18\x04 \x01(\tB\x03\x80\x01\x01\x12\r\n\x05scope\x18\x05 \x01(\t\"3\n\rLogoutRequest\x12\"\n\rrefresh_token\x18\x01 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\"\x10\n\x0eLogoutResponse\"\x10\n\x0eGetJwksRequest\"<\n\x0fGetJwksResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.portico.auth.v1.JsonWebKey\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03use\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t2\xeb\x04\n\x0b\x41uthService\x12\x82\x01\n\x06SignUp\x12\x1e.portico.auth.v1.SignUpRequest\x1a\x1f.portico.auth.v1.SignUpResponse\"7\xca\xf3\x18\x02\x08\x01\xd2\xf3\x18\x13/v1/users/{user_id}\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/signup:\x01*\x12v\n\nIssueToken\x12\".portico.auth.v1.IssueTokenRequest\x1a#.portico.auth.v1.IssueTokenResponse\"\x1f\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth/token:\x01*\x12~\n\x0cRefreshToken\x12$.portico.auth.v1.RefreshTokenRequest\x1a%.portico.auth.v1.RefreshTokenResponse\"!\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth/refresh:\x01*\x12k\n\x06Logout\x12\x1e.portico.auth.v1.LogoutRequest\x1a\x1f.portico.auth.v1.LogoutResponse\" \xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/logout:\x01*\x12r\n\x07GetJwks\x12\x1f.portico.auth.v1.GetJwksRequest\x1a .portico.auth.v1.GetJwksResponse\"$\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aportico/auth/v1/auth.proto\x12\x0fportico.auth.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eportico/access/v1/access.proto\x1a\x1aportico/rest/v1/rest.proto\x1a\x1fportico/validate/v1/rules.proto\"\xee\x01\n\rSignUpRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12{\n\x0c\x64isplay_name\x18\x02 \x01(\tBe\xbaHbr\x07\x10\x01\x18\x64\xc0>\x01\xba\x01V\n\x16\x64isplay_name.not_blank\x12\'must contain a non-whitespace character\x1a\x13this.matches(\'\\\\S\')\x12\x1f\n\x08password\x18\x03 \x01(\tB\r\xbaH\nr\x08\x10\x0c\x18\x80\x01\xc0>\x01\x12$\n\x0fidempotency_key\x18\x04 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"0\n\x0eSignUpResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"\xda\x01\n\x11IssueTokenRequest\x12#\n\ngrant_type\x18\x01 \x01(\tB\x0f\xbaH\x0cr\n\n\x08password\x12\x1f\n\x08username\x18\x02 \x01(\tB\r\xbaH\nr\x08\x10\x01\x18\xfe\x01\xc0>\x01\x12\x1f\n\x08password\x18\x03 \x01(\tB\r\xbaH\nr\x08\x10\x01\x18\x80\x01\xc0>\x01\x12\x1a\n\x05scope\x18\x04 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x08\xc0>\x01\x12\x1e\n\tclient_id\x18\x05 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\x12\"\n\rclient_secret\x18\x06 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\"\x82\x01\n\x12IssueTokenResponse\x12\x19\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x03\x80\x01\x01\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x1a\n\rrefresh_token\x18\x04 \x01(\tB\x03\x80\x01\x01\x12\r\n\x05scope\x18\x05 \x01(\t\"\xc8\x01\n\x13RefreshTokenRequest\x12$\n\rrefresh_token\x18\x01 \x01(\tB\r\xbaH\nr\x08\x10\x01\x18\x80\x02\xc0>\x01\x12+\n\ngrant_type\x18\x02 \x01(\tB\x17\xbaH\x14r\x0f\n\rrefresh_token\xd8\x01\x01\x12\x1a\n\x05scope\x18\x03 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x08\xc0>\x01\x12\x1e\n\tclient_id\x18\x04 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\x12\"\n\rclient_secret\x18\x05 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\"\x84\x01\n\x14RefreshTokenResponse\x12\x19\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x03\x80\x01\x01\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x1a\n\rrefresh_token\x18\x04 \x01(\tB\x03\x80\x01\x01\x12\r\n\x05scope\x18\x05 \x01(\t\"3\n\rLogoutRequest\x12\"\n\rrefresh_token\x18\x01 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x02\xc0>\x01\"\x10\n\x0eLogoutResponse\"\x10\n\x0eGetJwksRequest\"<\n\x0fGetJwksResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.portico.auth.v1.JsonWebKey\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03use\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\"4\n\x17ListUserSessionsRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"F\n\x18ListUserSessionsResponse\x12*\n\x08sessions\x18\x01 \x03(\x0b\x32\x18.portico.auth.v1.Session\"\xe4\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0crefresh_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10idle_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x16\x45ndUserSessionsRequest\x12\x19\n\x07user_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"(\n\x17\x45ndUserSessionsResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x05\x32\xa8\x07\n\x0b\x41uthService\x12\x82\x01\n\x06SignUp\x12\x1e.portico.auth.v1.SignUpRequest\x1a\x1f.portico.auth.v1.SignUpResponse\"7\xca\xf3\x18\x02\x08\x01\xd2\xf3\x18\x13/v1/users/{user_id}\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/signup:\x01*\x12v\n\nIssueToken\x12\".portico.auth.v1.IssueTokenRequest\x1a#.portico.auth.v1.IssueTokenResponse\"\x1f\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth/token:\x01*\x12~\n\x0cRefreshToken\x12$.portico.auth.v1.RefreshTokenRequest\x1a%.portico.auth.v1.RefreshTokenResponse\"!\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth/refresh:\x01*\x12k\n\x06Logout\x12\x1e.portico.auth.v1.LogoutRequest\x1a\x1f.portico.auth.v1.LogoutResponse\" \xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth/logout:\x01*\x12r\n\x07GetJwks\x12\x1f.portico.auth.v1.GetJwksRequest\x1a .portico.auth.v1.GetJwksResponse\"$\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.json\x12\x9d\x01\n\x10ListUserSessions\x12(.portico.auth.v1.ListUserSessionsRequest\x1a).portico.auth.v1.ListUserSessionsResponse\"4\xca\xf3\x18\x07\x1a\x05\x61\x64min\x82\xd3\xe4\x93\x02#\x12!/v1/auth/users/{user_id}/sessions\x12\x9a\x01\n\x0f\x45ndUserSessions\x12\'.portico.auth.v1.EndUserSessionsRequest\x1a(.portico.auth.v1.EndUserSessionsResponse\"4\xca\xf3\x18\x07\x1a\x05\x61\x64min\x82\xd3\xe4\x93\x02#*!/v1/auth/users/{user_id}/sessionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -76,6 +77,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFRESHTOKENRESPONSE'].fields_by_name['refresh_token']._serialized_options = b'\200\001\001'
   _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._loaded_options = None
   _globals['_LOGOUTREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\272H\010r\006\030\200\002\300>\001'
+  _globals['_LISTUSERSESSIONSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_LISTUSERSESSIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_ENDUSERSESSIONSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_ENDUSERSESSIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\005r\003\260\001\001'
   _globals['_AUTHSERVICE'].methods_by_name['SignUp']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['SignUp']._serialized_options = b'\312\363\030\002\010\001\322\363\030\023/v1/users/{user_id}\202\323\344\223\002\024\"\017/v1/auth/signup:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['IssueToken']._loaded_options = None
@@ -86,28 +91,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['Logout']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\024\"\017/v1/auth/logout:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\030\022\026/.well-known/jwks.json'
-  _globals['_SIGNUPREQUEST']._serialized_start=200
-  _globals['_SIGNUPREQUEST']._serialized_end=438
-  _globals['_SIGNUPRESPONSE']._serialized_start=440
-  _globals['_SIGNUPRESPONSE']._serialized_end=488
-  _globals['_ISSUETOKENREQUEST']._serialized_start=491
-  _globals['_ISSUETOKENREQUEST']._serialized_end=709
-  _globals['_ISSUETOKENRESPONSE']._serialized_start=712
-  _globals['_ISSUETOKENRESPONSE']._serialized_end=842
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=845
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=1045
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=1048
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=1180
-  _globals['_LOGOUTREQUEST']._serialized_start=1182
-  _globals['_LOGOUTREQUEST']._serialized_end=1233
-  _globals['_LOGOUTRESPONSE']._serialized_start=1235
-  _globals['_LOGOUTRESPONSE']._serialized_end=1251
-  _globals['_GETJWKSREQUEST']._serialized_start=1253
-  _globals['_GETJWKSREQUEST']._serialized_end=1269
-  _globals['_GETJWKSRESPONSE']._serialized_start=1271
-  _globals['_GETJWKSRESPONSE']._serialized_end=1331
-  _globals['_JSONWEBKEY']._serialized_start=1333
-  _globals['_JSONWEBKEY']._serialized_end=1421
-  _globals['_AUTHSERVICE']._serialized_start=1424
-  _globals['_AUTHSERVICE']._serialized_end=2043
+  _globals['_AUTHSERVICE'].methods_by_name['ListUserSessions']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ListUserSessions']._serialized_options = b'\312\363\030\007\032\005admin\202\323\344\223\002#\022!/v1/auth/users/{user_id}/sessions'
+  _globals['_AUTHSERVICE'].methods_by_name['EndUserSessions']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['EndUserSessions']._serialized_options = b'\312\363\030\007\032\005admin\202\323\344\223\002#*!/v1/auth/users/{user_id}/sessions'
+  _globals['_SIGNUPREQUEST']._serialized_start=233
+  _globals['_SIGNUPREQUEST']._serialized_end=471
+  _globals['_SIGNUPRESPONSE']._serialized_start=473
+  _globals['_SIGNUPRESPONSE']._serialized_end=521
+  _globals['_ISSUETOKENREQUEST']._serialized_start=524
+  _globals['_ISSUETOKENREQUEST']._serialized_end=742
+  _globals['_ISSUETOKENRESPONSE']._serialized_start=745
+  _globals['_ISSUETOKENRESPONSE']._serialized_end=875
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=878
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=1078
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=1081
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=1213
+  _globals['_LOGOUTREQUEST']._serialized_start=1215
+  _globals['_LOGOUTREQUEST']._serialized_end=1266
+  _globals['_LOGOUTRESPONSE']._serialized_start=1268
+  _globals['_LOGOUTRESPONSE']._serialized_end=1284
+  _globals['_GETJWKSREQUEST']._serialized_start=1286
+  _globals['_GETJWKSREQUEST']._serialized_end=1302
+  _globals['_GETJWKSRESPONSE']._serialized_start=1304
+  _globals['_GETJWKSRESPONSE']._serialized_end=1364
+  _globals['_JSONWEBKEY']._serialized_start=1366
+  _globals['_JSONWEBKEY']._serialized_end=1454
+  _globals['_LISTUSERSESSIONSREQUEST']._serialized_start=1456
+  _globals['_LISTUSERSESSIONSREQUEST']._serialized_end=1508
+  _globals['_LISTUSERSESSIONSRESPONSE']._serialized_start=1510
+  _globals['_LISTUSERSESSIONSRESPONSE']._serialized_end=1580
+  _globals['_SESSION']._serialized_start=1583
+  _globals['_SESSION']._serialized_end=1811
+  _globals['_ENDUSERSESSIONSREQUEST']._serialized_start=1813
+  _globals['_ENDUSERSESSIONSREQUEST']._serialized_end=1864
+  _globals['_ENDUSERSESSIONSRESPONSE']._serialized_start=1866
+  _globals['_ENDUSERSESSIONSRESPONSE']._serialized_end=1906
+  _globals['_AUTHSERVICE']._serialized_start=1909
+  _globals['_AUTHSERVICE']._serialized_end=2845
 # @@protoc_insertion_point(module_scope)

@@ -46,8 +46,18 @@ class AuthServiceStub:
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
 
-    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
-    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
+    Sessions end: at Logout; when a spent refresh token is presented again; when the user is
+    deleted (all of them, at once: the service consumes the users service's `user.deleted` event,
+    and RefreshToken checks that the user still exists before it rotates); when an admin ends them
+    (EndUserSessions); when idle longer than the refresh-token lifetime
+    (AUTH_REFRESH_TOKEN_TTL_S); and at the latest their absolute lifetime
+    (AUTH_SESSION_ABSOLUTE_TTL_S, 30 days by default) after the login, however often refreshed.
+    Every RefreshToken derives the roles anew from the credential's email and the current
+    AUTH_ADMIN_EMAILS.
+
+    The RPCs that take their own credential (a password, a refresh token) or none (GetJwks) are
+    public (`portico.access.v1.rule`): no access token is needed to call them. ListUserSessions
+    and EndUserSessions are for role `admin` only.
     """
 
     def __init__(self, channel):
@@ -81,6 +91,16 @@ class AuthServiceStub:
                 request_serializer=portico_dot_auth_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
                 response_deserializer=portico_dot_auth_dot_v1_dot_auth__pb2.GetJwksResponse.FromString,
                 _registered_method=True)
+        self.ListUserSessions = channel.unary_unary(
+                '/portico.auth.v1.AuthService/ListUserSessions',
+                request_serializer=portico_dot_auth_dot_v1_dot_auth__pb2.ListUserSessionsRequest.SerializeToString,
+                response_deserializer=portico_dot_auth_dot_v1_dot_auth__pb2.ListUserSessionsResponse.FromString,
+                _registered_method=True)
+        self.EndUserSessions = channel.unary_unary(
+                '/portico.auth.v1.AuthService/EndUserSessions',
+                request_serializer=portico_dot_auth_dot_v1_dot_auth__pb2.EndUserSessionsRequest.SerializeToString,
+                response_deserializer=portico_dot_auth_dot_v1_dot_auth__pb2.EndUserSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -104,8 +124,18 @@ class AuthServiceServicer:
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
 
-    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
-    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
+    Sessions end: at Logout; when a spent refresh token is presented again; when the user is
+    deleted (all of them, at once: the service consumes the users service's `user.deleted` event,
+    and RefreshToken checks that the user still exists before it rotates); when an admin ends them
+    (EndUserSessions); when idle longer than the refresh-token lifetime
+    (AUTH_REFRESH_TOKEN_TTL_S); and at the latest their absolute lifetime
+    (AUTH_SESSION_ABSOLUTE_TTL_S, 30 days by default) after the login, however often refreshed.
+    Every RefreshToken derives the roles anew from the credential's email and the current
+    AUTH_ADMIN_EMAILS.
+
+    The RPCs that take their own credential (a password, a refresh token) or none (GetJwks) are
+    public (`portico.access.v1.rule`): no access token is needed to call them. ListUserSessions
+    and EndUserSessions are for role `admin` only.
     """
 
     def SignUp(self, request, context):
@@ -147,9 +177,13 @@ class AuthServiceServicer:
 
     def RefreshToken(self, request, context):
         """Exchange a refresh token for a new access token and a new refresh token (rotation): the
-        presented refresh token is spent. Presenting an already rotated refresh token again is
-        treated as theft (OAuth 2.0 Security BCP) and revokes the whole session. Invalid, expired or
-        reused refresh tokens answer UNAUTHENTICATED.
+        presented refresh token is spent. Presenting one of the session's last 16 rotated refresh
+        tokens again is treated as theft (OAuth 2.0 Security BCP) and revokes the whole session.
+        Before rotating, the user is checked: a deleted user's sessions all end (UNAUTHENTICATED),
+        and the new access token's roles are derived anew (an email removed from
+        AUTH_ADMIN_EMAILS loses "admin" here). Invalid, expired (idle, or past the session's
+        absolute lifetime), reused or revoked refresh tokens answer UNAUTHENTICATED; when the user
+        cannot be checked (a backend is down) UNAVAILABLE, and the token stays unspent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +203,25 @@ class AuthServiceServicer:
         """The public keys that verify access tokens, as a JWK Set (RFC 7517; OKP Ed25519 keys, RFC
         8037). It lists every configured key, not only the one that signs now, so tokens signed
         with a key being rotated out keep verifying until they expire.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUserSessions(self, request, context):
+        """List a user's live sessions, oldest first: when each started, was last refreshed, and
+        expires (if idle, and at the latest). Never tokens. An unknown user has none. Each call is
+        recorded as an `auth.sessions_listed` audit event naming the admin. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndUserSessions(self, request, context):
+        """End every session of a user at once: their refresh tokens stop working, and so do their
+        access tokens (each names its session, which every verifier checks). Answers how many
+        sessions ended (0 when there were none). Each ended session is recorded as an
+        `auth.session_revoked` audit event with reason "admin" naming the admin. Admins only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +255,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=portico_dot_auth_dot_v1_dot_auth__pb2.GetJwksRequest.FromString,
                     response_serializer=portico_dot_auth_dot_v1_dot_auth__pb2.GetJwksResponse.SerializeToString,
             ),
+            'ListUserSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserSessions,
+                    request_deserializer=portico_dot_auth_dot_v1_dot_auth__pb2.ListUserSessionsRequest.FromString,
+                    response_serializer=portico_dot_auth_dot_v1_dot_auth__pb2.ListUserSessionsResponse.SerializeToString,
+            ),
+            'EndUserSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndUserSessions,
+                    request_deserializer=portico_dot_auth_dot_v1_dot_auth__pb2.EndUserSessionsRequest.FromString,
+                    response_serializer=portico_dot_auth_dot_v1_dot_auth__pb2.EndUserSessionsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'portico.auth.v1.AuthService', rpc_method_handlers)
@@ -231,8 +294,18 @@ class AuthService:
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
 
-    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
-    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
+    Sessions end: at Logout; when a spent refresh token is presented again; when the user is
+    deleted (all of them, at once: the service consumes the users service's `user.deleted` event,
+    and RefreshToken checks that the user still exists before it rotates); when an admin ends them
+    (EndUserSessions); when idle longer than the refresh-token lifetime
+    (AUTH_REFRESH_TOKEN_TTL_S); and at the latest their absolute lifetime
+    (AUTH_SESSION_ABSOLUTE_TTL_S, 30 days by default) after the login, however often refreshed.
+    Every RefreshToken derives the roles anew from the credential's email and the current
+    AUTH_ADMIN_EMAILS.
+
+    The RPCs that take their own credential (a password, a refresh token) or none (GetJwks) are
+    public (`portico.access.v1.rule`): no access token is needed to call them. ListUserSessions
+    and EndUserSessions are for role `admin` only.
     """
 
     @staticmethod
@@ -360,6 +433,60 @@ class AuthService:
             '/portico.auth.v1.AuthService/GetJwks',
             portico_dot_auth_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
             portico_dot_auth_dot_v1_dot_auth__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/portico.auth.v1.AuthService/ListUserSessions',
+            portico_dot_auth_dot_v1_dot_auth__pb2.ListUserSessionsRequest.SerializeToString,
+            portico_dot_auth_dot_v1_dot_auth__pb2.ListUserSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndUserSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/portico.auth.v1.AuthService/EndUserSessions',
+            portico_dot_auth_dot_v1_dot_auth__pb2.EndUserSessionsRequest.SerializeToString,
+            portico_dot_auth_dot_v1_dot_auth__pb2.EndUserSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

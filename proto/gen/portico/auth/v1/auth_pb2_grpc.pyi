@@ -47,8 +47,18 @@ class AuthServiceStub:
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
 
-    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
-    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
+    Sessions end: at Logout; when a spent refresh token is presented again; when the user is
+    deleted (all of them, at once: the service consumes the users service's `user.deleted` event,
+    and RefreshToken checks that the user still exists before it rotates); when an admin ends them
+    (EndUserSessions); when idle longer than the refresh-token lifetime
+    (AUTH_REFRESH_TOKEN_TTL_S); and at the latest their absolute lifetime
+    (AUTH_SESSION_ABSOLUTE_TTL_S, 30 days by default) after the login, however often refreshed.
+    Every RefreshToken derives the roles anew from the credential's email and the current
+    AUTH_ADMIN_EMAILS.
+
+    The RPCs that take their own credential (a password, a refresh token) or none (GetJwks) are
+    public (`portico.access.v1.rule`): no access token is needed to call them. ListUserSessions
+    and EndUserSessions are for role `admin` only.
     """
 
     @_typing.overload
@@ -86,9 +96,13 @@ class AuthServiceStub:
     """
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshTokenRequest, _auth_pb2.RefreshTokenResponse]
     """Exchange a refresh token for a new access token and a new refresh token (rotation): the
-    presented refresh token is spent. Presenting an already rotated refresh token again is
-    treated as theft (OAuth 2.0 Security BCP) and revokes the whole session. Invalid, expired or
-    reused refresh tokens answer UNAUTHENTICATED.
+    presented refresh token is spent. Presenting one of the session's last 16 rotated refresh
+    tokens again is treated as theft (OAuth 2.0 Security BCP) and revokes the whole session.
+    Before rotating, the user is checked: a deleted user's sessions all end (UNAUTHENTICATED),
+    and the new access token's roles are derived anew (an email removed from
+    AUTH_ADMIN_EMAILS loses "admin" here). Invalid, expired (idle, or past the session's
+    absolute lifetime), reused or revoked refresh tokens answer UNAUTHENTICATED; when the user
+    cannot be checked (a backend is down) UNAVAILABLE, and the token stays unspent.
     """
     Logout: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]
     """End a session: the one of `refresh_token` when given, else the one of the caller's access
@@ -100,6 +114,17 @@ class AuthServiceStub:
     """The public keys that verify access tokens, as a JWK Set (RFC 7517; OKP Ed25519 keys, RFC
     8037). It lists every configured key, not only the one that signs now, so tokens signed
     with a key being rotated out keep verifying until they expire.
+    """
+    ListUserSessions: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListUserSessionsRequest, _auth_pb2.ListUserSessionsResponse]
+    """List a user's live sessions, oldest first: when each started, was last refreshed, and
+    expires (if idle, and at the latest). Never tokens. An unknown user has none. Each call is
+    recorded as an `auth.sessions_listed` audit event naming the admin. Admins only.
+    """
+    EndUserSessions: _grpc.UnaryUnaryMultiCallable[_auth_pb2.EndUserSessionsRequest, _auth_pb2.EndUserSessionsResponse]
+    """End every session of a user at once: their refresh tokens stop working, and so do their
+    access tokens (each names its session, which every verifier checks). Answers how many
+    sessions ended (0 when there were none). Each ended session is recorded as an
+    `auth.session_revoked` audit event with reason "admin" naming the admin. Admins only.
     """
 
 @_typing.type_check_only
@@ -124,8 +149,18 @@ class AuthServiceAsyncStub(AuthServiceStub):
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
 
-    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
-    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
+    Sessions end: at Logout; when a spent refresh token is presented again; when the user is
+    deleted (all of them, at once: the service consumes the users service's `user.deleted` event,
+    and RefreshToken checks that the user still exists before it rotates); when an admin ends them
+    (EndUserSessions); when idle longer than the refresh-token lifetime
+    (AUTH_REFRESH_TOKEN_TTL_S); and at the latest their absolute lifetime
+    (AUTH_SESSION_ABSOLUTE_TTL_S, 30 days by default) after the login, however often refreshed.
+    Every RefreshToken derives the roles anew from the credential's email and the current
+    AUTH_ADMIN_EMAILS.
+
+    The RPCs that take their own credential (a password, a refresh token) or none (GetJwks) are
+    public (`portico.access.v1.rule`): no access token is needed to call them. ListUserSessions
+    and EndUserSessions are for role `admin` only.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -160,9 +195,13 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     RefreshToken: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshTokenRequest, _auth_pb2.RefreshTokenResponse]  # type: ignore[assignment]
     """Exchange a refresh token for a new access token and a new refresh token (rotation): the
-    presented refresh token is spent. Presenting an already rotated refresh token again is
-    treated as theft (OAuth 2.0 Security BCP) and revokes the whole session. Invalid, expired or
-    reused refresh tokens answer UNAUTHENTICATED.
+    presented refresh token is spent. Presenting one of the session's last 16 rotated refresh
+    tokens again is treated as theft (OAuth 2.0 Security BCP) and revokes the whole session.
+    Before rotating, the user is checked: a deleted user's sessions all end (UNAUTHENTICATED),
+    and the new access token's roles are derived anew (an email removed from
+    AUTH_ADMIN_EMAILS loses "admin" here). Invalid, expired (idle, or past the session's
+    absolute lifetime), reused or revoked refresh tokens answer UNAUTHENTICATED; when the user
+    cannot be checked (a backend is down) UNAVAILABLE, and the token stays unspent.
     """
     Logout: _aio.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]  # type: ignore[assignment]
     """End a session: the one of `refresh_token` when given, else the one of the caller's access
@@ -174,6 +213,17 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """The public keys that verify access tokens, as a JWK Set (RFC 7517; OKP Ed25519 keys, RFC
     8037). It lists every configured key, not only the one that signs now, so tokens signed
     with a key being rotated out keep verifying until they expire.
+    """
+    ListUserSessions: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListUserSessionsRequest, _auth_pb2.ListUserSessionsResponse]  # type: ignore[assignment]
+    """List a user's live sessions, oldest first: when each started, was last refreshed, and
+    expires (if idle, and at the latest). Never tokens. An unknown user has none. Each call is
+    recorded as an `auth.sessions_listed` audit event naming the admin. Admins only.
+    """
+    EndUserSessions: _aio.UnaryUnaryMultiCallable[_auth_pb2.EndUserSessionsRequest, _auth_pb2.EndUserSessionsResponse]  # type: ignore[assignment]
+    """End every session of a user at once: their refresh tokens stop working, and so do their
+    access tokens (each names its session, which every verifier checks). Answers how many
+    sessions ended (0 when there were none). Each ended session is recorded as an
+    `auth.session_revoked` audit event with reason "admin" naming the admin. Admins only.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -197,8 +247,18 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     with a google.rpc.RetryInfo detail; invalid fields are INVALID_ARGUMENT (HTTP 400) with a
     google.rpc.BadRequest detail.
 
-    Every RPC here is public (`portico.access.v1.rule`): each takes its own credential (a
-    password, a refresh token) or none (GetJwks), so no access token is needed to call it.
+    Sessions end: at Logout; when a spent refresh token is presented again; when the user is
+    deleted (all of them, at once: the service consumes the users service's `user.deleted` event,
+    and RefreshToken checks that the user still exists before it rotates); when an admin ends them
+    (EndUserSessions); when idle longer than the refresh-token lifetime
+    (AUTH_REFRESH_TOKEN_TTL_S); and at the latest their absolute lifetime
+    (AUTH_SESSION_ABSOLUTE_TTL_S, 30 days by default) after the login, however often refreshed.
+    Every RefreshToken derives the roles anew from the credential's email and the current
+    AUTH_ADMIN_EMAILS.
+
+    The RPCs that take their own credential (a password, a refresh token) or none (GetJwks) are
+    public (`portico.access.v1.rule`): no access token is needed to call them. ListUserSessions
+    and EndUserSessions are for role `admin` only.
     """
 
     @_abc_1.abstractmethod
@@ -249,9 +309,13 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RefreshTokenResponse, _abc.Awaitable[_auth_pb2.RefreshTokenResponse]]:
         """Exchange a refresh token for a new access token and a new refresh token (rotation): the
-        presented refresh token is spent. Presenting an already rotated refresh token again is
-        treated as theft (OAuth 2.0 Security BCP) and revokes the whole session. Invalid, expired or
-        reused refresh tokens answer UNAUTHENTICATED.
+        presented refresh token is spent. Presenting one of the session's last 16 rotated refresh
+        tokens again is treated as theft (OAuth 2.0 Security BCP) and revokes the whole session.
+        Before rotating, the user is checked: a deleted user's sessions all end (UNAUTHENTICATED),
+        and the new access token's roles are derived anew (an email removed from
+        AUTH_ADMIN_EMAILS loses "admin" here). Invalid, expired (idle, or past the session's
+        absolute lifetime), reused or revoked refresh tokens answer UNAUTHENTICATED; when the user
+        cannot be checked (a backend is down) UNAVAILABLE, and the token stays unspent.
         """
 
     @_abc_1.abstractmethod
@@ -275,6 +339,29 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """The public keys that verify access tokens, as a JWK Set (RFC 7517; OKP Ed25519 keys, RFC
         8037). It lists every configured key, not only the one that signs now, so tokens signed
         with a key being rotated out keep verifying until they expire.
+        """
+
+    @_abc_1.abstractmethod
+    def ListUserSessions(
+        self,
+        request: _auth_pb2.ListUserSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListUserSessionsResponse, _abc.Awaitable[_auth_pb2.ListUserSessionsResponse]]:
+        """List a user's live sessions, oldest first: when each started, was last refreshed, and
+        expires (if idle, and at the latest). Never tokens. An unknown user has none. Each call is
+        recorded as an `auth.sessions_listed` audit event naming the admin. Admins only.
+        """
+
+    @_abc_1.abstractmethod
+    def EndUserSessions(
+        self,
+        request: _auth_pb2.EndUserSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.EndUserSessionsResponse, _abc.Awaitable[_auth_pb2.EndUserSessionsResponse]]:
+        """End every session of a user at once: their refresh tokens stop working, and so do their
+        access tokens (each names its session, which every verifier checks). Answers how many
+        sessions ended (0 when there were none). Each ended session is recorded as an
+        `auth.session_revoked` audit event with reason "admin" naming the admin. Admins only.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
