@@ -10,6 +10,7 @@ to send its request, answers it, then closes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 
 from tests.integration.hostile.edge.conftest import (
@@ -22,6 +23,15 @@ from tests.integration.hostile.edge.conftest import (
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n"
 
 
+async def logged(output: list[str], text: str) -> None:
+    """Return once a line of ``output`` (filled by the fixture's reader) contains ``text``."""
+    async with asyncio.timeout(ANSWER_WITHIN_S):
+        for _ in itertools.count():  # the reader appends; nothing to wait on but the list
+            if any(text in line for line in output):
+                return
+            await asyncio.sleep(0.02)
+
+
 async def test_a_connection_opened_before_the_stop_gets_its_answer(
     start_gateway: StartGateway,
 ) -> None:
@@ -30,12 +40,11 @@ async def test_a_connection_opened_before_the_stop_gets_its_answer(
         try:
             # Connections are accepted in order: once a later one is answered, this one is open.
             later = await exchange(gateway.port, HEALTHZ + b"connection: close\r\n\r\n")
-            assert later is not None and later.status == 200, later
+            assert later is not None
+            assert later.status == 200, later
             assert gateway.process.returncode is None
             gateway.process.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(ANSWER_WITHIN_S):
-                while not any("Shutting down" in line for line in gateway.output):
-                    await asyncio.sleep(0.02)
+            await logged(gateway.output, "Shutting down")
             await asyncio.sleep(0.2)  # uvicorn has told every connection to stop by now
             writer.write(HEALTHZ + b"\r\n")  # keep-alive asked: the stop closes it after
             await writer.drain()
