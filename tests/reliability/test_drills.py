@@ -222,10 +222,11 @@ async def test_gateway_sigterm(stack: DrillStack, tmp_path: Path) -> None:
     assert report["fault"]["new_running"], report["fault"]
     assert_sound(report)
     load = report["load"]
-    # A listener always exists, so no connection is refused. The old listener drops what sits
-    # in its own accept queue at the instant it closes (Linux, without net.ipv4.tcp_migrate_req):
-    # the connections that arrived since its last accept, counted and never accepted. At 40
-    # requests/s that is one on an idle machine, and (seen) two when a busy machine delays the
-    # old gateway's event loop by some 50 ms; more would mean it stopped accepting early.
+    # A listener always exists, so no connection is refused. A closing listener resets what
+    # sits in its own accept queue (Linux, without net.ipv4.tcp_migrate_req), and uvicorn's stop
+    # closed accepted connections whose request had not been read yet: up to 7 lost on a busy
+    # machine. The gateway now takes its accept queue just before closing the listener and
+    # answers a fresh connection's request (portico_gateway.__main__, .edge); what remains is
+    # the microseconds between that last accept and the close.
     assert load["refused"] == 0, load
-    assert load["unaccepted"] <= 3, load
+    assert load["unaccepted"] <= 1, load

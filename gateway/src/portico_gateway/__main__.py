@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
 import logging
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -106,6 +108,30 @@ class _Server(uvicorn.Server):
         self._app.state.draining = True
         self._stop_at = time.monotonic() + self._delay_s
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Closing a listener resets the connections still in its accept queue; with SO_REUSEPORT
+        # the kernel kept spreading new connections to this listener until that instant, and on
+        # a busy machine the loop's last accept may be 100 ms old (the gateway drill lost 7 in
+        # one stop). So take them all first, then close with no await in between: the window
+        # left is the microseconds between the last accept() and close().
+        loop = asyncio.get_running_loop()
+        handoffs = [
+            loop.create_task(loop.connect_accepted_socket(self._protocol, conn))
+            for server in self.servers
+            for listener in server.sockets
+            for conn in take_accept_queue(listener)
+        ]
+        if handoffs:
+            _log.info("took %d waiting connection(s) before closing the listener", len(handoffs))
+        await super().shutdown(sockets)
+        await asyncio.gather(*handoffs, return_exceptions=True)
+
+    def _protocol(self) -> asyncio.Protocol:
+        """A connection's protocol, as uvicorn's own ``create_protocol`` makes it."""
+        return self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+
     async def on_tick(self, counter: int) -> bool:
         if self._stop_at is not None and not self._announced:
             self._announced = True
@@ -119,6 +145,27 @@ class _Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def take_accept_queue(listener: Any) -> list[socket.socket]:
+    """Accept every connection waiting in ``listener``'s queue now, without blocking."""
+    own = socket.fromfd(listener.fileno(), listener.family, listener.type)  # a dup of the fd
+    taken: list[socket.socket] = []
+    try:
+        own.setblocking(False)
+        while True:
+            try:
+                conn, _ = own.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # ECONNABORTED, EMFILE, ...: take no more, close as before
+                _log.warning("could not take a waiting connection before closing", exc_info=True)
+                break
+            conn.setblocking(False)
+            taken.append(conn)
+    finally:
+        own.close()
+    return taken
+
+
 def shared_listener(host: str, port: int) -> socket.socket:
     """A bound TCP socket with ``SO_REUSEPORT`` (uvicorn listens on it).
 
@@ -127,7 +174,8 @@ def shared_listener(host: str, port: int) -> socket.socket:
     binds the port this way, as the same user, joins one group and the kernel spreads new
     connections over the group's listeners. A listener that closes drops the connections still in
     its own accept queue (unless the host sets ``net.ipv4.tcp_migrate_req=1``, Linux 5.14+), so a
-    stopping gateway first keeps accepting for ``GATEWAY_SHUTDOWN_DELAY_S``.
+    stopping gateway first keeps accepting for ``GATEWAY_SHUTDOWN_DELAY_S``, then takes what is
+    left in its queue just before closing (``_Server.shutdown``).
     """
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE

@@ -22,6 +22,13 @@ per connection:
   **503** (problem+json with ``Retry-After``, answered by the middleware so it is logged and
   counted) and closed, so established connections keep being served while the process is full.
 
+* **Stopping.** uvicorn's graceful shutdown closes every connection that is not in the middle
+  of a request, including one accepted a moment ago whose request is still on its way (or
+  half parsed): its client saw the connection open and lost the request. Here such a
+  connection gets :data:`FIRST_REQUEST_GRACE_S` for its request to begin (and the usual read
+  bounds to complete it), is answered, and then closes; an idle kept-alive connection closes at
+  once, as before (HTTP clients expect that and retry on another connection).
+
 Refusals written here (431 for an oversized head, 408) are problem+json with a fresh request
 id, written straight to the socket: there is no complete request to hand to the app. The
 connection is then half-closed and what the client still sends is read and dropped for at most
@@ -45,7 +52,7 @@ from typing import Any, ClassVar
 
 from prometheus_client import Counter, Gauge
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from portico_gateway.errors import PROBLEM_BASE, PROBLEM_JSON
@@ -56,6 +63,8 @@ _log = logging.getLogger(__name__)
 REQUEST_LINE_ALLOWANCE = 8192
 #: How long a refused connection's further bytes are read and dropped before it is closed.
 LINGER_S = 2.0
+#: While stopping: how long a connection that has sent nothing yet may take to start its request.
+FIRST_REQUEST_GRACE_S = 2.0
 #: The ASGI scope extension (``scope["extensions"]``) that marks a request on a connection over
 #: the limit.
 OVER_CAPACITY = "portico.over_capacity"
@@ -142,6 +151,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._read_timer: asyncio.TimerHandle | None = None
         self._refused = False  # an answer was written here: drop what follows, then close
         self._over_capacity = False
+        self._stopping = False  # the server is shutting down: answer what is on its way, close
 
     # Connection events
 
@@ -176,7 +186,7 @@ class EdgeProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._reading_head = True
         self._head_bytes = 0
-        if self._read_timer is None:
+        if self._read_timer is None or self._stopping:
             self._arm(self.limits.header_timeout_s)
 
     def on_headers_complete(self) -> None:
@@ -186,10 +196,25 @@ class EdgeProtocol(HttpToolsProtocol):
             self.scope.setdefault("extensions", {})[OVER_CAPACITY] = {}  # present: refuse
             self._metrics.refused.labels("over_capacity").inc()
         super().on_headers_complete()
+        if self._stopping and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed
 
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
+
+    # Graceful stop
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful stop, except for a connection whose first request has not been
+        parsed yet: it gets a short grace to arrive (see the module doc)."""
+        self._stopping = True
+        cycle: RequestResponseCycle | None = self.cycle  # None until a first head is parsed
+        if cycle is not None or self._refused or self.transport.is_closing():
+            super().shutdown()  # in a request: answer it and close; idle kept-alive: close
+        elif self._reading_head and self._head_bytes == 0:
+            self._arm(min(FIRST_REQUEST_GRACE_S, self.limits.header_timeout_s))
+        # else a head is arriving: the header read bound (armed at its start) still holds
 
     # Bounds
 
@@ -205,6 +230,9 @@ class EdgeProtocol(HttpToolsProtocol):
     def _read_timed_out(self) -> None:
         self._read_timer = None
         if self.transport.is_closing() or self._refused:
+            return
+        if self._stopping and self._reading_head and self._head_bytes == 0:
+            self.transport.close()  # stopping, and no request came: nothing to answer
             return
         cycle = self.cycle if not self._reading_head else None
         if cycle is not None and cycle.response_started:

@@ -143,6 +143,18 @@ class GrpcService(Generic[Servicer]):
     error_domain: str
 
 
+#: One bound for a call's metadata, the gateway's header bound (``GATEWAY_MAX_HEADER_BYTES``).
+#: gRPC's own defaults are a soft limit of 8 KiB and a hard one above it, and between the two it
+#: refuses a call at random (RESOURCE_EXHAUSTED): an 8 KiB malformed token was answered
+#: UNAUTHENTICATED or RESOURCE_EXHAUSTED by chance. With both limits equal, metadata up to the
+#: bound always reaches the interceptors, and more is always refused.
+MAX_METADATA_BYTES = 16 * 1024
+SERVER_OPTIONS = (
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+)
+
+
 class Runtime(Generic[Servicer]):
     """Builds one service process; see the module docstring."""
 
@@ -257,7 +269,8 @@ class Runtime(Generic[Servicer]):
                     read_only_methods([service]) if degraded_reads else (),
                 ),
                 ValidationInterceptor(protovalidate.Validator(), InvalidArgument.from_pairs),
-            ]
+            ],
+            options=SERVER_OPTIONS,
         )
         self.service.add_servicer(servicer, server)
         health = health_aio.HealthServicer()

@@ -90,3 +90,24 @@ async def test_grpc_answers_unauthenticated(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await auth.Logout(auth_pb2.LogoutRequest(), metadata=bad, timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, caught.value
+
+
+async def test_grpc_metadata_under_the_bound_always_reaches_the_service(
+    users: UserServiceAsyncStub,
+) -> None:
+    """A 12 KiB token is UNAUTHENTICATED every time, and 17 KiB of metadata always refused.
+
+    With gRPC's default limits a call whose metadata is between the soft (8 KiB) and the hard
+    limit is refused at random (RESOURCE_EXHAUSTED); the services set both to one bound
+    (``portico_common.runtime.MAX_METADATA_BYTES``), so the answer never depends on chance.
+    """
+    under = metadata(nested(1) + "A" * (12 * 1024))
+    over = metadata(nested(1) + "A" * (17 * 1024))
+    request = users_pb2.GetCurrentUserRequest()
+    for _ in range(20):  # at random, 20 in a row would all pass only by a fluke
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await users.GetCurrentUser(request, metadata=under, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, caught.value
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await users.GetCurrentUser(request, metadata=over, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value
