@@ -48,6 +48,7 @@ def test_promtool_accepts_the_config_with_the_repos_rules(tmp_path: Path) -> Non
         "gateway.yaml",
         "postgres.yaml",
         "users.yaml",
+        "valkey.yaml",
     ]
     path = prometheus.write_config(tmp_path, targets, [rules / "*.yaml"])
     done = subprocess.run(
