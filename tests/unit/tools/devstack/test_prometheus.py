@@ -55,8 +55,8 @@ def test_promtool_accepts_the_config_with_the_repos_rules(tmp_path: Path) -> Non
         ["promtool", "check", "config", str(path)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rule files found" in done.stdout, done.stdout
-    for name in ("auth", "gateway", "users"):  # each file checked, and not empty
+    assert "SUCCESS: 6 rule files found" in done.stdout, done.stdout
+    for name in ("auth", "gateway", "users", "valkey"):  # each file checked, and not empty
         assert f"Checking {rules / name}.yaml\n  SUCCESS: " in done.stdout, done.stdout
 
 
