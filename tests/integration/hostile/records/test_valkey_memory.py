@@ -57,9 +57,7 @@ def cache(tmp_path: Path) -> Iterator[EmbeddedValkey]:
 
 
 def client(server: EmbeddedValkey, user: str) -> Any:
-    return valkey.Valkey.from_url(  # type: ignore[no-untyped-call]
-        valkey_acl.user_url(server.url, user, VALKEY_PASSWORDS[user])
-    )
+    return valkey.Valkey.from_url(valkey_acl.user_url(server.url, user, VALKEY_PASSWORDS[user]))
 
 
 def test_the_launchers_instances_are_bounded_with_the_right_policies() -> None:
