@@ -5,7 +5,8 @@
 # containers started from it with a read-only root filesystem, as its non-root user, with no
 # capabilities: every module of Portico's packages imports (the pruned standard library and the
 # bytecode-only venv hold what the code needs), the gateway answers /healthz (time to ready
-# printed), the others their --help (they need PostgreSQL and Valkey to serve). Run by `make
+# printed) and its HEALTHCHECK reports healthy, the others print their --help (serving needs
+# PostgreSQL and Valkey). Run by `make
 # images`, which `make test` runs (docs/kubernetes.md, "Images").
 #
 # No public container registry is reachable from our machines, so the three images the
@@ -41,6 +42,10 @@ declare -A DOCKERFILE=(
 declare -A COMMAND=(
   [gateway]=portico-gateway [users]=portico-users [auth]=portico-auth [audit]=portico-audit
   [migrations]=portico-migrate
+)
+declare -A PACKAGE=(
+  [gateway]=portico_gateway [users]=portico_users [auth]=portico_auth [audit]=portico_audit
+  [migrations]=portico_migrations
 )
 read -r -a SELECTED <<< "${IMAGES:-gateway users auth audit migrations}"
 mkdir -p "$WORK"
@@ -109,21 +114,19 @@ if ! have "$UV_IMAGE"; then
 fi
 base_bytes=$(size_bytes "$DISTROLESS")
 
-# Every module of Portico's packages in the image, imported as the image's user on its read-only
-# root: proves the pruned standard library and the bytecode-only venv hold all that the code
-# imports (a package's __main__ is left out: importing it runs it). Prints the count.
+# Every module of the image's own package (and so all they import: portico_common, the generated
+# code, the libraries), imported as the image's user on its read-only root: proves the pruned
+# standard library and the bytecode-only venv hold what the code needs. A package's __main__ is
+# left out (importing it runs it). Prints the count.
 # shellcheck disable=SC2016 # Python source, not shell
 IMPORT_ALL='
 import importlib, pkgutil, sys
-names = [m.name for m in pkgutil.iter_modules() if m.name.startswith("portico_") and m.ispkg]
-count = 0
-for top in names:
-    package = importlib.import_module(top)
-    for m in pkgutil.walk_packages(package.__path__, top + "."):
-        if not m.name.endswith(".__main__"):
-            importlib.import_module(m.name)
-            count += 1
-print(count + len(names))'
+package = importlib.import_module(sys.argv[1])
+names = [m.name for m in pkgutil.walk_packages(package.__path__, sys.argv[1] + ".")]
+for name in names:
+    if not name.endswith(".__main__"):
+        importlib.import_module(name)
+print(len(names))'
 
 # ------------------------------------------------------------------ build, measure, run
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -149,8 +152,8 @@ for image in "${SELECTED[@]}"; do
   user=$("${PODMAN[@]}" image inspect --format '{{.Config.User}}' "$tag")
   digest=$("${PODMAN[@]}" image inspect --format '{{.Digest}}' "$tag")
   # Started as the image's user, read-only root filesystem, no capabilities, no new privileges.
-  hardening=(--read-only --cap-drop ALL --security-opt no-new-privileges --network host)
-  python=("${RUN[@]}" "${hardening[@]}" --entrypoint /app/.venv/bin/python "$tag" -c)
+  hardening=(--read-only --cap-drop ALL --security-opt no-new-privileges)
+  python=("${RUN[@]}" "${hardening[@]}" --network none --entrypoint /app/.venv/bin/python "$tag" -c)
   uid=$("${python[@]}" 'import os; print(os.getuid())' || echo "?")
   write=$("${python[@]}" 'import os
 try:
@@ -158,12 +161,12 @@ try:
     print("writable")
 except OSError:
     print("read-only")' || echo "?")
-  imports=$("${python[@]}" "$IMPORT_ALL" 2>"$WORK/$image.imports.log" || echo failed)
+  imports=$("${python[@]}" "$IMPORT_ALL" "${PACKAGE[$image]}" 2>"$WORK/$image.imports.log" || echo failed)
   ready="-"
   if [[ $image == gateway ]]; then
     # Seconds from `podman run` returning (the process is started) to the first /healthz 200.
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    cid=$("${PODMAN[@]}" run -d --runtime runc "${hardening[@]}" -e GATEWAY_HOST=127.0.0.1 \
+    cid=$("${PODMAN[@]}" run -d --runtime runc "${hardening[@]}" --network host -e GATEWAY_HOST=127.0.0.1 \
       -e "GATEWAY_PORT=$port" "$tag")
     t0=$(date +%s.%N)
     ok=""
@@ -174,9 +177,21 @@ except OSError:
     ready=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2fs", b - a}')
     "${PODMAN[@]}" logs "$cid" > "$WORK/$image.log" 2>&1 || true
     "${PODMAN[@]}" rm -f "$cid" >/dev/null
-    [[ -n $ok ]] && check="GET /healthz 200" || check="no /healthz answer (see $WORK/$image.log)"
+    # The image's own HEALTHCHECK (compose relies on it; it calls 127.0.0.1:8000, the image's
+    # port): a second container with a network namespace of its own, checked as podman would.
+    if [[ -n $ok ]]; then
+      ok=""
+      cid=$("${PODMAN[@]}" run -d --runtime runc "${hardening[@]}" --network none \
+        -e GATEWAY_HOST=127.0.0.1 "$tag")
+      for _ in $(seq 1 60); do
+        if "${PODMAN[@]}" healthcheck run "$cid" >/dev/null 2>&1; then ok=1; break; fi
+        sleep 1
+      done
+      "${PODMAN[@]}" rm -f "$cid" >/dev/null 2>&1
+    fi
+    [[ -n $ok ]] && check="GET /healthz 200, healthy" || check="no /healthz answer or unhealthy (see $WORK/$image.log)"
   else
-    out=$("${RUN[@]}" "${hardening[@]}" "$tag" --help 2>&1 | head -1 || true)
+    out=$("${RUN[@]}" "${hardening[@]}" --network none "$tag" --help 2>&1 | head -1 || true)
     [[ $out == usage:* ]] && check="${COMMAND[$image]} --help" || check="--help failed: $out"
     if [[ $image == migrations ]]; then  # the SQL files reached the image (build context rules)
       sql=$("${python[@]}" 'import pathlib; print(len(list(pathlib.Path("/app/migrations").glob("*/*.sql"))))' || echo 0)
@@ -189,7 +204,7 @@ except OSError:
   [[ $uid != 0 && $user != "" && $user != root && $user != 0* ]] || verdict="runs as root"
   [[ $write == read-only ]] || verdict="root filesystem writable"
   [[ $imports =~ ^[0-9]+$ ]] || verdict="an import failed (see $WORK/$image.imports.log)"
-  [[ $check == "GET /healthz 200" || $check == *" --help" ]] || verdict="$check"
+  [[ $check == "GET /healthz 200, healthy" || $check == *" --help" ]] || verdict="$check"
   [[ $verdict == ok ]] || failed=1
   printf '%-11s %9s %9s %9s  %-6s %-6s %-10s %-8s %-28s %6s  %s\n' "$image" "$mb" "$mib" "$app" \
     "$user" "$uid" "$write" "$imports" "$check" "$ready" "$verdict"
