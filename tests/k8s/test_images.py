@@ -127,7 +127,8 @@ def test_the_runtime_script_strips_compiles_and_copies_only_what_loads() -> None
     assert "-name '*.py' ! -type d -delete" in script
     assert "python311.zip" in script, "the stdlib is a zip of bytecode (sys.path[0])"
     # Shared libraries: the ldd closure, failing on any that is not found.
-    assert 'ldd "${elves[@]}"' in script and "/not found/" in script
+    assert 'ldd "${elves[@]}"' in script
+    assert "/not found/" in script
     assert (ROOT / RUNTIME_SCRIPT).stat().st_mode & 0o111, "executable: the Dockerfiles run it"
 
 
