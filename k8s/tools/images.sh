@@ -139,12 +139,18 @@ for image in "${SELECTED[@]}"; do
   tag="localhost/portico/$image:local"
   log "build $image (${DOCKERFILE[$image]})"
   start=$(date +%s)
-  # --no-cache for the application stages would re-download every wheel; uv's cache mount keeps
-  # that cheap, and buildah's layer cache does not notice .dockerignore changes: build fresh.
+  # Built fresh: buildah's layer cache does not notice .dockerignore changes (uv's cache mount
+  # keeps the wheels). The image this tag named before is removed once the new one has it; the
+  # stage images a build leaves go at the end (this runs in every `make test`, on machines that
+  # are kept). Not --layers=false: buildah then deletes the stand-in base of `FROM … AS base`.
   # SERVICE names the service of services/Dockerfile; the other Dockerfiles do not read it.
+  previous=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
   "${PODMAN[@]}" build --quiet --format docker --pull=never --network host --no-cache \
     --build-arg "SERVICE=$image" --build-arg VERSION=local --build-arg "REVISION=$revision" \
     -f "${DOCKERFILE[$image]}" -t "$tag" . >/dev/null
+  if [[ -n $previous && $previous != $("${PODMAN[@]}" image inspect --format '{{.Id}}' "$tag") ]]; then
+    "${PODMAN[@]}" rmi "$previous" >/dev/null 2>&1 || true  # still used by a container: kept
+  fi
   seconds=$(( $(date +%s) - start ))
   bytes=$(size_bytes "$tag")
   mb=$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1e6}')
@@ -211,6 +217,9 @@ except OSError:
     "$user" "$uid" "$write" "$imports" "$check" "$ready" "$verdict"
   results+=("{\"image\": \"$image\", \"unpacked_bytes\": $bytes, \"unpacked_mb\": $mb, \"unpacked_mib\": $mib, \"app_layers_mib\": $app, \"user\": \"$user\", \"uid\": \"$uid\", \"root_fs\": \"$write\", \"modules_imported\": \"$imports\", \"check\": \"$check\", \"ready\": \"$ready\", \"build_seconds\": $seconds, \"digest\": \"$digest\", \"verdict\": \"$verdict\"}")
 done
+# Untagged stage images left by the builds above: every one descends from a stand-in, whose label
+# it inherits; prune removes only those no container uses.
+"${PODMAN[@]}" image prune -f --filter label=portico.dev/stand-in=true >/dev/null
 printf 'base (%s): %s MB (%s MiB) unpacked; limit %s MB = %s bytes\n' "$DISTROLESS" \
   "$(awk -v b="$base_bytes" 'BEGIN {printf "%.1f", b / 1e6}')" \
   "$(awk -v b="$base_bytes" 'BEGIN {printf "%.1f", b / 1048576}')" "$LIMIT_MB" "$((LIMIT_MB * 1000000))"
