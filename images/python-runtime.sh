@@ -11,7 +11,8 @@
 #     GUI, REPL, packaging tools, sqlite/dbm/curses, the C test modules), as bytecode only;
 #   * every shared library that the interpreter, the standard library's extension modules and
 #     VENV's extension modules load (ldd closure: glibc, libssl3, libstdc++, ...), nothing else
-#     (no gconv modules, no libc binaries).
+#     (no gconv modules, no libc binaries);
+#   * the dpkg status entries of the packages those files come from, for image scanners.
 # VENV (the uv-synced virtualenv whose interpreter is /usr/bin/python3.11) is reduced in place:
 # bytecode only, no extension-module sources (.pyx/.pxd/.c/.h), no type stubs, stripped
 # extension modules. dist-info directories stay whole: importlib.metadata, entry points, license
@@ -59,6 +60,8 @@ cp -a "$STDLIB/." "$DEST$STDLIB/"
   # Debian's sitecustomize is a link to /etc/python3.11 (apport hooks; absent here).
   rm -f sitecustomize.py
 )
+# What is kept, by its path on this system (for the package records below).
+mapfile -t kept < <(cd "$DEST$STDLIB" && find . \( -type f -o -type l \) -printf "$STDLIB/%P\n")
 sourceless "$DEST$STDLIB"
 # The pure-Python part as one zip of compressed bytecode, where CPython looks first
 # (sys.path[0] is /usr/lib/python311.zip; zipimport, PEP 273): a third of its size unpacked.
@@ -95,10 +98,28 @@ mapfile -t elves < <(
   echo "$DEST$PY"
   find "$DEST$STDLIB/lib-dynload" "$VENV" -name '*.so*' -type f
 )
-ldd "${elves[@]}" 2>&1 | awk '
+mapfile -t libs < <(ldd "${elves[@]}" 2>&1 | awk '
   /not found/ { print "missing: " $0 > "/dev/stderr"; failed = 1 }
   $2 == "=>" && $3 ~ /^\// { print $3 }
   $1 ~ /^\/.*ld-linux/ { print $1 }
-  END { exit failed }' | sort -u | while read -r lib; do
+  END { exit failed }' | sort -u)
+for lib in "${libs[@]}"; do
   install -D -m 0755 "$(readlink -f "$lib")" "$DEST$lib"
+done
+
+# ---------------------------------------------------------------- package records
+# The Debian packages all of the above comes from, recorded the way distroless records its own
+# (/var/lib/dpkg/status.d/<package>, dpkg's status entry): image scanners (trivy, in the release
+# pipeline) read them to know which python3.11, glibc and OpenSSL the image carries.
+mkdir -p "$DEST/var/lib/dpkg/status.d"
+owners() { dpkg -S "$@" 2>/dev/null | sed 's/: [^:]*$//; s/, /\n/g'; }
+{
+  owners "$PY"
+  owners "${kept[@]}" || true  # a few files postinst makes are nobody's
+  # ldd names a library by the path the loader found it at, dpkg by the package's (merged /usr).
+  for lib in "${libs[@]}"; do
+    owners "$lib" || owners "/usr$lib" || { echo "no package owns $lib" >&2; exit 1; }
+  done
+} | sort -u | while read -r package; do
+  dpkg-query -s "$package" > "$DEST/var/lib/dpkg/status.d/${package%%:*}"
 done

@@ -83,6 +83,18 @@ def test_shared_libraries_are_the_ldd_closure(runtime: tuple[Path, Path]) -> Non
     assert not (dest / "usr" / "lib" / "x86_64-linux-gnu" / "gconv").exists()
 
 
+def test_the_packages_shipped_are_recorded_for_scanners(runtime: tuple[Path, Path]) -> None:
+    dest, _ = runtime
+    status = dest / "var" / "lib" / "dpkg" / "status.d"
+    recorded = {p.name for p in status.iterdir()}
+    expected = {"libc6", "libssl3", "python3.11-minimal", "libpython3.11-stdlib", "zlib1g"}
+    assert expected <= recorded
+    assert "libsqlite3-0" not in recorded, "only what is shipped"
+    entry = (status / "libssl3").read_text()
+    assert entry.startswith("Package: libssl3\n")
+    assert "\nVersion: 3." in entry
+
+
 def test_venv_is_bytecode_only_without_build_leftovers(runtime: tuple[Path, Path]) -> None:
     _, venv = runtime
     package = venv / "lib" / "python3.11" / "site-packages" / "pkg"
