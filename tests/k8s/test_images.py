@@ -94,7 +94,7 @@ def test_multi_stage_on_distroless_with_the_same_python(image: str) -> None:
     ], "runtime = distroless static-debian12; build = the Debian 12 its Python comes from"
     if image in SERVICES:  # the image is the service's stage, chosen by the build argument
         assert text.rstrip().endswith(f"\nFROM {SERVICES[image]}")
-    # The venv is made for the interpreter distroless has, at the same path.
+    # The venv is made for the interpreter the runtime gets, at the same path.
     assert "UV_PYTHON=/usr/bin/python3.11" in text
     assert "install -y --no-install-recommends python3.11 binutils" in text
     assert "UV_PYTHON_DOWNLOADS=never" in text
