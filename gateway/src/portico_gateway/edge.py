@@ -90,10 +90,15 @@ class EdgeMetrics:
     open_connections: Gauge
 
 
+#: The ``reason`` label values of ``portico_gateway_connections_refused_total``.
+REFUSAL_REASONS = ("request_header_too_large", "read_timeout", "over_capacity")
+
+
 @functools.cache
 def edge_metrics() -> EdgeMetrics:
-    """The connection metrics (created once per process, in the default registry)."""
-    return EdgeMetrics(
+    """The connection metrics (created once per process, in the default registry), exposed
+    from the start: each refusal reason at 0, so a rule's ``rate()`` has a series to read."""
+    metrics = EdgeMetrics(
         refused=Counter(
             "portico_gateway_connections_refused_total",
             "Requests refused at the connection: head too large (431), too slow (408), over "
@@ -104,6 +109,9 @@ def edge_metrics() -> EdgeMetrics:
             "portico_gateway_open_connections", "HTTP connections the gateway holds open now."
         ),
     )
+    for reason in REFUSAL_REASONS:
+        metrics.refused.labels(reason)
+    return metrics
 
 
 def raw_problem(status: int, detail: str, *, headers: tuple[tuple[str, str], ...] = ()) -> bytes:

@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portico_common.config import get_metrics_settings
 from portico_common.metrics import BUCKETS, exemplar
+from portico_gateway.edge import edge_metrics
 
 _access = logging.getLogger("portico_gateway.access")
 
@@ -159,6 +160,7 @@ def metrics_router() -> APIRouter:
     live asyncio tasks (:func:`task_gauge`): steady under steady load, so growth is a leak."""
     router = APIRouter()
     task_gauge()
+    edge_metrics()  # the connections' metrics, exposed (at 0) before uvicorn's first connection
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

@@ -52,7 +52,7 @@ def _server_span(spans: InMemorySpanExporter) -> ReadableSpan:
         ("GET", f"/v1/users/{USER_ID}", 404),  # routed: the users service answers NOT_FOUND
         ("GET", "/v1/users/me", 404),  # routed to GetCurrentUser (the token's user is not stored)
         ("GET", "/v1/users", 200),
-        ("PATCH", f"/v1/users/{USER_ID}", 415),  # routed, refused by the transcoder: no JSON
+        ("PATCH", f"/v1/users/{USER_ID}", 400),  # routed, refused by the transcoder: no body
         ("PUT", f"/v1/users/{USER_ID}", 405),  # a partial match
         ("POST", "/v1/users/me", 405),  # partial matches of two templates
         ("HEAD", f"/v1/users/{USER_ID}", 405),
