@@ -5,7 +5,7 @@ Order of start: PostgreSQL (embedded unless ``DATABASE_URL``) → Valkey (embedd
 users; docs/data-stores.md) → migrations → users service → auth service → audit service (each
 until its gRPC health check says SERVING; auth signs tokens with a dev key kept in
 ``<data_dir>/auth/signing-key.pem``, made on the first run) → gateway (until ``/readyz`` answers
-200) → with ``observe`` (``make run OBSERVE=1``), a local Prometheus scraping all four
+200; it proves itself to auth with a forwarder key made for each run, SECURITY.md) → with ``observe`` (``make run OBSERVE=1``), a local Prometheus scraping all four
 (:mod:`portico_devstack.prometheus`; when no ``prometheus`` is installed, or it fails to start,
 the launcher says so and runs on without it). Each child's output is shown line by line behind
 its name.
@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ctypes
 import signal
+import secrets
 import socket
 import sys
 import time
@@ -326,6 +327,9 @@ class Stack:
             if self.valkey_cache is not None
             else {}
         )
+        # The gateway's proof to the auth service that its x-forwarded-for is believable
+        # (portico_common.forwarding): a fresh secret per run, like the stores' passwords.
+        forwarder_key = secrets.token_urlsafe(32)
         for prefix in (
             "USERS",
             "AUTH",
@@ -362,6 +366,7 @@ class Stack:
                 "AUTH_ENVIRONMENT": "dev",
                 "AUTH_ADMIN_EMAILS": env.get("AUTH_ADMIN_EMAILS", s.admin_email),
                 "AUTH_SIGNING_KEY_FILES": str(await self._dev_signing_key()),
+                "AUTH_FORWARDER_KEYS": forwarder_key,
             },
             color=_COLORS[2] if sys.stdout.isatty() else "",
         )
@@ -391,6 +396,7 @@ class Stack:
                 "GATEWAY_AUDIT_TARGET": self.audit_target,
                 "GATEWAY_VALKEY_URL": valkey_urls["gateway"],
                 "GATEWAY_ENVIRONMENT": "dev",
+                "GATEWAY_FORWARDER_KEY": forwarder_key,
             },
             color=_COLORS[1] if sys.stdout.isatty() else "",
         )
