@@ -30,7 +30,6 @@ from tests.support.timeouts import (
 FORWARDER_KEY = "tests-forwarder-key-0123456789abcdefghijklmnop"
 
 
-
 def as_the_gateway(chain: str) -> tuple[tuple[str, str], ...]:
     """The metadata of a call the gateway makes for a client whose ``x-forwarded-for`` is
     ``chain`` (the gateway's own entry last), with the gateway's forwarder key."""

@@ -26,7 +26,10 @@ def test_settings_read_variables_and_lists(monkeypatch: pytest.MonkeyPatch) -> N
     assert (settings.grpc_port, settings.users_target) == (50052, "127.0.0.1:50051")
     assert (settings.issuer, settings.audience) == ("portico", "portico-api")
     assert settings.valkey.key_prefix == "portico:auth:v1:"
-    assert [k.get_secret_value() for k in settings.forwarder_keys] == ["old-key-" * 4, "new-key-" * 4]
+    assert [k.get_secret_value() for k in settings.forwarder_keys] == [
+        "old-key-" * 4,
+        "new-key-" * 4,
+    ]
     assert "hunter2" not in repr(settings)
     assert "old-key-" not in repr(settings)
 

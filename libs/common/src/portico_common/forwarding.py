@@ -37,7 +37,9 @@ def check_key(key: SecretStr) -> SecretStr:
     return key
 
 
-def trusted_forwarder(metadata: Iterable[tuple[str, Any]] | None, keys: Sequence[SecretStr]) -> bool:
+def trusted_forwarder(
+    metadata: Iterable[tuple[str, Any]] | None, keys: Sequence[SecretStr]
+) -> bool:
     """Whether ``metadata`` carries one of ``keys`` as :data:`FORWARDER_HEADER`.
 
     No keys: nobody is trusted. A second forwarder entry, or a binary value, is never trusted.

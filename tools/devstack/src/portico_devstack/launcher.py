@@ -5,7 +5,8 @@ Order of start: PostgreSQL (embedded unless ``DATABASE_URL``) → Valkey (embedd
 users; docs/data-stores.md) → migrations → users service → auth service → audit service (each
 until its gRPC health check says SERVING; auth signs tokens with a dev key kept in
 ``<data_dir>/auth/signing-key.pem``, made on the first run) → gateway (until ``/readyz`` answers
-200; it proves itself to auth with a forwarder key made for each run, SECURITY.md) → with ``observe`` (``make run OBSERVE=1``), a local Prometheus scraping all four
+200; it proves itself to auth with a forwarder key made for each run, SECURITY.md) → with
+``observe`` (``make run OBSERVE=1``), a local Prometheus scraping all four
 (:mod:`portico_devstack.prometheus`; when no ``prometheus`` is installed, or it fails to start,
 the launcher says so and runs on without it). Each child's output is shown line by line behind
 its name.
@@ -22,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import signal
 import secrets
+import signal
 import socket
 import sys
 import time
