@@ -31,14 +31,14 @@ async def asgi_client(
     app: FastAPI,
     *,
     headers: dict[str, str] | None = None,
-    client: tuple[str, int] = ("127.0.0.1", 123),
+    peer: tuple[str, int] = ("127.0.0.1", 123),
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of ``app``; ``headers`` go with every request (e.g. a bearer token); ``client``
-    is the peer address the app sees (the TCP peer, as uvicorn reports it)."""
+    """A client of ``app``; ``headers`` go with every request (e.g. a bearer token); ``peer``
+    is the (address, port) the app sees the requests come from, as uvicorn reports its TCP peer."""
     async with (
         LifespanManager(per_request_state(app)) as manager,
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app, client=client),
+            transport=httpx.ASGITransport(app=manager.app, client=peer),
             base_url="http://gateway",
             headers=headers,
         ) as client,

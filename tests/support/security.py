@@ -119,11 +119,11 @@ async def gateway(
     auth_port: int,
     valkey_url: str,
     audit_port: int | None = None,
-    client: tuple[str, int] = ("127.0.0.1", 123),
+    peer: tuple[str, int] = ("127.0.0.1", 123),
     **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real gateway in front of both services, built as in production, seeing its HTTP
-    client at ``client`` (address, port).
+    client come from ``peer`` (address, port).
 
     Unlike ``tests.support.gateway`` no verifier is injected: the gateway fetches the
     JWKS from the auth server (``GetJwks``) and checks sessions in Valkey, like a deployed one.
@@ -138,5 +138,5 @@ async def gateway(
     if audit_port is not None:
         values["audit_target"] = f"127.0.0.1:{audit_port}"
     app = create_app(GatewaySettings(**(values | settings)))
-    async with asgi_client(app, client=client) as http:
+    async with asgi_client(app, peer=peer) as http:
         yield http

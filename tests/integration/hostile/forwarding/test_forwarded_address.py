@@ -122,8 +122,8 @@ async def test_rest_clients_are_throttled_each_on_its_own_address(
     form = {"grant_type": "password", "username": VICTIM, "password": "guess"}
     servers = {"users_port": users_server.port, "auth_port": auth_server.port}
     async with (
-        gateway(**servers, valkey_url=valkey_url, client=("203.0.113.66", 40000)) as guesser,
-        gateway(**servers, valkey_url=valkey_url, client=("198.51.100.10", 40000)) as owner,
+        gateway(**servers, valkey_url=valkey_url, peer=("203.0.113.66", 40000)) as guesser,
+        gateway(**servers, valkey_url=valkey_url, peer=("198.51.100.10", 40000)) as owner,
     ):
         for n in range(LIMITS.account_client_limit):
             claim = {"X-Forwarded-For": f"192.0.2.{n}"}
