@@ -21,8 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from portico.auth.v1 import auth_pb2
-from portico_auth.config import ThrottleSettings
-from tests.integration.hostile.support import refused
+from tests.integration.hostile.support import THROTTLE_LIMITS, refused
 from tests.support.auth import FORWARDER_KEY, as_the_gateway
 from tests.support.security import PASSWORD, code_of, gateway
 
@@ -36,13 +35,7 @@ ROTATED_KEY = "rotated-forwarder-key-abcdefghijklmnopqrstu"
 #: A key of the right shape that the auth service does not accept.
 WRONG_KEY = "a-guessed-forwarder-key-0123456789abcdefgh"
 VICTIM = "victim@example.com"
-LIMITS = ThrottleSettings(
-    account_client_limit=3,
-    account_limit=50,
-    address_limit=50,
-    signup_address_limit=3,
-    window_s=60.0,
-)
+LIMITS = THROTTLE_LIMITS
 OK, THROTTLED, REFUSED = (
     grpc.StatusCode.OK,
     grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -22,8 +22,7 @@ import httpx
 import pytest
 
 from portico.auth.v1 import auth_pb2
-from portico_auth.config import ThrottleSettings
-from tests.integration.hostile.support import refused
+from tests.integration.hostile.support import THROTTLE_LIMITS, refused
 from tests.support.auth import as_the_gateway
 from tests.support.security import ADMIN_EMAIL, PASSWORD, sign_up
 
@@ -31,13 +30,7 @@ if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
 
 ATTACKER, OWNER = "203.0.113.66", "198.51.100.10"
-LIMITS = ThrottleSettings(
-    account_client_limit=3,
-    account_limit=50,
-    address_limit=50,
-    signup_address_limit=3,
-    window_s=60.0,
-)
+LIMITS = THROTTLE_LIMITS
 
 
 @pytest.fixture
