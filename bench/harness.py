@@ -74,6 +74,8 @@ COPIES: dict[str, tuple[tuple[str, ...], str, dict[str, str]]] = {
     "users": (("USERS_GRPC_PORT", "USERS_METRICS_PORT"), "grpc", {"USERS_SHUTDOWN_DELAY_S": "0"}),
     "auth": (("AUTH_GRPC_PORT", "AUTH_METRICS_PORT"), "grpc", {"AUTH_SHUTDOWN_DELAY_S": "0"}),
     "gateway": (("GATEWAY_PORT",), "http", {"GATEWAY_SHUTDOWN_DELAY_S": "0"}),
+    # Its own consumer name (the default is host-pid: unique already), in the stack's group.
+    "audit": (("AUDIT_GRPC_PORT", "AUDIT_METRICS_PORT"), "grpc", {"AUDIT_SHUTDOWN_DELAY_S": "0"}),
 }
 
 
@@ -447,6 +449,7 @@ class Bench:
         children = need(self.stack, "the stack").children
         times: dict[str, list[float]] = self.startup.setdefault("exec_to_ready_s", {})
         rss: dict[str, list[float]] = self.startup.setdefault("rss_at_ready_mb", {})
+        idle: dict[str, list[float]] = self.startup.setdefault("rss_idle_mb", {})
         for _ in range(self.options.startup_repeats):
             for child in children:
                 if child.name not in COPIES:
@@ -460,9 +463,10 @@ class Bench:
                     if kind == "grpc"
                     else startup.http_ok(f"http://127.0.0.1:{port}/readyz")
                 )
-                t, r = await startup.exec_to_ready(child.argv, env=env, probe=probe, log=self.log)
-                times.setdefault(child.name, []).append(t)
-                rss.setdefault(child.name, []).append(r)
+                got = await startup.exec_to_ready(child.argv, env=env, probe=probe, log=self.log)
+                times.setdefault(child.name, []).append(got.ready_s)
+                rss.setdefault(child.name, []).append(got.rss_at_ready_mb)
+                idle.setdefault(child.name, []).append(got.rss_idle_mb)
 
     async def measure_make_run(self) -> None:
         """`make run` → first authenticated ``GET /v1/users`` (and → first answer, a 401)."""
