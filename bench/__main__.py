@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         "service, read its RSS at ready and 2 s later, print them against the targets (≈ 1 min)",
     )
     parser.add_argument(
+        "--startup-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="also start each copy with these variables (repeatable: one variant each), "
+        "interleaved with the plain copies, e.g. MALLOC_ARENA_MAX=2",
+    )
+    parser.add_argument(
         "--out", type=Path, default=REPO / "bench" / "results", help="folder of the JSON results"
     )
     return parser
@@ -69,6 +77,10 @@ def _options(args: argparse.Namespace) -> Options:
     ):
         if getattr(args, name) is not None:
             update[key] = getattr(args, name)
+    if args.startup_env:
+        update["startup_env"] = tuple(
+            dict(pair.split("=", 1) for pair in variant.split(",")) for variant in args.startup_env
+        )
     return Options(**(_fields(base) | update))
 
 

@@ -90,6 +90,8 @@ class Options:
     patch_pool: int = 256
     startup_repeats: int = 3
     token_samples: int = 5_000  # timed TokenVerifier.verify calls (bench.token_verification)
+    #: Extra environments each start-up copy also runs with (``--startup-env``), interleaved.
+    startup_env: tuple[dict[str, str], ...] = ()
     quick: bool = False
 
 
@@ -441,8 +443,9 @@ class Bench:
                 sampled = int(stats["server_spans"].get("gateway-sampled", 0))
                 share = sampled / max(self.sent["gateway_otel_sampled"], 1)
                 self.otel_stats["sampled_share"] = share
-                # 1 in 10 by trace id: far from 0 and from 1 over thousands of requests.
-                self.checks["otel_sampled_keeps_about_a_tenth"] = 0.05 < share < 0.2
+                # 1 in 20 by trace id (plus any tail-captured slow request): far from 0 and
+                # from 1 over thousands of requests.
+                self.checks["otel_prod_keeps_about_a_twentieth"] = 0.02 < share < 0.1
 
     async def measure_process_startup(self) -> None:
         """Copies of each service on another port, against the running backends and services."""
@@ -450,23 +453,33 @@ class Bench:
         times: dict[str, list[float]] = self.startup.setdefault("exec_to_ready_s", {})
         rss: dict[str, list[float]] = self.startup.setdefault("rss_at_ready_mb", {})
         idle: dict[str, list[float]] = self.startup.setdefault("rss_idle_mb", {})
-        for _ in range(self.options.startup_repeats):
+        anon: dict[str, list[float]] = self.startup.setdefault("anon_idle_mb", {})
+        variants: list[tuple[str, dict[str, str]]] = [("", {})]
+        variants += [(" " + ",".join(f"{k}={v}" for k, v in e.items()), e) for e in
+                     self.options.startup_env]  # fmt: skip
+        for repeat in range(self.options.startup_repeats):
+            order = variants if repeat % 2 == 0 else variants[::-1]  # A B, then B A
             for child in children:
                 if child.name not in COPIES:
                     continue
-                variables, kind, extra = COPIES[child.name]
-                ports = {v: str(startup.free_port()) for v in variables}
-                port = int(ports[variables[0]])
-                env = child.env | extra | ports
-                probe = (
-                    startup.grpc_serving(port)
-                    if kind == "grpc"
-                    else startup.http_ok(f"http://127.0.0.1:{port}/readyz")
-                )
-                got = await startup.exec_to_ready(child.argv, env=env, probe=probe, log=self.log)
-                times.setdefault(child.name, []).append(got.ready_s)
-                rss.setdefault(child.name, []).append(got.rss_at_ready_mb)
-                idle.setdefault(child.name, []).append(got.rss_idle_mb)
+                for label, variant_env in order:
+                    variables, kind, extra = COPIES[child.name]
+                    ports = {v: str(startup.free_port()) for v in variables}
+                    port = int(ports[variables[0]])
+                    env = child.env | extra | variant_env | ports
+                    probe = (
+                        startup.grpc_serving(port)
+                        if kind == "grpc"
+                        else startup.http_ok(f"http://127.0.0.1:{port}/readyz")
+                    )
+                    got = await startup.exec_to_ready(
+                        child.argv, env=env, probe=probe, log=self.log
+                    )
+                    name = child.name + label
+                    times.setdefault(name, []).append(got.ready_s)
+                    rss.setdefault(name, []).append(got.rss_at_ready_mb)
+                    idle.setdefault(name, []).append(got.rss_idle_mb)
+                    anon.setdefault(name, []).append(got.anon_idle_mb)
 
     async def measure_make_run(self) -> None:
         """`make run` → first authenticated ``GET /v1/users`` (and → first answer, a 401)."""

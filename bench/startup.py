@@ -130,6 +130,9 @@ class StartupSample:
     ready_s: float
     rss_at_ready_mb: float
     rss_idle_mb: float
+    #: Of the idle RSS, anonymous memory (heaps, the Python objects); the rest is file-backed
+    #: (the interpreter's and the extension modules' code, shared between processes).
+    anon_idle_mb: float
 
 
 async def exec_to_ready(
@@ -157,9 +160,22 @@ async def exec_to_ready(
         at_ready = watched.memory_info().rss / 2**20
         await asyncio.sleep(idle_s)  # a fixed wait by design: what is measured is "idle for 2 s"
         idle = watched.memory_info().rss / 2**20
+        anon = _anonymous_mb(proc.pid)
     finally:
         await terminate(proc)
-    return StartupSample(elapsed, at_ready, idle)
+    return StartupSample(elapsed, at_ready, idle, anon)
+
+
+def _anonymous_mb(pid: int) -> float:
+    """``Anonymous`` of ``/proc/<pid>/smaps_rollup``, MiB (0 where the kernel has no rollup)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Anonymous:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 async def make_run_to_first_request(
