@@ -197,6 +197,12 @@ class Bench:
     def stub(self) -> UserServiceAsyncStub:
         return users_pb2_grpc.UserServiceStub(need(self._channel, "the gRPC channel"))
 
+    @property
+    def cache_url(self) -> str:
+        """The users cache's Valkey (its own instance in the launcher's stack)."""
+        stack = need(self.stack, "the stack")
+        return need(stack.valkey_cache or stack.valkey, "embedded Valkey").url
+
     def metadata(self, caller: Caller) -> tuple[tuple[str, str], ...]:
         return need(self.tokens, "the tokens").metadata(caller)
 
@@ -230,7 +236,9 @@ class Bench:
         self.watched.add("launcher", os.getpid())
         self.urls["gateway"] = self.stack.gateway_url
         self._channel = grpc.aio.insecure_channel(self.users_target)
-        self._valkey = Valkey.from_url(valkey.url)
+        # The users read cache has a Valkey of its own (the launcher's evicting instance): the
+        # hooks that warm, empty and count it, and the monoliths that read it, go there.
+        self._valkey = Valkey.from_url(self.cache_url)
         # A token must outlive the cell it is handed to (and the hook before it).
         margin = max(180.0, self.options.duration_s + 60)
         self.tokens = Tokens(self.stack.gateway_url, self.tag, min_left_s=margin)
@@ -276,12 +284,15 @@ class Bench:
         body_file = self.workdir / "user.json"
         body_file.write_bytes(reply.content)
         stack = need(self.stack, "the stack")
-        valkey_url = need(stack.valkey, "embedded Valkey").url
-        monolith = ["--valkey-url", valkey_url, "--key-prefix", DEFAULT_KEY_PREFIX]
+        monolith = ["--valkey-url", self.cache_url, "--key-prefix", DEFAULT_KEY_PREFIX]
+        sessions_url = need(stack.valkey, "embedded Valkey").url
         for kind, extra in (
             ("floor", ["--body-file", str(body_file)]),
             ("monolith", monolith),
-            ("monolith_verify", [*monolith, "--auth-target", stack.auth_target]),
+            (
+                "monolith_verify",
+                [*monolith, "--auth-target", stack.auth_target, "--sessions-url", sessions_url],
+            ),
         ):
             port = startup.free_port()
             url = f"http://127.0.0.1:{port}"
