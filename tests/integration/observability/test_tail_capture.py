@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
@@ -68,28 +69,41 @@ async def slow_users(
         await running.stop(0)
 
 
-async def _created_user(api: httpx.AsyncClient) -> str:
+async def _gateway(
+    users_port: int, valkey_url: str, tokens: Tokens, *, slow_s: float
+) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    """The real gateway in front of ``users_port``, as the admin, with ``slow_s`` as threshold."""
+    return gateway_client(
+        users_port=users_port,
+        valkey_url=valkey_url,
+        token=await tokens.admin(),
+        trace_slow_s=slow_s,
+    )
+
+
+async def _unsampled_get_of_a_new_user(
+    api: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> tuple[httpx.Response, int, int, str]:
+    """Create a user, forget the spans so far, GET the user in an unsampled trace: the answer,
+    the trace id and the caller's span id, and the user's id."""
     created = await api.post(
         "/v1/users", json={"email": f"tail-{secrets.token_hex(4)}@example.com", "display_name": "T"}
     )
     assert created.status_code == 201, created.text
-    return str(created.json()["id"])
+    user_id = str(created.json()["id"])
+    spans.clear()
+    trace_id, caller_span_id, traceparent = _unsampled_parent()
+    answer = await api.get(f"/v1/users/{user_id}", headers={"traceparent": traceparent})
+    return answer, trace_id, caller_span_id, user_id
 
 
 async def test_an_unsampled_slow_request_reaches_the_sink_from_gateway_and_service(
     spans: InMemorySpanExporter, slow_users: RunningServer, valkey_url: str, tokens: Tokens
 ) -> None:
-    async with gateway_client(
-        users_port=slow_users.port,
-        valkey_url=valkey_url,
-        token=await tokens.admin(),
-        trace_slow_s=EVERYTHING_IS_SLOW,
+    async with await _gateway(
+        slow_users.port, valkey_url, tokens, slow_s=EVERYTHING_IS_SLOW
     ) as api:
-        user_id = await _created_user(api)
-        spans.clear()
-        trace_id, caller_span_id, traceparent = _unsampled_parent()
-
-        answer = await api.get(f"/v1/users/{user_id}", headers={"traceparent": traceparent})
+        answer, trace_id, caller_span_id, _ = await _unsampled_get_of_a_new_user(api, spans)
 
     assert answer.status_code == 200
     finished = await _wait_for(
@@ -127,16 +141,8 @@ async def test_an_unsampled_slow_request_reaches_the_sink_from_gateway_and_servi
 async def test_an_unsampled_fast_successful_request_leaves_no_span(
     spans: InMemorySpanExporter, users_server: RunningServer, valkey_url: str, tokens: Tokens
 ) -> None:
-    async with gateway_client(
-        users_port=users_server.port,
-        valkey_url=valkey_url,
-        token=await tokens.admin(),
-        trace_slow_s=NOTHING_IS_SLOW,
-    ) as api:
-        user_id = await _created_user(api)
-        spans.clear()
-        _, _, traceparent = _unsampled_parent()
-        answer = await api.get(f"/v1/users/{user_id}", headers={"traceparent": traceparent})
+    async with await _gateway(users_server.port, valkey_url, tokens, slow_s=NOTHING_IS_SLOW) as api:
+        answer, _, _, user_id = await _unsampled_get_of_a_new_user(api, spans)
         assert answer.status_code == 200
         # A sampled request after it, through the same processes: once its service span is
         # in, anything the unsampled one would have produced is in too (same exporter, FIFO).
@@ -155,12 +161,7 @@ async def test_an_unsampled_request_answered_5xx_reaches_the_sink_as_an_error(
     spans: InMemorySpanExporter, valkey_url: str, tokens: Tokens, unused_tcp_port: int
 ) -> None:
     # Nobody listens on the users port: the gateway answers 503 (UNAVAILABLE), fast.
-    async with gateway_client(
-        users_port=unused_tcp_port,
-        valkey_url=valkey_url,
-        token=await tokens.admin(),
-        trace_slow_s=NOTHING_IS_SLOW,
-    ) as api:
+    async with await _gateway(unused_tcp_port, valkey_url, tokens, slow_s=NOTHING_IS_SLOW) as api:
         spans.clear()
         trace_id, caller_span_id, traceparent = _unsampled_parent()
         answer = await api.get(
@@ -172,6 +173,15 @@ async def test_an_unsampled_request_answered_5xx_reaches_the_sink_as_an_error(
     assert len(finished) == 1, [s.name for s in finished]
     span = finished[0]
     assert span.name == "GET /v1/users/{id}"
+    _assert_captured_error(span, trace_id=trace_id, caller_span_id=caller_span_id)
+    assert span.attributes is not None
+    assert span.attributes["http.response.status_code"] == 503
+    # The trace id the problem document gives the client is the captured span's.
+    assert answer.json().get("trace_id") in (None, f"{trace_id:032x}")
+
+
+def _assert_captured_error(span: ReadableSpan, *, trace_id: int, caller_span_id: int) -> None:
+    """An error the tail capture recorded: the request's trace, under its caller, ERROR."""
     assert span.context is not None
     assert span.context.trace_id == trace_id
     assert span.parent is not None
@@ -179,9 +189,6 @@ async def test_an_unsampled_request_answered_5xx_reaches_the_sink_as_an_error(
     assert span.status.status_code == StatusCode.ERROR
     assert span.attributes is not None
     assert span.attributes[CAPTURE_ATTRIBUTE] == "error"
-    assert span.attributes["http.response.status_code"] == 503
-    # The trace id the problem document gives the client is the captured span's.
-    assert answer.json().get("trace_id") in (None, f"{trace_id:032x}")
 
 
 def _failing_server_handler() -> grpc.GenericRpcHandler:
@@ -218,7 +225,9 @@ async def test_a_service_call_that_fails_server_side_is_captured_and_a_not_found
                 ("Missing", grpc.StatusCode.NOT_FOUND),
                 ("Fail", grpc.StatusCode.INTERNAL),
             ):
-                call = channel.unary_unary(f"/test.Tail/{method}")
+                call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                    f"/test.Tail/{method}"
+                )
                 with pytest.raises(grpc.aio.AioRpcError) as failed:
                     await call(b"", metadata=(("traceparent", traceparent),), timeout=10)
                 assert failed.value.code() == code
@@ -228,11 +237,6 @@ async def test_a_service_call_that_fails_server_side_is_captured_and_a_not_found
     finished = await _wait_for(spans, lambda s: bool(s))
     assert [s.name for s in finished] == ["/test.Tail/Fail"]
     span = finished[0]
-    assert span.context is not None
-    assert span.context.trace_id == trace_id
-    assert span.parent is not None
-    assert span.parent.span_id == caller_span_id
-    assert span.status.status_code == StatusCode.ERROR
+    _assert_captured_error(span, trace_id=trace_id, caller_span_id=caller_span_id)
     assert span.attributes is not None
-    assert span.attributes[CAPTURE_ATTRIBUTE] == "error"
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
