@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -20,7 +21,6 @@ from fastapi import FastAPI
 
 from portico_common.cli import load_settings, setup_telemetry_or_exit
 from portico_common.logs import configure_logging
-from portico_common.memory import settle
 from portico_gateway.app import create_app, openapi_text
 from portico_gateway.config import GatewaySettings, get_settings
 from portico_gateway.edge import EdgeLimits, protocol_for
@@ -54,7 +54,7 @@ FORCED_EXIT_CODE = 1
 
 
 class _Server(uvicorn.Server):
-    """uvicorn with Portico's stop sequence, exit codes and ``gc.freeze()`` + ``malloc_trim``.
+    """uvicorn with Portico's stop sequence, exit codes and ``gc.freeze()``.
 
     Stopping: the first SIGTERM or SIGINT marks the app as draining (``app.state.draining``:
     ``/readyz`` answers 503) and keeps serving for ``delay_s``, so probes and balancers stop
@@ -65,10 +65,9 @@ class _Server(uvicorn.Server):
     (uvicorn only does that for a second SIGINT): :data:`FORCED_EXIT_CODE`.
 
     Once started (lifespan done, sockets bound), everything allocated so far lives as long as
-    the process: :func:`portico_common.memory.settle` moves it out of the collector's sight
-    (:func:`gc.freeze`), so the full collections that per-request garbage triggers stop walking
-    FastAPI's, pydantic's and protobuf's start-up objects again and again, and returns the heap
-    pages the start-up freed to the kernel.
+    the process: :func:`gc.freeze` moves it out of the collector's sight, so the full
+    collections that per-request garbage triggers stop walking FastAPI's, pydantic's and
+    protobuf's start-up objects again and again.
     """
 
     def __init__(self, config: uvicorn.Config, *, app: FastAPI, delay_s: float) -> None:
@@ -87,7 +86,8 @@ class _Server(uvicorn.Server):
                 host, port = sock.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
                 _log.info("listening on http://%s:%d (SO_REUSEPORT)", shown, port)
-            settle()  # gc.freeze() and malloc_trim: portico_common.memory
+            gc.collect()
+            gc.freeze()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

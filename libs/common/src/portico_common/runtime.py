@@ -21,8 +21,7 @@ metrics, request id and call deadline, error mapping, access rules, protovalidat
 standard health service (following PostgreSQL, probed every ``health_check_interval_s``) and
 reflection; binds the metrics endpoint, then the gRPC port; starts the health probe and the
 service's background tasks (:meth:`Runtime.outbox_relay` is one); and returns a
-:class:`RunningServer`. :func:`serve` is the process: settle the memory
-(:func:`portico_common.memory.settle`: ``gc.freeze()``, ``malloc_trim``), wait for SIGTERM/SIGINT,
+:class:`RunningServer`. :func:`serve` is the process: ``gc.freeze()``, wait for SIGTERM/SIGINT,
 stop gracefully (a second signal forces); :func:`serving` makes a service's ``serve(settings)``
 of its ``start``.
 
@@ -35,6 +34,7 @@ notice, stop accepting calls and let in-flight ones finish within ``grace``, clo
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
@@ -60,7 +60,6 @@ from portico_common.interceptors import (
     RequestIdInterceptor,
     ValidationInterceptor,
 )
-from portico_common.memory import settle
 from portico_common.metrics import MetricsServer, record_build_info, track_pool
 from portico_common.outbox import OutboxRelay, OutboxSettings
 from portico_common.postgres import bind_address, close_pool, open_pool, ping
@@ -328,9 +327,9 @@ class Runtime(Generic[Servicer]):
 async def serve(running: RunningServer[Any], settings: ServiceSettings, *, first: str = "") -> None:
     """Run ``running`` until SIGTERM or SIGINT, then stop gracefully (``first``: what the stop
     does before the health change, for the announcement)."""
-    # Everything built so far lives as long as the process: keep the collector off it, and
-    # give the heap pages the start-up freed back to the kernel.
-    settle()
+    # Everything built so far lives as long as the process: keep the collector off it.
+    gc.collect()
+    gc.freeze()
     # Graceful stop on SIGTERM/SIGINT; a second signal cancels in-flight calls and exits 1.
     await stop_on_signals(
         stop=partial(running.stop, settings.shutdown_grace_s, delay=settings.shutdown_delay_s),
