@@ -4,7 +4,9 @@ One :class:`EventConsumer` per process, a member (``consumer.name``) of the cons
 ``consumer.group``, created at start with ``XGROUP CREATE … 0 MKSTREAM`` (a new group reads the
 stream from its first entry; an existing group keeps its position). Each round:
 
-1. ``XREADGROUP GROUP <group> <name> COUNT <batch_size> BLOCK <block_ms> STREAMS <stream> >``;
+1. ``XREADGROUP GROUP <group> <name> COUNT <batch_size> BLOCK <block_ms> STREAMS <stream> >``
+   (at start and after every failure, e.g. a Valkey failover, first ``… STREAMS <stream> 0``:
+   its own pending entries, :meth:`EventConsumer.read_own_pending`);
 2. for each entry: parse it, ``INSERT … ON CONFLICT (id) DO NOTHING`` and commit (a redelivered
    event is a no-op), then ``XACK``. The ack comes only after the commit, so a crash in between
    leaves the entry pending: at-least-once, made exactly-once in the table by the event id;
@@ -192,6 +194,31 @@ class EventConsumer:
         for _stream, messages in reply or []:
             entries.extend(messages)
         return await self._handle_all(entries)
+
+    async def read_own_pending(self) -> int:
+        """This consumer's delivered, unacknowledged entries (``XREADGROUP … 0``), handled again
+        in stream order; how many. Run at start and after every failure (a Valkey restart or a
+        Sentinel failover, docs/valkey-ha.md), before new entries: what was in flight when the
+        connection broke is finished first instead of waiting ``claim_idle_ms`` for
+        :meth:`claim_stale`. Entries trimmed meanwhile (no fields) are acknowledged and skipped.
+        """
+        s = self._settings
+        after = "0"
+        handled = 0
+        while True:
+            reply = await self._client.xreadgroup(
+                s.group, s.name, {s.stream: after}, count=s.batch_size
+            )
+            entries: list[tuple[Any, Any]] = []
+            for _stream, messages in reply or []:
+                entries.extend(messages)
+            if not entries:
+                return handled
+            gone = [message_id for message_id, fields in entries if not fields]
+            if gone:
+                await self._client.xack(s.stream, s.group, *gone)
+            handled += await self._handle_all([(i, f) for i, f in entries if f])
+            after = _id(entries[-1][0])
 
     async def claim_stale(self) -> int:
         """Take over entries idle > ``claim_idle_ms`` and handle (or dead-letter) them; how many
@@ -412,6 +439,7 @@ class EventConsumer:
             try:
                 if failures or last_claim == 0.0:
                     await self.ensure_group()  # also after a Valkey restart lost the group
+                    await self.read_own_pending()  # what was in flight when it broke
                 if time.monotonic() - last_backlog >= s.backlog_interval_s:
                     last_backlog = time.monotonic()  # first: also while PostgreSQL is down
                     await self.report_backlog()

@@ -89,6 +89,7 @@ USERS: dict[str, AclUser] = {
             "+del",
             "+pexpire",
             f"(~{EVENTS} +xadd)",  # the outbox relay
+            "+wait",  # … which waits for a replica to have its batch (docs/valkey-ha.md)
         ),
     ),
     "auth": AclUser(
@@ -117,6 +118,7 @@ USERS: dict[str, AclUser] = {
             "+incr",
             # the outbox relay; deletions.py's consumer group (user.deleted ends the sessions)
             f"(~{EVENTS} +xadd {_CONSUME})",
+            "+wait",  # the outbox relay waits for a replica to have its batch
         ),
     ),
     "audit": AclUser(
