@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from portico_common.valkey import is_sentinel_url, parse_sentinel_url
 from portico_devstack import valkey_acl
 from portico_devstack.roles import SERVICES, group_role, login_role
 from tests.k8s.conftest import Manifest, of_kind, one, pod_template
@@ -172,7 +173,12 @@ def test_state_never_evicts_and_the_cache_lives_on_an_evicting_instance_of_its_o
     assert _memory(docs, "valkey-cache")[:2] == ("allkeys-lru", "no")
     env, _ = container_env(docs, one(docs, "Deployment", "users"))
     assert urlsplit(env["USERS_VALKEY__CACHE_URL"]).hostname == "valkey-cache"
-    assert urlsplit(env["USERS_VALKEY__URL"]).hostname == "valkey"
+    state = env["USERS_VALKEY__URL"]
+    if is_sentinel_url(state):  # the HA overlays: the Sentinels beside the valkey pods
+        hosts = {h.split(".")[0] for h, _ in parse_sentinel_url(state).sentinels}
+        assert hosts == {"valkey-0", "valkey-1", "valkey-2"}, state
+    else:
+        assert urlsplit(state).hostname == "valkey"
 
 
 def test_the_memory_alerts_read_what_each_instances_exporter_is_scraped_for(
