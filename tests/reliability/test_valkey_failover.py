@@ -39,8 +39,8 @@ from tests.reliability.stack import ADMIN_EMAIL, ADMIN_PASSWORD
 
 FAULT_AT_S = 3.0
 #: From the kill to the first acknowledged write, and to the last failed request. Measured
-#: 3.4-4.6 s (docs/valkey-ha.md: Sentinel's down-after 2 s, the vote and promotion, the
-#: clients' reconnection); 15 s leaves more than 3x for a machine with both cores busy.
+#: 4.4 s to the first acknowledged write (Sentinel's down-after 2 s, the vote and promotion,
+#: the clients' reconnection; docs/valkey-ha.md); 15 s leaves over 3x for a busy machine.
 WRITES_RESUME_S = 15.0
 #: Sessions acknowledged this long before the kill must survive it (replication takes
 #: milliseconds on loopback; what the primary acknowledged in its last moment may be lost).
