@@ -90,6 +90,8 @@ def test_clients_name_the_sentinels_the_manifests_run(
         assert target.username == component
         assert target.password == f"secret-valkey-{component}"
         # $(VAR) expands only variables defined before it in the list.
+        if component in ("users", "auth"):  # the relays wait for a replica
+            assert env[f"{component.upper()}_OUTBOX__REPLICA_ACKS"] == "1", component
         for variable in ("VALKEY_PASSWORD", "VALKEY_SENTINEL_PASSWORD"):
             assert names.index(variable) < names.index(_url_variable(component)), component
     secret = one(docs, "ExternalSecret", "valkey")
