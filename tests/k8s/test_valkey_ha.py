@@ -32,11 +32,15 @@ def test_dev_keeps_one_valkey_and_plain_urls(rendered: dict[str, list[Manifest]]
         assert not is_sentinel_url(env[_url_variable(component)]), component
 
 
-@pytest.mark.parametrize("overlay", HA)
-def test_three_pods_spread_over_nodes_with_a_budget(
-    overlay: str, rendered: dict[str, list[Manifest]]
-) -> None:
-    docs = rendered[overlay]
+@pytest.fixture(params=HA)
+def ha_docs(request: pytest.FixtureRequest, rendered: dict[str, list[Manifest]]) -> list[Manifest]:
+    """One HA overlay's documents."""
+    result: list[Manifest] = rendered[request.param]
+    return result
+
+
+def test_three_pods_spread_over_nodes_with_a_budget(ha_docs: list[Manifest]) -> None:
+    docs = ha_docs
     statefulset = one(docs, "StatefulSet", "valkey")
     assert statefulset["spec"]["replicas"] == 3
     template = pod_template(statefulset)
@@ -61,11 +65,8 @@ def test_three_pods_spread_over_nodes_with_a_budget(
     assert re.search(r"sentinel monitor portico \S+ 6379 2\b", script), "quorum 2"
 
 
-@pytest.mark.parametrize("overlay", HA)
-def test_clients_name_the_sentinels_the_manifests_run(
-    overlay: str, rendered: dict[str, list[Manifest]]
-) -> None:
-    docs = rendered[overlay]
+def test_clients_name_the_sentinels_the_manifests_run(ha_docs: list[Manifest]) -> None:
+    docs = ha_docs
     statefulset = one(docs, "StatefulSet", "valkey")
     headless = one(docs, "Service", "valkey-headless")
     assert headless["spec"]["clusterIP"] == "None"

@@ -14,7 +14,6 @@ Every process is started and stopped by its own pid; logs go to the drill's fold
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import signal
 import time
@@ -46,48 +45,20 @@ _ADMIN = VALKEY_PASSWORDS[valkey_acl.ADMIN]
 
 
 @dataclass
-class Process:
+class Process(Service):
     """One ``valkey-server`` (data node or Sentinel) started by this drill, by pid."""
 
-    name: str
-    port: int
-    args: list[str]
-    log: Path
-    process: asyncio.subprocess.Process | None = None
+    port: int = 0
+    args: list[str] = field(default_factory=list)
 
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                str(get_binary_path()),
-                *self.args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
+    def command(self) -> list[str]:
+        return [str(get_binary_path()), *self.args]
 
     async def kill(self) -> None:
         """SIGKILL (no shutdown, no last save), then reap it."""
         if self.running:
-            assert self.process is not None
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-
-    async def stop(self, within_s: float = 10.0) -> None:
-        if not self.running:
-            return
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(within_s):
-                await self.process.wait()
-        except TimeoutError:
-            await self.kill()
+            self.signal(signal.SIGKILL)
+            await self.wait(30)
 
 
 async def poll(what: str, check: Any, within_s: float, interval_s: float = 0.1) -> Any:
@@ -166,7 +137,9 @@ class SentinelDrillStack(DrillStack):
             ]  # fmt: skip
             if n:
                 args += ["--replicaof", "127.0.0.1", str(self.node_ports[0])]
-            node = Process(f"valkey-{n}", port, args, self.root / f"valkey-node-{n}.out")
+            node = Process(
+                f"valkey-{n}", "", {}, self.root / f"valkey-node-{n}.out", port=port, args=args
+            )
             self.nodes.append(node)
             await node.start()
         for n, port in enumerate(self.sentinel_ports):
@@ -193,7 +166,12 @@ class SentinelDrillStack(DrillStack):
                 )
             )
             sentinel = Process(
-                f"sentinel-{n}", port, [str(conf), "--sentinel"], self.root / f"sentinel-{n}.out"
+                f"sentinel-{n}",
+                "",
+                {},
+                self.root / f"sentinel-{n}.out",
+                port=port,
+                args=[str(conf), "--sentinel"],
             )
             self.sentinels.append(sentinel)
             await sentinel.start()

@@ -35,7 +35,7 @@ import pytest
 from tests.reliability.checks import problems, verify
 from tests.reliability.load import Load, Outcome
 from tests.reliability.sentinel import SentinelDrillStack, poll
-from tests.reliability.stack import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.reliability.stack import ADMIN_LOGIN
 
 FAULT_AT_S = 3.0
 #: From the kill to the first acknowledged write, and to the last failed request. Measured
@@ -76,14 +76,7 @@ class Logins:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 try:
-                    reply = await client.post(
-                        "/v1/auth/token",
-                        data={
-                            "grant_type": "password",
-                            "username": ADMIN_EMAIL,
-                            "password": ADMIN_PASSWORD,
-                        },
-                    )
+                    reply = await client.post("/v1/auth/token", data=ADMIN_LOGIN)
                 except httpx.HTTPError as exc:
                     key = type(exc).__name__
                 else:
