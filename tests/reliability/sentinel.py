@@ -31,7 +31,6 @@ from tests.reliability.stack import (
     DrillStack,
     Service,
     free_port,
-    http_ready,
     valkey_data_dir,
 )
 from tests.support.stores import VALKEY_PASSWORDS
@@ -249,17 +248,33 @@ class SentinelDrillStack(DrillStack):
         await self.start_valkey_ha()
         await super().start()
 
-    async def start_extra_gateway(self) -> tuple[Service, int]:
-        """One more gateway, on a port of its own, connected like the first."""
-        port = free_port()
-        env = self._base_env() | self._env("gateway", port, self.root / "signing-key.pem")
-        n = len(self.extra_gateways) + 2
-        service = Service("gateway", "portico_gateway", env, self.root / f"gateway-extra-{n}.log")
-        self.started.append(service)
-        await service.start()
-        await service.wait_ready(lambda: http_ready(f"http://127.0.0.1:{port}/readyz"))
-        self.extra_gateways.append((service, port))
-        return service, port
+    async def start_extra_gateway(self, attempts: int = 3) -> tuple[Service, int]:
+        """One more gateway, on a port of its own, connected like the first.
+
+        Ready is its own log line, not an answer on the port: on a shared machine another
+        process may take the free port first (and answer there); then it tries another port.
+        """
+        for attempt in range(attempts):
+            port = free_port()
+            env = self._base_env() | self._env("gateway", port, self.root / "signing-key.pem")
+            n = len(self.extra_gateways) + 2
+            log = self.root / f"gateway-extra-{n}-{attempt}.log"
+            service = Service("gateway", "portico_gateway", env, log)
+            self.started.append(service)
+            await service.start()
+
+            async def listening(started: Service = service) -> bool:
+                return "listening on http://" in started.log.read_text(errors="replace")
+
+            try:
+                await service.wait_ready(listening)
+            except RuntimeError:
+                if "Address already in use" not in log.read_text(errors="replace"):
+                    raise
+                continue
+            self.extra_gateways.append((service, port))
+            return service, port
+        raise RuntimeError(f"no free port for another gateway in {attempts} attempts")
 
     async def stop(self) -> dict[str, int | None]:
         self.valkey = None  # DrillStack.stop must not look for a single server
