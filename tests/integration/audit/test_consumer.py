@@ -4,6 +4,7 @@ entries that kill the consumer), no dead letters while PostgreSQL is down, backl
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -371,3 +372,104 @@ async def test_the_backlog_gauges_show_pending_entries_and_lag(
     one.stop()
     await asyncio.wait_for(running, 2)
     assert all([await rows(pool, e["id"]) == 1 for e in events])
+
+
+#: Longer than any test: the stale-entry claim (claim_stale) never takes an entry here, so what
+#: is handled was re-read by the consumer itself (read_own_pending).
+NEVER_IDLE_ENOUGH_MS = 3_600_000
+
+
+async def test_a_restarted_consumer_finishes_what_its_predecessor_left_pending(
+    pool: asyncpg.Pool[asyncpg.Record], valkey: Any
+) -> None:
+    """The process died in the middle of a batch (after one commit, before its ack); the new
+    process, with the same consumer name, handles the whole batch once it starts, each event
+    exactly once in the table, without waiting ``claim_idle_ms``."""
+    batch = [entry() for _ in range(3)]
+    freezer = Freezer(batch[0]["id"])
+    try:
+        dying = consumer(pool, valkey, "audit-0", after_commit=freezer)
+        await dying.ensure_group()
+        for event in batch:
+            await valkey.xadd(STREAM, event)
+        await freezer.die_in(dying.read_batch())  # committed the first, acked nothing
+        assert await pending(valkey) == 3
+        assert [await rows(pool, e["id"]) for e in batch] == [1, 0, 0]
+
+        restarted = consumer(pool, valkey, "audit-0", claim_idle_ms=NEVER_IDLE_ENOUGH_MS)
+        running = asyncio.create_task(restarted.run())
+        later = entry()
+        await valkey.xadd(STREAM, later)
+
+        async def all_stored() -> bool:
+            return all([await rows(pool, e["id"]) == 1 for e in [*batch, later]])
+
+        await eventually(all_stored, within_s=30)
+        await eventually(lambda: _equal(pending(valkey), 0), within_s=30)
+        restarted.stop()
+        await asyncio.wait_for(running, 10)
+    finally:
+        await freezer.bury()
+    assert [await rows(pool, e["id"]) for e in [*batch, later]] == [1, 1, 1, 1]
+    assert await valkey.xlen(DEAD) == 0
+
+
+async def test_a_consumer_that_failed_mid_batch_handles_the_rest_once_it_reconnects(
+    pool: asyncpg.Pool[asyncpg.Record],
+    valkey: Any,
+    postgres_admin_dsn: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL goes away after the first event of a batch: the consumer fails on the second,
+    backs off and reconnects; once PostgreSQL is back it handles the rest of that batch (its own
+    pending entries), each event exactly once, without waiting ``claim_idle_ms``."""
+    caplog.set_level(logging.WARNING, logger="portico_audit.consumer")
+    database = urlsplit(database_url).path.lstrip("/")
+    batch = [entry() for _ in range(4)]
+    admin = await asyncpg.connect(postgres_admin_dsn)
+    cut = asyncio.Event()
+
+    async def postgres_goes_away(record: AuditRecord) -> None:
+        if record.id == uuid.UUID(batch[0]["id"]) and not cut.is_set():
+            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            await pool.expire_connections()
+            cut.set()
+
+    one = consumer(
+        pool,
+        valkey,
+        "audit-0",
+        after_commit=postgres_goes_away,
+        claim_idle_ms=NEVER_IDLE_ENOUGH_MS,
+        max_backoff_s=0.5,
+    )
+    await one.ensure_group()
+    for event in batch:
+        await valkey.xadd(STREAM, event)
+    running = asyncio.create_task(one.run())
+    try:
+        await asyncio.wait_for(cut.wait(), 10)
+
+        async def failed() -> bool:
+            return any("audit consumer failed" in r.getMessage() for r in caplog.records)
+
+        await eventually(failed, within_s=30)
+        assert await pending(valkey) == 3  # the first was acked; the rest wait
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+
+    async def all_stored() -> bool:
+        return all([await rows(pool, e["id"]) == 1 for e in batch])
+
+    await eventually(all_stored, within_s=30)
+    await eventually(lambda: _equal(pending(valkey), 0), within_s=30)
+    one.stop()
+    await asyncio.wait_for(running, 10)
+    assert [await rows(pool, e["id"]) for e in batch] == [1, 1, 1, 1]
+    assert await valkey.xlen(DEAD) == 0
+
+
+async def _equal(value: Awaitable[int], wanted: int) -> bool:
+    return await value == wanted
