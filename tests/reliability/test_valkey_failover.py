@@ -18,7 +18,10 @@ creates, reads and patches, plus a login every 0.25 s: at most about 440 request
   batch no replica acknowledged; the consumer continues on the new primary;
 * **pub/sub**: every session listener is subscribed again, on the new primary (``PUBSUB
   NUMSUB`` there counts the same listeners as on the old one before the kill), and a logout after
-  the failover ends the token on both gateways.
+  the failover ends the token on both gateways;
+* **least privilege**: replication and the Sentinels (monitoring, the vote, the promotion, the
+  replica's move to the new primary) ran as the ``replica`` and ``sentinel`` ACL users, and no
+  surviving node's ``ACL LOG`` recorded a refusal for either.
 """
 
 from __future__ import annotations
@@ -178,6 +181,7 @@ async def test_valkey_primary_killed_sentinel_fails_over(
     ]
 
     checks = await verify(stack.dsn, stack.valkey_url, load.ledger)
+    denials = await stack.acl_denials()
     retried = sum(1 for s in load.sent if s.outcome is Outcome.RETRYABLE)
     report = {
         "drill": "valkey-failover",
@@ -209,6 +213,7 @@ async def test_valkey_primary_killed_sentinel_fails_over(
         },
         "load": summary,
         "checks": checks,
+        "acl_denials": denials,
     }
     text = json.dumps(report, indent=2, default=str)
     (tmp_path / "drill-valkey-failover.json").write_text(text)
@@ -228,6 +233,8 @@ async def test_valkey_primary_killed_sentinel_fails_over(
     assert logout.status_code in (200, 204), logout.text
     assert before_logout == [200] * len(gateways), report["pubsub"]
     assert after_logout == [401] * len(gateways), report["pubsub"]
+    assert len(denials) == 2, denials  # the two survivors were asked
+    assert not any(denials.values()), denials
 
 
 async def _at_least(count: Any, floor: int) -> int:
