@@ -471,5 +471,58 @@ async def test_a_consumer_that_failed_mid_batch_handles_the_rest_once_it_reconne
     assert await valkey.xlen(DEAD) == 0
 
 
+async def test_retrying_its_own_pending_entries_through_an_outage_counts_no_delivery(
+    pool: asyncpg.Pool[asyncpg.Record],
+    valkey: Any,
+    postgres_admin_dsn: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While PostgreSQL is down the consumer retries, re-reading its own pending entries each
+    time; none of those rounds may charge a delivery (or a long outage would dead-letter good
+    events once the process dies or an entry fails once), and all are stored once it is back."""
+    caplog.set_level(logging.WARNING, logger="portico_audit.consumer")
+    database = urlsplit(database_url).path.lstrip("/")
+    batch = [entry() for _ in range(2)]
+    one = consumer(
+        pool,
+        valkey,
+        "audit-0",
+        claim_idle_ms=NEVER_IDLE_ENOUGH_MS,
+        max_backoff_s=0.2,
+        max_attempts=2,
+    )
+    await one.ensure_group()
+    ids = [(await valkey.xadd(STREAM, event)).decode() for event in batch]
+    admin = await asyncpg.connect(postgres_admin_dsn)
+    running: asyncio.Task[None] | None = None
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+        await pool.expire_connections()
+        with pytest.raises(Unavailable):
+            await one.read_batch()  # delivered once each, stored nowhere
+        running = asyncio.create_task(one.run())
+
+        async def retried() -> bool:
+            failures = [r for r in caplog.records if "audit consumer failed" in r.getMessage()]
+            return len(failures) >= 4
+
+        await eventually(retried, within_s=30)
+        assert [await delivered(valkey, i) for i in ids] == [1, 1]
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+
+    async def all_stored() -> bool:
+        return all([await rows(pool, e["id"]) == 1 for e in batch])
+
+    await eventually(all_stored, within_s=30)
+    await eventually(lambda: _equal(pending(valkey), 0), within_s=30)
+    one.stop()
+    assert running is not None
+    await asyncio.wait_for(running, 10)
+    assert await valkey.xlen(DEAD) == 0
+
+
 async def _equal(value: Awaitable[int], wanted: int) -> bool:
     return await value == wanted
