@@ -379,6 +379,51 @@ async def test_the_backlog_gauges_show_pending_entries_and_lag(
 NEVER_IDLE_ENOUGH_MS = 3_600_000
 
 
+async def each_stored_once(
+    pool: asyncpg.Pool[asyncpg.Record],
+    valkey: Any,
+    events: list[dict[str, str]],
+    running: tuple[EventConsumer, asyncio.Task[None]],
+) -> None:
+    """Wait until every event is stored and nothing is pending, stop the running consumer; then
+    each event has exactly one row and nothing was dead-lettered."""
+
+    async def all_stored() -> bool:
+        return all([await rows(pool, e["id"]) == 1 for e in events])
+
+    await eventually(all_stored, within_s=30)
+    await eventually(lambda: _equal(pending(valkey), 0), within_s=30)
+    running[0].stop()
+    await asyncio.wait_for(running[1], 10)
+    assert [await rows(pool, e["id"]) for e in events] == [1] * len(events)
+    assert await valkey.xlen(DEAD) == 0
+
+
+Switch = Callable[[bool], Awaitable[None]]
+
+
+@pytest.fixture
+async def connections(postgres_admin_dsn: str, database_url: str) -> AsyncIterator[Switch]:
+    """``await connections(False)``: PostgreSQL refuses new connections to the test's database
+    (``True`` again; always at the end)."""
+    database = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(postgres_admin_dsn)
+
+    async def allow(on: bool) -> None:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(on).lower()}')
+
+    try:
+        yield allow
+    finally:
+        await allow(True)
+        await admin.close()
+
+
+def consumer_failures(caplog: pytest.LogCaptureFixture) -> int:
+    """How many times the consume loop failed and backed off (its warning)."""
+    return sum(1 for r in caplog.records if "audit consumer failed" in r.getMessage())
+
+
 async def test_a_restarted_consumer_finishes_what_its_predecessor_left_pending(
     pool: asyncpg.Pool[asyncpg.Record], valkey: Any
 ) -> None:
@@ -400,39 +445,27 @@ async def test_a_restarted_consumer_finishes_what_its_predecessor_left_pending(
         running = asyncio.create_task(restarted.run())
         later = entry()
         await valkey.xadd(STREAM, later)
-
-        async def all_stored() -> bool:
-            return all([await rows(pool, e["id"]) == 1 for e in [*batch, later]])
-
-        await eventually(all_stored, within_s=30)
-        await eventually(lambda: _equal(pending(valkey), 0), within_s=30)
-        restarted.stop()
-        await asyncio.wait_for(running, 10)
+        await each_stored_once(pool, valkey, [*batch, later], (restarted, running))
     finally:
         await freezer.bury()
-    assert [await rows(pool, e["id"]) for e in [*batch, later]] == [1, 1, 1, 1]
-    assert await valkey.xlen(DEAD) == 0
 
 
 async def test_a_consumer_that_failed_mid_batch_handles_the_rest_once_it_reconnects(
     pool: asyncpg.Pool[asyncpg.Record],
     valkey: Any,
-    postgres_admin_dsn: str,
-    database_url: str,
+    connections: Switch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """PostgreSQL goes away after the first event of a batch: the consumer fails on the second,
     backs off and reconnects; once PostgreSQL is back it handles the rest of that batch (its own
     pending entries), each event exactly once, without waiting ``claim_idle_ms``."""
     caplog.set_level(logging.WARNING, logger="portico_audit.consumer")
-    database = urlsplit(database_url).path.lstrip("/")
     batch = [entry() for _ in range(4)]
-    admin = await asyncpg.connect(postgres_admin_dsn)
     cut = asyncio.Event()
 
     async def postgres_goes_away(record: AuditRecord) -> None:
         if record.id == uuid.UUID(batch[0]["id"]) and not cut.is_set():
-            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            await connections(False)
             await pool.expire_connections()
             cut.set()
 
@@ -448,41 +481,23 @@ async def test_a_consumer_that_failed_mid_batch_handles_the_rest_once_it_reconne
     for event in batch:
         await valkey.xadd(STREAM, event)
     running = asyncio.create_task(one.run())
-    try:
-        await asyncio.wait_for(cut.wait(), 10)
-
-        async def failed() -> bool:
-            return any("audit consumer failed" in r.getMessage() for r in caplog.records)
-
-        await eventually(failed, within_s=30)
-        assert await pending(valkey) == 3  # the first was acked; the rest wait
-    finally:
-        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
-        await admin.close()
-
-    async def all_stored() -> bool:
-        return all([await rows(pool, e["id"]) == 1 for e in batch])
-
-    await eventually(all_stored, within_s=30)
-    await eventually(lambda: _equal(pending(valkey), 0), within_s=30)
-    one.stop()
-    await asyncio.wait_for(running, 10)
-    assert [await rows(pool, e["id"]) for e in batch] == [1, 1, 1, 1]
-    assert await valkey.xlen(DEAD) == 0
+    await asyncio.wait_for(cut.wait(), 10)
+    await eventually(lambda: asyncio.sleep(0, consumer_failures(caplog) > 0), within_s=30)
+    assert await pending(valkey) == 3  # the first was acked; the rest wait
+    await connections(True)
+    await each_stored_once(pool, valkey, batch, (one, running))
 
 
 async def test_retrying_its_own_pending_entries_through_an_outage_counts_no_delivery(
     pool: asyncpg.Pool[asyncpg.Record],
     valkey: Any,
-    postgres_admin_dsn: str,
-    database_url: str,
+    connections: Switch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """While PostgreSQL is down the consumer retries, re-reading its own pending entries each
     time; none of those rounds may charge a delivery (or a long outage would dead-letter good
     events once the process dies or an entry fails once), and all are stored once it is back."""
     caplog.set_level(logging.WARNING, logger="portico_audit.consumer")
-    database = urlsplit(database_url).path.lstrip("/")
     batch = [entry() for _ in range(2)]
     one = consumer(
         pool,
@@ -494,34 +509,15 @@ async def test_retrying_its_own_pending_entries_through_an_outage_counts_no_deli
     )
     await one.ensure_group()
     ids = [(await valkey.xadd(STREAM, event)).decode() for event in batch]
-    admin = await asyncpg.connect(postgres_admin_dsn)
-    running: asyncio.Task[None] | None = None
-    try:
-        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
-        await pool.expire_connections()
-        with pytest.raises(Unavailable):
-            await one.read_batch()  # delivered once each, stored nowhere
-        running = asyncio.create_task(one.run())
-
-        async def retried() -> bool:
-            failures = [r for r in caplog.records if "audit consumer failed" in r.getMessage()]
-            return len(failures) >= 4
-
-        await eventually(retried, within_s=30)
-        assert [await delivered(valkey, i) for i in ids] == [1, 1]
-    finally:
-        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
-        await admin.close()
-
-    async def all_stored() -> bool:
-        return all([await rows(pool, e["id"]) == 1 for e in batch])
-
-    await eventually(all_stored, within_s=30)
-    await eventually(lambda: _equal(pending(valkey), 0), within_s=30)
-    one.stop()
-    assert running is not None
-    await asyncio.wait_for(running, 10)
-    assert await valkey.xlen(DEAD) == 0
+    await connections(False)
+    await pool.expire_connections()
+    with pytest.raises(Unavailable):
+        await one.read_batch()  # delivered once each, stored nowhere
+    running = asyncio.create_task(one.run())
+    await eventually(lambda: asyncio.sleep(0, consumer_failures(caplog) >= 4), within_s=30)
+    assert [await delivered(valkey, i) for i in ids] == [1, 1]
+    await connections(True)
+    await each_stored_once(pool, valkey, batch, (one, running))
 
 
 async def _equal(value: Awaitable[int], wanted: int) -> bool:
