@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 import asyncpg
 import grpc
 import pytest
-import valkey.asyncio as valkey_asyncio
 from prometheus_client import REGISTRY
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
@@ -25,6 +24,7 @@ from portico_audit.repository import EventRepository
 from portico_audit.server import RunningServer as AuditServer
 from portico_users.server import RunningServer as UsersServer
 from tests.support.audit import DEAD, STREAM, entry
+from tests.support.stores import valkey_client
 from tests.support.tokens import Tokens, bearer
 
 pytestmark = pytest.mark.integration
@@ -34,11 +34,8 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 @pytest.fixture
 async def valkey(valkey_url: str) -> AsyncIterator[Any]:
-    client: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
-    try:
+    async with valkey_client(valkey_url) as client:
         yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from portico_common.outbox import NotReplicated, OutboxRelay, OutboxSettings
 from portico_devstack.backends import EmbeddedValkey
 from portico_users.domain import UserChanges
 from portico_users.repository import UserRepository
+from tests.support.stores import valkey_client
 from tests.support.users import closed_port
 
 if TYPE_CHECKING:
@@ -48,11 +49,8 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]
 
 @pytest.fixture
 async def valkey(valkey_url: str) -> AsyncIterator[Any]:
-    client: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
-    try:
+    async with valkey_client(valkey_url) as client:
         yield client
-    finally:
-        await client.aclose()
 
 
 def relay_of(

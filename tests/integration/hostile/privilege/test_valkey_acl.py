@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from portico_devstack.valkey_acl import (
     SENTINEL,
     user_url,
 )
-from tests.support.stores import component_valkey_url
+from tests.support.stores import component_valkey_url, valkey_client
 
 SESSION = "portico:auth:v1:session:" + "ab" * 16
 CACHED_USER = "portico:users:v1:00000000-0000-0000-0000-000000000001"
@@ -51,19 +51,10 @@ async def admin(valkey_url: str) -> AsyncIterator[Any]:
         await client.aclose()
 
 
-@asynccontextmanager
-async def client_at(url: str) -> AsyncIterator[Any]:
-    client: Any = valkey_asyncio.from_url(url)  # type: ignore[no-untyped-call]
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture
 def connect_as(valkey_url: str) -> Connect:
     def connect(component: str) -> AbstractAsyncContextManager[Any]:
-        return client_at(component_valkey_url(valkey_url, component))
+        return valkey_client(component_valkey_url(valkey_url, component))
 
     return connect
 
@@ -179,7 +170,7 @@ async def ha_user(admin: Any, valkey_url: str) -> AsyncIterator[Connect]:
         )
 
     def connect(name: str) -> AbstractAsyncContextManager[Any]:
-        return client_at(user_url(valkey_url, name, passwords[name]))
+        return valkey_client(user_url(valkey_url, name, passwords[name]))
 
     try:
         yield connect
