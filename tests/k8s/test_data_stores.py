@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from portico_common.valkey import is_sentinel_url, parse_sentinel_url
 from portico_devstack import valkey_acl
 from portico_devstack.roles import SERVICES, group_role, login_role
 from tests.k8s.conftest import Manifest, of_kind, one, pod_template
@@ -21,7 +22,7 @@ from tests.k8s.test_wiring import container_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env_secret(workload: Manifest, name: str) -> tuple[str, str]:
+def env_secret(workload: Manifest, name: str) -> tuple[str, str]:
     for var in pod_template(workload)["containers"][0].get("env", []):
         if var["name"] == name:
             ref = var["valueFrom"]["secretKeyRef"]
@@ -38,7 +39,7 @@ def test_each_service_logs_in_as_its_own_managed_role(docs: list[Manifest]) -> N
         dsn = urlsplit(env[f"{service.upper()}_POSTGRES__DSN"])
         assert dsn.username == login_role(service), service
         assert dsn.hostname == "postgres-rw"
-        secret, key = _env_secret(workload, "POSTGRES_PASSWORD")
+        secret, key = env_secret(workload, "POSTGRES_PASSWORD")
         assert (secret, key) == (f"postgres-{service}", "password")
         assert dsn.password == f"secret-{secret}-{key}"
         role = roles[login_role(service)]
@@ -88,7 +89,7 @@ def test_the_migrations_grant_each_group_its_own_schema_only() -> None:
         assert set(on) == {service}, (service, on)
 
 
-def _valkey_users(docs: list[Manifest]) -> dict[str, list[str]]:
+def valkey_users(docs: list[Manifest]) -> dict[str, list[str]]:
     """``--user <name> <rules…>`` of the Valkey container, by user name."""
     (container,) = [
         c
@@ -111,7 +112,7 @@ def _valkey_users(docs: list[Manifest]) -> dict[str, list[str]]:
 
 
 def test_valkey_runs_the_acl_users_make_run_and_the_tests_use(docs: list[Manifest]) -> None:
-    users = _valkey_users(docs)
+    users = valkey_users(docs)
     assert users["default"][0] == "off"
     assert "nopass" not in users["default"]
     assert users["exporter"][2:] == ["resetchannels", "-@all", *valkey_acl.EXPORTER_RULES]
@@ -123,7 +124,7 @@ def test_valkey_runs_the_acl_users_make_run_and_the_tests_use(docs: list[Manifes
             *valkey_acl.USERS[component].rules,
         ], component
         statefulset = one(docs, "StatefulSet", "valkey")
-        assert _env_secret(statefulset, variable) == ("valkey", component)
+        assert env_secret(statefulset, variable) == ("valkey", component)
 
 
 def test_each_component_connects_to_valkey_as_its_own_user(docs: list[Manifest]) -> None:
@@ -135,7 +136,7 @@ def test_each_component_connects_to_valkey_as_its_own_user(docs: list[Manifest])
         )
         url = urlsplit(env[name])
         assert url.username == component, component
-        assert _env_secret(workload, "VALKEY_PASSWORD") == ("valkey", component)
+        assert env_secret(workload, "VALKEY_PASSWORD") == ("valkey", component)
         assert url.password == f"secret-valkey-{component}"
 
 
@@ -172,7 +173,12 @@ def test_state_never_evicts_and_the_cache_lives_on_an_evicting_instance_of_its_o
     assert _memory(docs, "valkey-cache")[:2] == ("allkeys-lru", "no")
     env, _ = container_env(docs, one(docs, "Deployment", "users"))
     assert urlsplit(env["USERS_VALKEY__CACHE_URL"]).hostname == "valkey-cache"
-    assert urlsplit(env["USERS_VALKEY__URL"]).hostname == "valkey"
+    state = env["USERS_VALKEY__URL"]
+    if is_sentinel_url(state):  # the HA overlays: the Sentinels beside the valkey pods
+        hosts = {h.split(".")[0] for h, _ in parse_sentinel_url(state).sentinels}
+        assert hosts == {"valkey-0", "valkey-1", "valkey-2"}, state
+    else:
+        assert urlsplit(state).hostname == "valkey"
 
 
 def test_the_memory_alerts_read_what_each_instances_exporter_is_scraped_for(

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings
 from portico_audit.config import AuditSettings
 from portico_auth.config import AuthSettings
 from portico_common.config import TelemetrySettings
+from portico_common.valkey import is_sentinel_url, parse_sentinel_url
 from portico_gateway.config import GatewaySettings
 from portico_migrations.config import MigrateSettings
 from portico_users.config import UsersSettings
@@ -33,14 +34,14 @@ SETTINGS: dict[str, type[BaseSettings]] = {
 }
 #: Overlays with NetworkPolicies (default deny).
 POLICED = ("staging", "prod")
-#: Connections that must be allowed (source, Service), besides whatever the settings name.
+#: Connections that must be allowed (source, Service), besides whatever the settings name
+#: (the HA overlays reach Valkey's Sentinels through ``valkey-headless`` instead).
 REQUIRED_EDGES = {
     ("users", "auth"),
     ("audit", "auth"),
-    ("audit", "valkey"),
     ("gateway", "audit"),
-    ("gateway", "valkey"),
 }
+VALKEY_EDGES = {("audit", "valkey"), ("gateway", "valkey")}
 #: Read by the OpenTelemetry SDK itself (``Resource.create``), not by a settings class.
 SDK_VARIABLES = {"OTEL_RESOURCE_ATTRIBUTES"}
 #: The platform's telemetry (argocd/: kube-prometheus-stack, opentelemetry-collector; checked
@@ -256,7 +257,7 @@ def _pod_labels(workload: Manifest) -> dict[str, str]:
     return labels
 
 
-def _backend(docs: list[Manifest], service_name: str, port: int) -> tuple[Manifest, int, str]:
+def backend(docs: list[Manifest], service_name: str, port: int) -> tuple[Manifest, int, str]:
     """The workload behind ``service_name:port`` and the container port (number, name) it hits."""
     service = one(docs, "Service", service_name)
     matching = [p for p in service["spec"]["ports"] if p["port"] == port]
@@ -275,8 +276,19 @@ def _backend(docs: list[Manifest], service_name: str, port: int) -> tuple[Manife
     raise AssertionError(f"{service_name}:{port}: no container port {target!r}")
 
 
+def _addresses(value: str) -> list[tuple[str, int | None]]:
+    """The (host, port) pairs a ``*_TARGET`` / ``*_URL`` value names: each Sentinel of a
+    ``valkey+sentinel://`` URL (:mod:`portico_common.valkey` parses it), else the one host."""
+    if is_sentinel_url(value):
+        return list(parse_sentinel_url(value).sentinels)
+    parts = urlsplit(value if "://" in value else f"grpc://{value}")
+    return [(parts.hostname or "", parts.port)]
+
+
 def upstreams(docs: list[Manifest]) -> list[tuple[Manifest, str, int]]:
-    """Every (workload, Service, port) an app's ``*_TARGET`` / ``*_URL`` setting points at."""
+    """Every (workload, Service, port) an app's ``*_TARGET`` / ``*_URL`` setting points at; a
+    pod's own name through a headless Service (``valkey-0.valkey-headless``) counts as that
+    Service."""
     services = {s["metadata"]["name"] for s in of_kind(docs, "Service")}
     found = []
     for workload in of_kind(docs, "Deployment"):
@@ -284,10 +296,10 @@ def upstreams(docs: list[Manifest]) -> list[tuple[Manifest, str, int]]:
         for name, value in env.items():
             if not name.endswith(("_TARGET", "_URL")):
                 continue
-            parts = urlsplit(value if "://" in value else f"grpc://{value}")
-            host = parts.hostname or ""
-            if host in services and parts.port:
-                found.append((workload, host, parts.port))
+            for host, port in _addresses(value):
+                service = host if host in services else host.partition(".")[2]
+                if service in services and port:
+                    found.append((workload, service, port))
     return found
 
 
@@ -297,9 +309,11 @@ def test_network_policies_allow_every_configured_upstream(
 ) -> None:
     docs = rendered[overlay]
     edges = upstreams(docs)
-    assert {(w["metadata"]["name"], s) for w, s, _ in edges} >= REQUIRED_EDGES
+    named = {(w["metadata"]["name"], s) for w, s, _ in edges}
+    assert named >= REQUIRED_EDGES
+    assert named >= VALKEY_EDGES or named >= {(w, f"{s}-headless") for w, s in VALKEY_EDGES}
     for source, service, port in edges:
-        target, number, name = _backend(docs, service, port)
+        target, number, name = backend(docs, service, port)
         src, dst = _pod_labels(source), _pod_labels(target)
         edge = f"{source['metadata']['name']} -> {service}:{port}"
         assert allows(docs, "Egress", src, dst, (number, name)), f"{overlay}: egress {edge}"
@@ -314,7 +328,7 @@ def test_policy_check_refuses_what_default_deny_blocks(rendered: dict[str, list[
     postgres = {"cnpg.io/cluster": "postgres"}
     assert not allows(docs, "Egress", gateway, postgres, (5432, "postgresql"))
     assert not allows(docs, "Ingress", postgres, gateway, (5432, "postgresql"))
-    _, number, name = _backend(docs, "auth", 50052)
+    _, number, name = backend(docs, "auth", 50052)
     stranger = {"app.kubernetes.io/name": "stranger"}
     auth = _pod_labels(one(docs, "Deployment", "auth"))
     assert not allows(docs, "Ingress", auth, stranger, (number, name))

@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 import asyncpg
-import valkey.asyncio as valkey_asyncio
 
+from portico_common.valkey import client as valkey_client
 from tests.reliability.load import Ledger
 
 STREAM = "portico:events:v1"
@@ -44,7 +44,8 @@ async def _outbox_state(conn: asyncpg.Connection) -> tuple[set[str], int, set[st
 
 
 async def _pending(valkey_url: str) -> int:
-    client = valkey_asyncio.Valkey.from_url(valkey_url)
+    # One server or the primary through Sentinel (the failover drill), as the services connect.
+    client = valkey_client(valkey_url, socket_timeout_s=5, connect_timeout_s=2)
     try:
         info = await client.xpending(STREAM, GROUP)
         return int(info["pending"])

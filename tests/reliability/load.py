@@ -82,6 +82,8 @@ class Sent:
     status: int | None = None
     error: str = ""
     body: str = ""
+    #: When its answer (or error) came, seconds into the load.
+    done_s: float | None = None
 
 
 @dataclass
@@ -191,13 +193,16 @@ class Load:
         try:
             reply = await request
         except httpx.ConnectError as exc:
+            sent.done_s = self.elapsed()
             sent.outcome, sent.error = Outcome.REFUSED, repr(exc)
             on_done(None)
             return
         except httpx.HTTPError as exc:
+            sent.done_s = self.elapsed()
             sent.outcome, sent.error = Outcome.FAILED, repr(exc)  # may be reclassified later
             on_done(None)
             return
+        sent.done_s = self.elapsed()
         sent.status = reply.status_code
         sent.outcome = classify(reply)
         if sent.outcome is not Outcome.OK:

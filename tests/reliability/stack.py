@@ -58,6 +58,8 @@ from tests.support.stores import (
 
 ADMIN_EMAIL = "drill-admin@example.com"
 ADMIN_PASSWORD = "drill admin password"  # a throwaway account in a throwaway database
+#: The admin's log-in form (OAuth2 password grant).
+ADMIN_LOGIN = {"grant_type": "password", "username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
 _PREFIXES = ("USERS_", "AUTH_", "AUDIT_", "GATEWAY_", "PORTICO_", "OTEL_")
 
 
@@ -99,12 +101,14 @@ class Service:
     log: Path
     process: asyncio.subprocess.Process | None = None
 
+    def command(self) -> list[str]:
+        """What runs: ``python -m <module>``."""
+        return [sys.executable, "-m", self.module]
+
     async def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                self.module,
+                *self.command(),
                 env=self.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
@@ -363,13 +367,6 @@ class DrillStack:
                     "idempotency_key": str(uuid.uuid4()),
                 },
             )
-            reply = await client.post(
-                "/v1/auth/token",
-                data={
-                    "grant_type": "password",
-                    "username": ADMIN_EMAIL,
-                    "password": ADMIN_PASSWORD,
-                },
-            )
+            reply = await client.post("/v1/auth/token", data=ADMIN_LOGIN)
             assert reply.status_code == 200, reply.text
             return str(reply.json()["access_token"])

@@ -11,6 +11,12 @@ and the helpers hand each server its component's URL.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import valkey.asyncio as valkey_asyncio
+
 from portico_devstack import valkey_acl
 from portico_devstack.roles import new_passwords, service_dsn
 
@@ -30,3 +36,13 @@ VALKEY_PASSWORDS = valkey_acl.new_passwords()
 def component_valkey_url(valkey_url: str, component: str) -> str:
     """``valkey_url`` (the admin's) as ``component``'s own ACL user."""
     return valkey_acl.user_url(valkey_url, component, VALKEY_PASSWORDS[component])
+
+
+@asynccontextmanager
+async def valkey_client(url: str) -> AsyncIterator[Any]:
+    """A client of the Valkey at ``url`` (any user), closed on the way out."""
+    client: Any = valkey_asyncio.from_url(url)  # type: ignore[no-untyped-call]
+    try:
+        yield client
+    finally:
+        await client.aclose()

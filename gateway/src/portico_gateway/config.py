@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from portico_common.forwarding import check_key
+from portico_common.valkey import ValkeyUrl
 
 _ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
@@ -41,9 +42,10 @@ class GatewaySettings(BaseSettings):
     audit_target: str = Field(
         default="127.0.0.1:50053", description="gRPC address of the audit service."
     )
-    valkey_url: SecretStr = Field(
+    valkey_url: ValkeyUrl = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
-        description="Valkey for sessions (token checks), rate limits and idempotency keys.",
+        description="Valkey for sessions (token checks), rate limits and idempotency keys: "
+        "one server, or the primary through Sentinel (valkey+sentinel://…).",
     )
     valkey_timeout_s: float = Field(
         default=0.25, gt=0, description="Socket and connect timeout of each Valkey command."

@@ -21,6 +21,7 @@ from valkey.asyncio import Valkey
 from portico_common.forwarding import FORWARDER_HEADER
 from portico_common.telemetry import client_interceptors
 from portico_common.tokens import TokenVerifier, jwks_from_auth_service, open_token_verifier
+from portico_common.valkey import client as valkey_client
 from portico_gateway.clients.retries import channel_options
 from portico_gateway.clients.upstream import Upstream
 from portico_gateway.config import GatewaySettings
@@ -82,10 +83,10 @@ def make_lifespan(
                     timeout_s=settings.rpc_timeout_s,
                     metadata=upstream_metadata(name, settings),
                 )
-            client = Valkey.from_url(
+            client = valkey_client(  # one server, or the primary through Sentinel
                 settings.valkey_url.get_secret_value(),
-                socket_timeout=settings.valkey_timeout_s,
-                socket_connect_timeout=settings.valkey_timeout_s,
+                socket_timeout_s=settings.valkey_timeout_s,
+                connect_timeout_s=settings.valkey_timeout_s,
             )
             stack.push_async_callback(client.aclose)
             if verifier is None:

@@ -4,6 +4,7 @@ entries that kill the consumer), no dead letters while PostgreSQL is down, backl
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,7 +13,6 @@ from urllib.parse import urlsplit
 import asyncpg
 import grpc
 import pytest
-import valkey.asyncio as valkey_asyncio
 from prometheus_client import REGISTRY
 
 from portico.users.v1 import users_pb2, users_pb2_grpc
@@ -24,6 +24,7 @@ from portico_audit.repository import EventRepository
 from portico_audit.server import RunningServer as AuditServer
 from portico_users.server import RunningServer as UsersServer
 from tests.support.audit import DEAD, STREAM, entry
+from tests.support.stores import valkey_client
 from tests.support.tokens import Tokens, bearer
 
 pytestmark = pytest.mark.integration
@@ -33,11 +34,8 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 @pytest.fixture
 async def valkey(valkey_url: str) -> AsyncIterator[Any]:
-    client: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
-    try:
+    async with valkey_client(valkey_url) as client:
         yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -371,3 +369,153 @@ async def test_the_backlog_gauges_show_pending_entries_and_lag(
     one.stop()
     await asyncio.wait_for(running, 2)
     assert all([await rows(pool, e["id"]) == 1 for e in events])
+
+
+#: Longer than any test: the stale-entry claim (claim_stale) never takes an entry here, so what
+#: is handled was re-read by the consumer itself (read_own_pending).
+NEVER_IDLE_ENOUGH_MS = 3_600_000
+
+
+async def each_stored_once(
+    pool: asyncpg.Pool[asyncpg.Record],
+    valkey: Any,
+    events: list[dict[str, str]],
+    running: tuple[EventConsumer, asyncio.Task[None]],
+) -> None:
+    """Wait until every event is stored and nothing is pending, stop the running consumer; then
+    each event has exactly one row and nothing was dead-lettered."""
+
+    async def all_stored() -> bool:
+        return all([await rows(pool, e["id"]) == 1 for e in events])
+
+    await eventually(all_stored, within_s=30)
+    await eventually(lambda: _equal(pending(valkey), 0), within_s=30)
+    running[0].stop()
+    await asyncio.wait_for(running[1], 10)
+    assert [await rows(pool, e["id"]) for e in events] == [1] * len(events)
+    assert await valkey.xlen(DEAD) == 0
+
+
+Switch = Callable[[bool], Awaitable[None]]
+
+
+@pytest.fixture
+async def connections(postgres_admin_dsn: str, database_url: str) -> AsyncIterator[Switch]:
+    """``await connections(False)``: PostgreSQL refuses new connections to the test's database
+    (``True`` again; always at the end)."""
+    database = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(postgres_admin_dsn)
+
+    async def allow(on: bool) -> None:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(on).lower()}')
+
+    try:
+        yield allow
+    finally:
+        await allow(True)
+        await admin.close()
+
+
+def consumer_failures(caplog: pytest.LogCaptureFixture) -> int:
+    """How many times the consume loop failed and backed off (its warning)."""
+    return sum(1 for r in caplog.records if "audit consumer failed" in r.getMessage())
+
+
+async def test_a_restarted_consumer_finishes_what_its_predecessor_left_pending(
+    pool: asyncpg.Pool[asyncpg.Record], valkey: Any
+) -> None:
+    """The process died in the middle of a batch (after one commit, before its ack); the new
+    process, with the same consumer name, handles the whole batch once it starts, each event
+    exactly once in the table, without waiting ``claim_idle_ms``."""
+    batch = [entry() for _ in range(3)]
+    freezer = Freezer(batch[0]["id"])
+    try:
+        dying = consumer(pool, valkey, "audit-0", after_commit=freezer)
+        await dying.ensure_group()
+        for event in batch:
+            await valkey.xadd(STREAM, event)
+        await freezer.die_in(dying.read_batch())  # committed the first, acked nothing
+        assert await pending(valkey) == 3
+        assert [await rows(pool, e["id"]) for e in batch] == [1, 0, 0]
+
+        restarted = consumer(pool, valkey, "audit-0", claim_idle_ms=NEVER_IDLE_ENOUGH_MS)
+        running = asyncio.create_task(restarted.run())
+        later = entry()
+        await valkey.xadd(STREAM, later)
+        await each_stored_once(pool, valkey, [*batch, later], (restarted, running))
+    finally:
+        await freezer.bury()
+
+
+async def test_a_consumer_that_failed_mid_batch_handles_the_rest_once_it_reconnects(
+    pool: asyncpg.Pool[asyncpg.Record],
+    valkey: Any,
+    connections: Switch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL goes away after the first event of a batch: the consumer fails on the second,
+    backs off and reconnects; once PostgreSQL is back it handles the rest of that batch (its own
+    pending entries), each event exactly once, without waiting ``claim_idle_ms``."""
+    caplog.set_level(logging.WARNING, logger="portico_audit.consumer")
+    batch = [entry() for _ in range(4)]
+    cut = asyncio.Event()
+
+    async def postgres_goes_away(record: AuditRecord) -> None:
+        if record.id == uuid.UUID(batch[0]["id"]) and not cut.is_set():
+            await connections(False)
+            await pool.expire_connections()
+            cut.set()
+
+    one = consumer(
+        pool,
+        valkey,
+        "audit-0",
+        after_commit=postgres_goes_away,
+        claim_idle_ms=NEVER_IDLE_ENOUGH_MS,
+        max_backoff_s=0.5,
+    )
+    await one.ensure_group()
+    for event in batch:
+        await valkey.xadd(STREAM, event)
+    running = asyncio.create_task(one.run())
+    await asyncio.wait_for(cut.wait(), 10)
+    await eventually(lambda: asyncio.sleep(0, consumer_failures(caplog) > 0), within_s=30)
+    assert await pending(valkey) == 3  # the first was acked; the rest wait
+    await connections(True)
+    await each_stored_once(pool, valkey, batch, (one, running))
+
+
+async def test_retrying_its_own_pending_entries_through_an_outage_counts_no_delivery(
+    pool: asyncpg.Pool[asyncpg.Record],
+    valkey: Any,
+    connections: Switch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While PostgreSQL is down the consumer retries, re-reading its own pending entries each
+    time; none of those rounds may charge a delivery (or a long outage would dead-letter good
+    events once the process dies or an entry fails once), and all are stored once it is back."""
+    caplog.set_level(logging.WARNING, logger="portico_audit.consumer")
+    batch = [entry() for _ in range(2)]
+    one = consumer(
+        pool,
+        valkey,
+        "audit-0",
+        claim_idle_ms=NEVER_IDLE_ENOUGH_MS,
+        max_backoff_s=0.2,
+        max_attempts=2,
+    )
+    await one.ensure_group()
+    ids = [(await valkey.xadd(STREAM, event)).decode() for event in batch]
+    await connections(False)
+    await pool.expire_connections()
+    with pytest.raises(Unavailable):
+        await one.read_batch()  # delivered once each, stored nowhere
+    running = asyncio.create_task(one.run())
+    await eventually(lambda: asyncio.sleep(0, consumer_failures(caplog) >= 4), within_s=30)
+    assert [await delivered(valkey, i) for i in ids] == [1, 1]
+    await connections(True)
+    await each_stored_once(pool, valkey, batch, (one, running))
+
+
+async def _equal(value: Awaitable[int], wanted: int) -> bool:
+    return await value == wanted

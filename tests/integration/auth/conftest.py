@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-import valkey.asyncio as valkey_asyncio
 
 from portico.auth.v1 import auth_pb2_grpc
 from portico_auth.server import RunningServer
 from portico_users.server import RunningServer as UsersServer
 from tests.support.auth import running_auth
+from tests.support.stores import valkey_client
 from tests.support.tokens import signing_material
 
 if TYPE_CHECKING:
@@ -73,8 +73,5 @@ def auth(channel: grpc.aio.Channel) -> AuthServiceAsyncStub:
 @pytest.fixture
 async def valkey(valkey_url: str) -> AsyncIterator[Any]:
     """A client of the test's Valkey, to look at the session keys."""
-    client: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
-    try:
+    async with valkey_client(valkey_url) as client:
         yield client
-    finally:
-        await client.aclose()

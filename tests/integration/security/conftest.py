@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import httpx
 import pytest
-import valkey.asyncio as valkey_asyncio
 
 from portico.audit.v1 import audit_pb2_grpc
 from portico.auth.v1 import auth_pb2_grpc
@@ -24,6 +23,7 @@ from portico_auth.server import RunningServer as AuthServer
 from portico_users.server import RunningServer as UsersServer
 from tests.support.auth import running_auth
 from tests.support.security import ADMIN_EMAIL, People, gateway, person
+from tests.support.stores import valkey_client
 from tests.support.tokens import signing_material
 
 if TYPE_CHECKING:
@@ -95,11 +95,8 @@ def users(users_channel: grpc.aio.Channel) -> UserServiceAsyncStub:
 @pytest.fixture
 async def valkey(valkey_url: str) -> AsyncIterator[Any]:
     """A client of the test's Valkey, to look at (and delete) session keys."""
-    client: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
-    try:
+    async with valkey_client(valkey_url) as client:
         yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

@@ -23,10 +23,11 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from opentelemetry.sdk.trace import TracerProvider
 
 from portico.users.v1 import users_pb2
-from portico_common.outbox import OutboxRelay, OutboxSettings
+from portico_common.outbox import NotReplicated, OutboxRelay, OutboxSettings
 from portico_devstack.backends import EmbeddedValkey
 from portico_users.domain import UserChanges
 from portico_users.repository import UserRepository
+from tests.support.stores import valkey_client
 from tests.support.users import closed_port
 
 if TYPE_CHECKING:
@@ -48,11 +49,8 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]
 
 @pytest.fixture
 async def valkey(valkey_url: str) -> AsyncIterator[Any]:
-    client: Any = valkey_asyncio.from_url(valkey_url)  # type: ignore[no-untyped-call]
-    try:
+    async with valkey_client(valkey_url) as client:
         yield client
-    finally:
-        await client.aclose()
 
 
 def relay_of(
@@ -293,3 +291,22 @@ async def test_the_service_stops_within_its_budget_with_its_database_gone(
     assert loop.time() - started < STOP_BUDGET_S + 10.0
     left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("users-")]
     assert not left
+
+
+async def test_a_batch_no_replica_acknowledged_stays_unpublished_and_is_sent_again(
+    pool: asyncpg.Pool[asyncpg.Record], valkey: Any
+) -> None:
+    # The test Valkey has no replica: WAIT 1 answers 0 after its timeout, so the batch must be
+    # rolled back (sent again later), never marked published (docs/valkey-ha.md).
+    await make_users(pool, 2)
+    settings = OutboxSettings(replica_acks=1, replica_ack_timeout_ms=50)
+    waiting = OutboxRelay(pool, valkey, schema="users", service="users", settings=settings)
+    with pytest.raises(NotReplicated, match="0 of 1 replica"):
+        await waiting.publish_batch()
+    assert await waiting.pending() == 2
+    assert len(await entries(valkey)) == 2  # XADDed, not yet acknowledged by a replica
+
+    await drain(relay_of(pool, valkey))  # replica_acks=0: the same rows, published again
+    assert [e["id"] for e in await entries(valkey)][2:] == [
+        str(r["id"]) for r in await outbox(pool)
+    ]

@@ -10,7 +10,9 @@ Publishing: :class:`OutboxRelay` (one per service process, a background task) re
 PostgreSQL transaction: take the service's advisory lock (``pg_try_advisory_xact_lock``; a
 replica that does not get it skips the round), ``SELECT`` up to ``batch_size`` unpublished rows
 ``ORDER BY seq … FOR UPDATE SKIP LOCKED``, ``XADD`` each to the stream (``MAXLEN ~``), mark them
-``published_at = now()`` and commit.
+``published_at = now()`` and commit. With ``replica_acks`` (Valkey with replicas, docs/valkey-ha.md)
+the XADDs are followed by ``WAIT`` on the same connection, and a batch fewer replicas
+acknowledged is rolled back and sent again: an event marked published survives a failover.
 
 Guarantee: **at-least-once**. A row is marked only after its XADD succeeded, in the transaction
 that locked it; a crash or error between XADD and commit leaves it unpublished and the next round
@@ -80,6 +82,11 @@ class OutboxSettings(BaseModel):
     max_backoff_s: float = Field(default=5.0, gt=0)
     #: Published rows older than this are deleted (checked every minute).
     retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    #: ``WAIT <replica_acks> <replica_ack_timeout_ms>`` after each batch's XADDs: a batch is
+    #: marked published only once this many replicas have it, so it survives the loss of the
+    #: primary (docs/valkey-ha.md). 0: no WAIT (a single server, local development).
+    replica_acks: int = Field(default=0, ge=0)
+    replica_ack_timeout_ms: int = Field(default=1000, ge=1)
 
 
 def _outbox_table(schema: str) -> str:
@@ -199,6 +206,10 @@ def outbox_metrics() -> OutboxMetrics:
 AfterPublish = Callable[[Sequence[Any]], Awaitable[None]]
 
 
+class NotReplicated(Exception):  # noqa: N818 (reads as the condition)
+    """Fewer replicas than ``replica_acks`` acknowledged a batch: it is sent again."""
+
+
 class OutboxRelay:
     """Publishes ``<schema>.outbox`` to the stream; see the module docstring for the guarantee."""
 
@@ -251,7 +262,18 @@ class OutboxRelay:
                         maxlen=self._settings.stream_maxlen,
                         approximate=True,
                     )
-                await pipe.execute()
+                if self._settings.replica_acks:
+                    pipe.execute_command(
+                        "WAIT", self._settings.replica_acks, self._settings.replica_ack_timeout_ms
+                    )
+                replies = await pipe.execute()
+            if self._settings.replica_acks and int(replies[-1]) < self._settings.replica_acks:
+                # Rolled back: the rows stay unpublished and the next round sends them again
+                # (the consumer stores each event id once).
+                raise NotReplicated(
+                    f"{int(replies[-1])} of {self._settings.replica_acks} replica(s) acknowledged"
+                    f" the batch within {self._settings.replica_ack_timeout_ms} ms"
+                )
             if self._after_publish is not None:
                 await self._after_publish(rows)
             await conn.execute(self._mark, [row["id"] for row in rows])

@@ -74,6 +74,7 @@ from portico_common.tokens import (
     jwks_from_file,
     open_token_verifier,
 )
+from portico_common.valkey import client as valkey_client
 
 _log = logging.getLogger(__name__)
 
@@ -185,11 +186,12 @@ class Runtime(Generic[Servicer]):
         return pool
 
     def valkey(self, settings: ValkeySettings) -> Valkey:
-        """A Valkey client with the timeouts of ``settings``."""
-        client: Valkey = Valkey.from_url(
+        """A Valkey client with the timeouts of ``settings``: one server, or the primary
+        through Sentinel (a ``valkey+sentinel://`` URL, :mod:`portico_common.valkey`)."""
+        client = valkey_client(
             settings.url.get_secret_value(),
-            socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=settings.socket_connect_timeout_s,
+            socket_timeout_s=settings.socket_timeout_s,
+            connect_timeout_s=settings.socket_connect_timeout_s,
         )
         self.resources.push_async_callback(client.aclose)
         return client

@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from portico_common.valkey import ValkeyUrl
+
 #: A TCP port to bind; 0 picks a free one (the gRPC port) or turns the endpoint off (metrics).
 Port = Annotated[int, Field(ge=0, le=65535)]
 
@@ -41,7 +43,9 @@ class ValkeySettings(BaseModel):
     answer instead of waiting); each service sets the defaults its use needs.
     """
 
-    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    #: One server (``redis://…``) or the primary through Sentinel (``valkey+sentinel://…``):
+    #: :mod:`portico_common.valkey`.
+    url: ValkeyUrl = SecretStr("redis://127.0.0.1:6379/0")
     socket_timeout_s: float = Field(default=0.5, gt=0)
     socket_connect_timeout_s: float = Field(default=0.5, gt=0)
 

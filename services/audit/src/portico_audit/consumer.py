@@ -4,7 +4,9 @@ One :class:`EventConsumer` per process, a member (``consumer.name``) of the cons
 ``consumer.group``, created at start with ``XGROUP CREATE … 0 MKSTREAM`` (a new group reads the
 stream from its first entry; an existing group keeps its position). Each round:
 
-1. ``XREADGROUP GROUP <group> <name> COUNT <batch_size> BLOCK <block_ms> STREAMS <stream> >``;
+1. ``XREADGROUP GROUP <group> <name> COUNT <batch_size> BLOCK <block_ms> STREAMS <stream> >``
+   (at start and after every failure, e.g. a Valkey failover, first its own pending entries,
+   ``XPENDING … <name>``, handled as redeliveries: :meth:`EventConsumer.read_own_pending`);
 2. for each entry: parse it, ``INSERT … ON CONFLICT (id) DO NOTHING`` and commit (a redelivered
    event is a no-op), then ``XACK``. The ack comes only after the commit, so a crash in between
    leaves the entry pending: at-least-once, made exactly-once in the table by the event id;
@@ -193,6 +195,35 @@ class EventConsumer:
             entries.extend(messages)
         return await self._handle_all(entries)
 
+    async def read_own_pending(self) -> int:
+        """This consumer's delivered, unacknowledged entries, handled again in stream order; how
+        many it took. Run at start and after every failure (a Valkey restart or a Sentinel
+        failover, docs/valkey-ha.md), before new entries: what was in flight when the connection
+        broke is finished first instead of waiting ``claim_idle_ms`` for :meth:`claim_stale`.
+
+        Counted as a redelivery is ("Redeliveries" in the module docstring): ``XPENDING … <name>``
+        lists them with their delivery counts, nothing is counted unless PostgreSQL answers, and
+        each entry is charged one delivery right before it is handled. (``XREADGROUP … 0`` would
+        charge every entry of the batch on every retry: a consumer retrying through a PostgreSQL
+        outage would wear out good entries until they were dead-lettered.) Entries trimmed
+        meanwhile are dropped from the group by the server.
+        """
+        s = self._settings
+        taken = 0
+        start = "-"
+        while True:
+            mine = await self._client.xpending_range(
+                s.stream, s.group, min=start, max="+", count=s.batch_size, consumername=s.name
+            )
+            if not mine:
+                return taken
+            await self._database_answers()
+            await self._take_over(
+                [(_id(p["message_id"]), int(p["times_delivered"]), s.name) for p in mine]
+            )
+            taken += len(mine)
+            start = f"({_id(mine[-1]['message_id'])}"  # exclusive: after the last one
+
     async def claim_stale(self) -> int:
         """Take over entries idle > ``claim_idle_ms`` and handle (or dead-letter) them; how many
         it took. See "Redeliveries" in the module docstring."""
@@ -223,14 +254,19 @@ class EventConsumer:
         # Nothing is counted or dead-lettered unless PostgreSQL answers now: a consumer that
         # crash-loops while PostgreSQL is down must not wear out the delivery counts.
         await self._database_answers()
-        limit = max(s.max_attempts, 2)  # one delivery may be XREADGROUP's, never handled
-        for message_id in claimed:
-            delivered, owner = seen[message_id]
+        await self._take_over([(m, seen[m][0], seen[m][1]) for m in claimed])
+        return len(claimed)
+
+    async def _take_over(self, entries: Sequence[tuple[str, int, str]]) -> None:
+        """Entries now ours, as (id, delivery count, last owner), in stream order: one delivered
+        ``max(max_attempts, 2)`` times already goes to the dead-letter stream unhandled, any
+        other is redelivered (:meth:`_redeliver`)."""
+        limit = max(self._settings.max_attempts, 2)  # one delivery may be XREADGROUP's, unhandled
+        for message_id, delivered, owner in entries:
             if delivered >= limit:
                 await self._dead_letter_unacknowledged(message_id, delivered, owner)
             else:
                 await self._redeliver(message_id, delivered)
-        return len(claimed)
 
     async def _database_answers(self) -> None:
         """Raise the transient failure unless PostgreSQL answers (the newest event: an index
@@ -412,6 +448,7 @@ class EventConsumer:
             try:
                 if failures or last_claim == 0.0:
                     await self.ensure_group()  # also after a Valkey restart lost the group
+                    await self.read_own_pending()  # what was in flight when it broke
                 if time.monotonic() - last_backlog >= s.backlog_interval_s:
                     last_backlog = time.monotonic()  # first: also while PostgreSQL is down
                     await self.report_backlog()

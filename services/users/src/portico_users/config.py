@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from portico_common import service_settings
 from portico_common.outbox import OutboxSettings
 from portico_common.service_settings import Port, PostgresSettings, TokenCheckingSettings
+from portico_common.valkey import ValkeyUrl
 
 __all__ = ["PostgresSettings", "UsersSettings", "ValkeySettings", "get_settings"]
 
@@ -33,7 +34,7 @@ class ValkeySettings(service_settings.ValkeySettings):
     key_prefix: str = "portico:users:v1:"
     #: The cache's own Valkey (bounded, evicting least recently used keys), apart from ``url``
     #: (sessions and events: bounded, never evicting). Unset: the cache lives on ``url`` too.
-    cache_url: SecretStr | None = None
+    cache_url: ValkeyUrl | None = None
 
 
 class UsersSettings(TokenCheckingSettings, env_prefix="USERS_"):

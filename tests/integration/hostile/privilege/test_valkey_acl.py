@@ -10,16 +10,25 @@ never do, on the real server.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 import valkey.asyncio as valkey_asyncio
 from valkey.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from portico_devstack.valkey_acl import COMPONENTS, DEAD_LETTERS, EVENTS
-from tests.support.stores import component_valkey_url
+from portico_devstack.valkey_acl import (
+    COMPONENTS,
+    DEAD_LETTERS,
+    EVENTS,
+    HA_RULES,
+    REPLICA,
+    SENTINEL,
+    user_url,
+)
+from tests.support.stores import component_valkey_url, valkey_client
 
 SESSION = "portico:auth:v1:session:" + "ab" * 16
 CACHED_USER = "portico:users:v1:00000000-0000-0000-0000-000000000001"
@@ -44,14 +53,8 @@ async def admin(valkey_url: str) -> AsyncIterator[Any]:
 
 @pytest.fixture
 def connect_as(valkey_url: str) -> Connect:
-    @asynccontextmanager
-    async def connect(component: str) -> AsyncIterator[Any]:
-        url = component_valkey_url(valkey_url, component)
-        client: Any = valkey_asyncio.from_url(url)  # type: ignore[no-untyped-call]
-        try:
-            yield client
-        finally:
-            await client.aclose()
+    def connect(component: str) -> AbstractAsyncContextManager[Any]:
+        return valkey_client(component_valkey_url(valkey_url, component))
 
     return connect
 
@@ -154,3 +157,49 @@ async def test_without_a_user_only_ping_answers(admin: Any, valkey_url: str) -> 
             await wrong.ping()
     finally:
         await wrong.aclose()
+
+
+@pytest.fixture
+async def ha_user(admin: Any, valkey_url: str) -> AsyncIterator[Connect]:
+    """The replication and Sentinel users (``HA_RULES``, as every node in staging and prod has
+    them), created on the test Valkey for the test and removed after it."""
+    passwords = {name: secrets.token_hex(16) for name in HA_RULES}
+    for name, rules in HA_RULES.items():
+        await admin.execute_command(
+            "ACL", "SETUSER", name, "reset", "on", f">{passwords[name]}", *rules
+        )
+
+    def connect(name: str) -> AbstractAsyncContextManager[Any]:
+        return valkey_client(user_url(valkey_url, name, passwords[name]))
+
+    try:
+        yield connect
+    finally:
+        await admin.execute_command("ACL", "DELUSER", *HA_RULES)
+
+
+async def test_the_replication_and_sentinel_users_reach_no_data(ha_user: Connect) -> None:
+    """A stolen replica or sentinel password (staging, prod) reads and writes no key, hears no
+    session ending, and cannot reconfigure, flush or script the node. (What Sentinel needs to
+    fail over, ``SLAVEOF`` and ``CLIENT KILL``, it keeps: docs/valkey-ha.md.)"""
+    for name in HA_RULES:
+        async with ha_user(name) as client:
+            assert await client.ping() is True
+            await refused(client.get(RATE_LIMIT))
+            await refused(client.hget(SESSION, "cur"))
+            await refused(client.hset(SESSION, "roles", "admin"))
+            await refused(client.xrange(EVENTS))
+            await refused(client.xadd(EVENTS, {"id": "forged"}))
+            await refused(client.flushall())
+            await refused(client.keys("*"))
+            await refused(client.config_set("maxmemory", "1"))
+            await refused(client.eval("return 1", 0))
+            await refused(client.execute_command("ACL", "SETUSER", name, "+@all", "~*"))
+            await refused(client.publish("portico:auth:v1:sessions-ended", "ab" * 16))
+    async with ha_user(REPLICA) as replica:
+        await refused(replica.info())
+        await refused(replica.slaveof())
+    async with ha_user(SENTINEL) as sentinel:
+        assert "role" in await sentinel.info("replication")
+        await refused(sentinel.publish("portico:auth:v1:sessions-ended", "ab" * 16))
+        assert await sentinel.publish("__sentinel__:hello", "x") == 0

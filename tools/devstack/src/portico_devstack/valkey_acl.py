@@ -89,6 +89,7 @@ USERS: dict[str, AclUser] = {
             "+del",
             "+pexpire",
             f"(~{EVENTS} +xadd)",  # the outbox relay
+            "+wait",  # … which waits for a replica to have its batch (docs/valkey-ha.md)
         ),
     ),
     "auth": AclUser(
@@ -117,6 +118,7 @@ USERS: dict[str, AclUser] = {
             "+incr",
             # the outbox relay; deletions.py's consumer group (user.deleted ends the sessions)
             f"(~{EVENTS} +xadd {_CONSUME})",
+            "+wait",  # the outbox relay waits for a replica to have its batch
         ),
     ),
     "audit": AclUser(
@@ -151,13 +153,46 @@ EXPORTER_RULES = (
 )
 
 
+#: Valkey high availability (k8s/components/valkey-ha, docs/valkey-ha.md): the users the data
+#: nodes grant to each other, never to a component. ``replica``: what a replica sends to its
+#: primary (Valkey's replication docs). ``sentinel``: what a Sentinel sends to the nodes it
+#: monitors and fails over (the Sentinel docs, "ACL"), its hello channel only (instead of
+#: ``allchannels``); ``FAILOVER`` is not among them: Sentinel promotes with ``REPLICAOF NO ONE``
+#: (``SLAVEOF``). The failover drill (tests/reliability/sentinel.py) runs replication and
+#: Sentinel as these users and fails if a node's ACL LOG records a denial for either.
+REPLICA = "replica"
+SENTINEL = "sentinel"
+HA_RULES: dict[str, tuple[str, ...]] = {
+    REPLICA: ("resetchannels", "-@all", "+psync", "+replconf", "+ping"),
+    SENTINEL: (
+        "resetchannels",
+        "&__sentinel__:hello",
+        "-@all",
+        "+multi",
+        "+exec",
+        "+slaveof",
+        "+ping",
+        "+subscribe",
+        "+publish",
+        "+config|rewrite",
+        "+role",
+        "+info",
+        "+client|setname",
+        "+client|kill",
+        "+script|kill",
+    ),
+}
+
+
 def new_passwords() -> dict[str, str]:
     """A random password per component and for the admin (hex: safe in a URL as it is)."""
     return {name: secrets.token_hex(24) for name in (*COMPONENTS, ADMIN)}
 
 
-def acl_file(passwords: Mapping[str, str]) -> str:
-    """An ACL file (``aclfile``) for a local Valkey: the components, the admin, and ``default``.
+def acl_file(passwords: Mapping[str, str], *, ha: bool = False) -> str:
+    """An ACL file (``aclfile``) for a local Valkey: the components, the admin, and ``default``;
+    with ``ha``, also the replication and Sentinel users (:data:`HA_RULES`), whose passwords
+    ``passwords`` must then hold too.
 
     Passwords are stored as SHA-256 (``#<hex>``), never in clear. ``default`` (no password) may
     only ``PING``, so a readiness probe works and nothing else does without a user.
@@ -171,6 +206,8 @@ def acl_file(passwords: Mapping[str, str]) -> str:
         f"user {ADMIN} on {digest(ADMIN)} ~* &* +@all",
     ]
     lines += [f"user {u.name} on {digest(u.name)} {' '.join(u.rules)}" for u in USERS.values()]
+    if ha:
+        lines += [f"user {name} on {digest(name)} {' '.join(r)}" for name, r in HA_RULES.items()]
     return "\n".join(lines) + "\n"
 
 
