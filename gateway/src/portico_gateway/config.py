@@ -43,6 +43,23 @@ class GatewaySettings(BaseSettings):
         default=SecretStr("redis://127.0.0.1:6379/0"),
         description="Valkey for sessions (token checks), rate limits and idempotency keys.",
     )
+    valkey_cache_url: SecretStr | None = Field(
+        default=None,
+        description="The users cache's Valkey (the cache instance, USERS_VALKEY__CACHE_URL's "
+        "server), read by the edge path as a read-only ACL user; unset: the cache is on "
+        "valkey_url.",
+    )
+    edge_reads: bool = Field(
+        default=True,
+        description="Answer cacheable reads (portico.edge.v1.cacheable: GetUser, GetCurrentUser) "
+        "from the owner's Valkey cache after the access check; false: every read calls the "
+        "service.",
+    )
+    edge_cache_key_prefix: str = Field(
+        default="portico:users:v1:",
+        description="Key prefix of the owner's cache entries; must equal the users service's "
+        "USERS_VALKEY__KEY_PREFIX.",
+    )
     valkey_timeout_s: float = Field(
         default=0.25, gt=0, description="Socket and connect timeout of each Valkey command."
     )
