@@ -186,7 +186,7 @@ def test_the_gateway_may_only_read_the_user_entries_of_the_cache() -> None:
     rules = valkey_acl.USERS["gateway"].rules
     naming = [r for r in rules if "portico:users:" in r]
     assert naming == [f"(%R~{valkey_acl.USERS_CACHE_ENTRIES} +hmget)"]
-    assert valkey_acl.USERS_CACHE_ENTRIES == ValkeySettings().key_prefix + "user:*"
+    assert ValkeySettings().key_prefix + "user:*" == valkey_acl.USERS_CACHE_ENTRIES
 
 
 def test_the_memory_alerts_read_what_each_instances_exporter_is_scraped_for(

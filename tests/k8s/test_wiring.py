@@ -156,7 +156,8 @@ def test_the_edge_path_reads_the_cache_the_users_service_writes(
     assert isinstance(users, UsersSettings)
     assert gateway.edge_reads
     assert gateway.edge_cache_key_prefix == users.valkey.key_prefix
-    assert gateway.valkey_cache_url is not None and users.valkey.cache_url is not None
+    assert gateway.valkey_cache_url is not None
+    assert users.valkey.cache_url is not None
     edge = urlsplit(gateway.valkey_cache_url.get_secret_value())
     owner = urlsplit(users.valkey.cache_url.get_secret_value())
     assert (edge.hostname, edge.port, edge.path) == (owner.hostname, owner.port, owner.path)

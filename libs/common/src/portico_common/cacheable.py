@@ -81,11 +81,7 @@ def _is_string_field(message: Descriptor, dotted: str) -> bool:
         if field is None:
             return False
         descriptor = field.message_type
-    return (
-        field is not None
-        and field.type == FieldDescriptor.TYPE_STRING
-        and not field.is_repeated
-    )
+    return field is not None and field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated
 
 
 def cacheable_of(method: MethodDescriptor) -> edge_pb2.Cacheable | None:
