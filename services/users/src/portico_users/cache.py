@@ -84,12 +84,17 @@ CACHE_HIT = "portico.users.cache_hit"
 
 @functools.cache
 def cache_requests() -> Counter:
-    """``portico_users_cache_requests_total{result}``: cache reads by outcome."""
-    return Counter(
+    """``portico_users_cache_requests_total{result}``: cache reads by outcome, each result at 0
+    from the start (with the gateway answering cached reads itself, a service may see no hit
+    for a long time; a rule's ``rate()`` still has a series to read)."""
+    counter = Counter(
         "portico_users_cache_requests",
         "Reads of the users cache, by result (hit, miss, error).",
         ["result"],
     )
+    for result in ("hit", "miss", "error"):
+        counter.labels(result)
+    return counter
 
 
 def _span(operation: str) -> trace.Span:
