@@ -26,6 +26,13 @@ if ! exists auth-signing-key; then
   openssl genpkey -algorithm ed25519 -out "$key"  # PEM, PKCS#8: what AUTH_SIGNING_KEY_FILES reads
   kubectl -n "$ns" create secret generic auth-signing-key --from-file=signing-key.pem="$key"
 fi
+if ! exists gateway-forwarder-key; then
+  # The gateway's proof to auth (SECURITY.md, "Who names the client address"): the key it sends,
+  # and the keys auth accepts (one, the same, until a rotation).
+  forwarder=$(openssl rand -hex 32)
+  kubectl -n "$ns" create secret generic gateway-forwarder-key \
+    --from-literal=gateway="$forwarder" --from-literal=auth="$forwarder"
+fi
 # Each service's PostgreSQL login: CloudNativePG sets the managed role's password from it
 # (basic-auth; labelled so it reloads); hex: the Deployment puts it into a postgresql:// URL.
 role_secret() {  # role_secret <secret> <role>
@@ -37,4 +44,4 @@ role_secret() {  # role_secret <secret> <role>
 role_secret postgres-users portico_users_app
 role_secret postgres-auth portico_auth_app
 role_secret postgres-audit portico_audit_app
-echo "secrets ready in namespace $ns: valkey, auth-signing-key, postgres-users/-auth/-audit (postgres-app comes from CloudNativePG)"
+echo "secrets ready in namespace $ns: valkey, auth-signing-key, gateway-forwarder-key, postgres-users/-auth/-audit (postgres-app comes from CloudNativePG)"

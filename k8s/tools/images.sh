@@ -6,8 +6,11 @@
 # capabilities: every module of Portico's packages imports (the pruned standard library and the
 # bytecode-only venv hold what the code needs; the CPU time it takes is printed), the gateway
 # answers /healthz (time to ready printed) and its HEALTHCHECK reports healthy, the others print
-# their --help (serving needs PostgreSQL and Valkey). Run by `make images`, which `make test`
-# runs (docs/kubernetes.md, "Images").
+# their --help. Then the five serve together (k8s/tools/image_stack.py: `portico-dev --images`
+# against embedded PostgreSQL and Valkey): the migrations image applies the schema, each service
+# answers its gRPC health check SERVING, and a client signs up, logs in, reads itself and finds
+# the audit event, all through the containers. Run by `make images`, which `make test` runs
+# (docs/kubernetes.md, "Images").
 #
 # No public container registry is reachable from our machines, so the three images the
 # Dockerfiles start FROM are stand-ins assembled here from the same sources, under the same names
@@ -22,14 +25,15 @@
 #
 # Needs root (rootful podman), Debian 12, and network access to the Debian and PyPI mirrors
 # from build containers (--network host). Environment: UV (uv binary), UV_VERSION, OUT (a JSON
-# report), IMAGES (subset, e.g. "gateway users"), LIMIT_MB (default 100, in MB:
-# 10^6 bytes).
+# report), IMAGES (subset, e.g. "gateway users"; the stack is served only with all five),
+# LIMIT_MB (default 100, in MB: 10^6 bytes), PYTHON (the project's virtualenv Python).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 UV=${UV:?set UV to the uv binary}
 UV_VERSION=${UV_VERSION:?set UV_VERSION}
 LIMIT_MB=${LIMIT_MB:-100}
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 OUT=${OUT:-$ROOT/.tools/images/report.json}
 WORK=${WORK:-$ROOT/.tools/images}
 export CONTAINERS_CONF=$ROOT/k8s/tools/images/containers.conf
@@ -217,6 +221,15 @@ except OSError:
     "$user" "$uid" "$write" "$imports" "$check" "$ready" "$verdict"
   results+=("{\"image\": \"$image\", \"unpacked_bytes\": $bytes, \"unpacked_mb\": $mb, \"unpacked_mib\": $mib, \"app_layers_mib\": $app, \"user\": \"$user\", \"uid\": \"$uid\", \"root_fs\": \"$write\", \"modules_imported\": \"$imports\", \"check\": \"$check\", \"ready\": \"$ready\", \"build_seconds\": $seconds, \"digest\": \"$digest\", \"verdict\": \"$verdict\"}")
 done
+# The five images serving together, as a client uses them (k8s/tools/image_stack.py).
+stack='"not run (IMAGES is a subset)"'
+if [[ " ${SELECTED[*]} " == *" gateway "*" users "*" auth "*" audit "*" migrations "* ]]; then
+  log "serve the stack from the images"
+  if "$PYTHON" k8s/tools/image_stack.py "localhost/portico/{name}:local" "$WORK/stack.log" \
+    > "$WORK/stack.txt"; then stack='"ok"'; else stack='"failed"'; failed=1; fi
+  printf 'stack from the images (log: %s):\n' "$WORK/stack.log"
+  sed 's/^/  /' "$WORK/stack.txt"
+fi
 # Untagged stage images left by the builds above: every one descends from a stand-in, whose label
 # it inherits; prune removes only those no container uses.
 "${PODMAN[@]}" image prune -f --filter label=portico.dev/stand-in=true >/dev/null
@@ -224,6 +237,6 @@ printf 'base (%s): %s MB (%s MiB) unpacked; limit %s MB = %s bytes\n' "$DISTROLE
   "$(awk -v b="$base_bytes" 'BEGIN {printf "%.1f", b / 1e6}')" \
   "$(awk -v b="$base_bytes" 'BEGIN {printf "%.1f", b / 1048576}')" "$LIMIT_MB" "$((LIMIT_MB * 1000000))"
 mkdir -p "$(dirname "$OUT")"
-( IFS=,; printf '{"limit_mb": %s, "base_bytes": %s, "revision": "%s", "images": [%s]}\n' \
-  "$LIMIT_MB" "$base_bytes" "$revision" "${results[*]}" ) > "$OUT"
+( IFS=,; printf '{"limit_mb": %s, "base_bytes": %s, "revision": "%s", "stack": %s, "images": [%s]}\n' \
+  "$LIMIT_MB" "$base_bytes" "$revision" "$stack" "${results[*]}" ) > "$OUT"
 exit $failed

@@ -21,7 +21,7 @@ from portico_common.config import TelemetrySettings
 from portico_gateway.config import GatewaySettings
 from portico_migrations.config import MigrateSettings
 from portico_users.config import UsersSettings
-from tests.k8s.conftest import Manifest, of_kind, one, pod_template
+from tests.k8s.conftest import ROOT, Manifest, of_kind, one, pod_template
 
 #: The settings class of each workload (OTEL_* is read by every one of them too).
 SETTINGS: dict[str, type[BaseSettings]] = {
@@ -402,3 +402,34 @@ def test_every_app_sends_spans_to_the_collector(
             assert not allows(
                 docs, "Egress", app, COLLECTOR, (16686, ""), peer_namespace=OBSERVABILITY
             ), edge
+
+
+def test_the_gateway_sends_a_forwarder_key_the_auth_service_accepts(
+    docs: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sides of the forwarder key (SECURITY.md, "Who names the client address") come from
+    one Secret that carries both: the key the gateway sends and the list auth accepts."""
+    refs: dict[str, tuple[str, str]] = {}
+    for name, variable in (("gateway", "GATEWAY_FORWARDER_KEY"), ("auth", "AUTH_FORWARDER_KEYS")):
+        container = pod_template(one(docs, "Deployment", name))["containers"][0]
+        found = [v for v in container.get("env", []) if v["name"] == variable]
+        assert len(found) == 1, f"{name} does not read {variable} from a Secret"
+        ref = found[0]["valueFrom"]["secretKeyRef"]
+        refs[name] = (ref["name"], ref["key"])
+    secret = refs["gateway"][0]
+    assert refs["auth"][0] == secret, refs
+    externals = {e["spec"]["target"]["name"]: e for e in of_kind(docs, "ExternalSecret")}
+    if secret in externals:
+        provided = {d["secretKey"] for d in externals[secret]["spec"]["data"]}
+    else:  # dev: k8s/scripts/dev-secrets.sh makes it, with the same value on both sides
+        script = (ROOT / "k8s" / "scripts" / "dev-secrets.sh").read_text()
+        made = re.search(rf"create secret generic {secret} (.*?)\n\s*fi\n", script, re.DOTALL)
+        assert made, f"neither an ExternalSecret nor dev-secrets.sh makes {secret}"
+        provided = set(re.findall(r"--from-literal=([a-z-]+)=", made[1]))
+    assert {refs["gateway"][1], refs["auth"][1]} <= provided, (refs, provided)
+    gateway, _ = app_settings(docs, "gateway", monkeypatch)
+    auth, _ = app_settings(docs, "auth", monkeypatch)
+    assert isinstance(gateway, GatewaySettings)
+    assert isinstance(auth, AuthSettings)
+    assert gateway.forwarder_key.get_secret_value()
+    assert auth.forwarder_keys

@@ -48,6 +48,7 @@ from portico_devstack.backends import EmbeddedPostgres
 from portico_devstack.roles import ensure_login_roles
 from portico_migrations.config import default_migrations_dir
 from portico_migrations.runner import migrate
+from tests.support.auth import FORWARDER_KEY
 from tests.support.stores import (
     SERVICE_PASSWORDS,
     VALKEY_PASSWORDS,
@@ -247,6 +248,7 @@ class DrillStack:
                 "GATEWAY_ENVIRONMENT": "dev",
                 "GATEWAY_RATE_LIMIT_ADDRESS_PER_MINUTE": "0",
                 "GATEWAY_RATE_LIMIT_USER_PER_MINUTE": "0",
+                "GATEWAY_FORWARDER_KEY": FORWARDER_KEY,  # as make run: auth believes its address
             }
         env = common | {
             f"{p}_POSTGRES__DSN": service_database_url(self.dsn, name),  # its own role
@@ -264,6 +266,7 @@ class DrillStack:
                 "AUTH_ENVIRONMENT": "dev",
                 "AUTH_ADMIN_EMAILS": ADMIN_EMAIL,
                 "AUTH_SIGNING_KEY_FILES": str(key_file),
+                "AUTH_FORWARDER_KEYS": FORWARDER_KEY,
                 "AUTH_THROTTLE__ADDRESS_LIMIT": "1000000",
                 "AUTH_THROTTLE__SIGNUP_ADDRESS_LIMIT": "1000000",
                 "AUTH_ARGON2__TIME_COST": "1",

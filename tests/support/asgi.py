@@ -28,13 +28,17 @@ def per_request_state(app: ASGIApp) -> ASGIApp:
 
 @asynccontextmanager
 async def asgi_client(
-    app: FastAPI, *, headers: dict[str, str] | None = None
+    app: FastAPI,
+    *,
+    headers: dict[str, str] | None = None,
+    peer: tuple[str, int] = ("127.0.0.1", 123),
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of ``app``; ``headers`` go with every request (e.g. a bearer token)."""
+    """A client of ``app``; ``headers`` go with every request (e.g. a bearer token); ``peer``
+    is the (address, port) the app sees the requests come from, as uvicorn reports its TCP peer."""
     async with (
         LifespanManager(per_request_state(app)) as manager,
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app),
+            transport=httpx.ASGITransport(app=manager.app, client=peer),
             base_url="http://gateway",
             headers=headers,
         ) as client,

@@ -25,6 +25,17 @@ from tests.support.timeouts import (
     VALKEY_TIMEOUT_S,
 )
 
+#: The gateway's proof to the auth service (``portico_common.forwarding``): every in-process
+#: auth server accepts it and every in-process gateway sends it, as in ``make run``.
+FORWARDER_KEY = "tests-forwarder-key-0123456789abcdefghijklmnop"
+
+
+def as_the_gateway(chain: str) -> tuple[tuple[str, str], ...]:
+    """The metadata of a call the gateway makes for a client whose ``x-forwarded-for`` is
+    ``chain`` (the gateway's own entry last), with the gateway's forwarder key."""
+    return (("x-forwarded-for", chain), ("x-portico-forwarder", FORWARDER_KEY))
+
+
 #: argon2id parameters small enough for a fast suite (production uses the defaults).
 FAST_ARGON2 = Argon2Settings(time_cost=1, memory_cost_kib=1024, parallelism=1)
 
@@ -57,6 +68,7 @@ def auth_settings(
             socket_connect_timeout_s=VALKEY_TIMEOUT_S,
         ),
         "argon2": FAST_ARGON2,
+        "forwarder_keys": [SecretStr(FORWARDER_KEY)],
         "signup": SignUpSettings(users_timeout_s=USERS_CALL_TIMEOUT_S, reconcile_interval_s=3600.0),
     }
     values.update(overrides)

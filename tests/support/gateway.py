@@ -14,6 +14,7 @@ from portico_common.tokens import JwksCache, TokenVerifier, ValkeySessions, jwks
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
 from tests.support.asgi import asgi_client
+from tests.support.auth import FORWARDER_KEY
 from tests.support.stores import component_valkey_url
 from tests.support.timeouts import VALKEY_TIMEOUT_S
 from tests.support.tokens import signing_material
@@ -38,6 +39,7 @@ async def gateway_client(
         "users_target": f"127.0.0.1:{users_port}",
         "valkey_url": SecretStr(component_valkey_url(valkey_url, "gateway")),
         "valkey_timeout_s": VALKEY_TIMEOUT_S,
+        "forwarder_key": SecretStr(FORWARDER_KEY),
     }
     if auth_port is not None:
         values["auth_target"] = f"127.0.0.1:{auth_port}"

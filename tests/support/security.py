@@ -16,6 +16,7 @@ from portico.auth.v1 import auth_pb2
 from portico_gateway.app import create_app
 from portico_gateway.config import GatewaySettings
 from tests.support.asgi import asgi_client
+from tests.support.auth import FORWARDER_KEY
 from tests.support.stores import component_valkey_url
 from tests.support.timeouts import VALKEY_TIMEOUT_S
 
@@ -118,9 +119,11 @@ async def gateway(
     auth_port: int,
     valkey_url: str,
     audit_port: int | None = None,
+    peer: tuple[str, int] = ("127.0.0.1", 123),
     **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The real gateway in front of both services, built as in production.
+    """The real gateway in front of both services, built as in production, seeing its HTTP
+    client come from ``peer`` (address, port).
 
     Unlike ``tests.support.gateway`` no verifier is injected: the gateway fetches the
     JWKS from the auth server (``GetJwks``) and checks sessions in Valkey, like a deployed one.
@@ -130,9 +133,10 @@ async def gateway(
         "auth_target": f"127.0.0.1:{auth_port}",
         "valkey_url": SecretStr(component_valkey_url(valkey_url, "gateway")),
         "valkey_timeout_s": VALKEY_TIMEOUT_S,
+        "forwarder_key": SecretStr(FORWARDER_KEY),  # one of the auth server's
     }
     if audit_port is not None:
         values["audit_target"] = f"127.0.0.1:{audit_port}"
     app = create_app(GatewaySettings(**(values | settings)))
-    async with asgi_client(app) as client:
-        yield client
+    async with asgi_client(app, peer=peer) as http:
+        yield http

@@ -278,20 +278,31 @@ def test_no_file_refers_to_a_style_guide_outside_the_repository() -> None:
     assert not citing, f"these files cite a {name} that is not in the repository: {citing}"
 
 
+#: The numbered items of issue 14 (hardening), each answered by a row of the threat table.
+HARDENING_ITEMS = set(range(1, 13))
+
+
 def test_security_threat_table_matches_the_hostile_suite() -> None:
     """Each attack class of tests/integration/hostile/ has a row in SECURITY.md's threat table,
-    and each test file the table names exists."""
+    each item of issue 14 a row, each test file of the suite a mention, and each test file the
+    table names exists."""
     security = (ROOT / "SECURITY.md").read_text()
     table = security.split("## Hostile input: threat table", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [c.strip() for c in rows[0].split("|")[1:3]] == ["Class", "Item"], rows[0]
     classes = {row.split("|")[1].strip() for row in rows[1:]}
+    items = {int(n) for row in rows[1:] for n in re.findall(r"\b\d+\b", row.split("|")[2])}
+    assert items == HARDENING_ITEMS, sorted(HARDENING_ITEMS ^ items)
     suite = ROOT / "tests" / "integration" / "hostile"
     on_disk = {p.name for p in suite.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert on_disk <= classes, on_disk - classes
-    for named in re.findall(r"`(hostile/[\w/]+\.py)`", table):
-        assert (suite.parent / named).is_file(), named
-    for named in re.findall(r"`(tests/[\w/]+\.py)`", table):
-        assert (ROOT / named).is_file(), named
+    named = set(re.findall(r"`(hostile/[\w/]+\.py)`", table))
+    for file in named:
+        assert (suite.parent / file).is_file(), file
+    unnamed = {str(p.relative_to(suite.parent)) for p in suite.glob("*/test_*.py")} - named
+    assert not unnamed, f"SECURITY.md's threat table does not name: {sorted(unnamed)}"
+    for file in re.findall(r"`(tests/[\w/]+\.py)`", table):
+        assert (ROOT / file).is_file(), file
 
 
 def test_the_deployment_page_names_every_application_in_its_wave() -> None:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from portico_common.forwarding import check_key
+
 _ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
@@ -124,6 +126,14 @@ class GatewaySettings(BaseSettings):
             " proxy's, never '*'."
         ),
     )
+    forwarder_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="The secret (at least 32 characters) that proves to the auth service that a "
+        "call comes from the gateway, so that it believes the client address the gateway sends "
+        "(login and sign-up throttles); one of AUTH_FORWARDER_KEYS. Sent to the auth service only. "
+        "Empty: not sent (the auth service then throttles every REST client as the gateway's "
+        "address); production needs one.",
+    )
     rpc_timeout_s: float = Field(
         default=5.0, gt=0, description="Deadline of each upstream call (a client may shorten it)."
     )
@@ -233,6 +243,20 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"not an origin (scheme://host[:port], no path): {origin!r}")
             origins.append(origin.strip().lower())
         return origins
+
+    @field_validator("forwarder_key")
+    @classmethod
+    def _long_key(cls, value: SecretStr) -> SecretStr:
+        return check_key(value) if value.get_secret_value() else value
+
+    @model_validator(mode="after")
+    def _production_proves_itself(self) -> GatewaySettings:
+        if self.environment == "production" and not self.forwarder_key.get_secret_value():
+            raise ValueError(
+                "production needs forwarder_key (GATEWAY_FORWARDER_KEY): without it, the auth "
+                "service throttles every REST client as the gateway's one address"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lock_outlives_requests(self) -> GatewaySettings:

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from google.protobuf.descriptor import ServiceDescriptor
 from valkey.asyncio import Valkey
 
+from portico_common.forwarding import FORWARDER_HEADER
 from portico_common.telemetry import client_interceptors
 from portico_common.tokens import TokenVerifier, jwks_from_auth_service, open_token_verifier
 from portico_gateway.clients.edge_cache import EdgeCache
@@ -31,6 +32,17 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
 )
+
+
+def upstream_metadata(name: str, settings: GatewaySettings) -> tuple[tuple[str, str], ...]:
+    """What every call to upstream ``name`` carries besides the request's own metadata.
+
+    The auth service alone gets the forwarder key, which proves that the ``x-forwarded-for`` of
+    the call is the gateway's (``portico_common.forwarding``); no other service is sent it, so
+    none can replay it.
+    """
+    key = settings.forwarder_key.get_secret_value()
+    return ((FORWARDER_HEADER, key),) if name == "auth" and key else ()
 
 
 class State(TypedDict):
@@ -69,7 +81,12 @@ def make_lifespan(
                     target, options=options, interceptors=client_interceptors()
                 )
                 stack.push_async_callback(channel.close)
-                upstreams[name] = Upstream(name, channel, timeout_s=settings.rpc_timeout_s)
+                upstreams[name] = Upstream(
+                    name,
+                    channel,
+                    timeout_s=settings.rpc_timeout_s,
+                    metadata=upstream_metadata(name, settings),
+                )
             client = Valkey.from_url(
                 settings.valkey_url.get_secret_value(),
                 socket_timeout=settings.valkey_timeout_s,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 from portico.auth.v1 import auth_pb2
+from portico_common.access import SessionCheckUnavailable, authenticate
 from portico_common.tokens import (
     InvalidToken,
     JwksCache,
@@ -162,3 +164,24 @@ async def test_nothing_is_remembered_while_the_subscription_is_down(
         await _listening(sessions)  # it resubscribes by itself
     finally:
         await sessions.aclose()
+
+
+async def test_an_unreachable_auth_service_makes_a_valid_token_retryable_not_invalid(
+    auth: AuthServiceAsyncStub, valkey: Any
+) -> None:
+    """No key set fetched yet and the auth service unreachable: 503 / UNAVAILABLE, never 401."""
+    email = f"k-{uuid.uuid4().hex[:8]}@example.com"
+    await sign_up(auth, email)
+    tokens = await login(auth, email)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as nowhere:
+        verifier = TokenVerifier(
+            JwksCache(jwks_from_auth_service(nowhere, timeout_s=0.5)),
+            ValkeySessions(valkey),
+            issuer=ISS,
+            audience=AUD,
+        )
+        with pytest.raises(SessionCheckUnavailable, match="signing keys"):
+            await authenticate(verifier, f"Bearer {tokens.access_token}")

@@ -17,6 +17,7 @@ from portico.users.v1 import users_pb2, users_pb2_grpc
 from portico_auth.config import Argon2Settings, ThrottleSettings
 from portico_users.server import RunningServer as UsersServer
 from tests.integration.auth.test_tokens import PASSWORD, login, sign_up
+from tests.support.auth import as_the_gateway
 from tests.support.tokens import DefaultBearer, Tokens
 from tests.support.users import field_violations, rich_status
 
@@ -120,7 +121,7 @@ async def test_a_client_address_is_throttled_across_accounts(auth: AuthServiceAs
             grant_type="password", username=username, password=PASSWORD
         )
         # the gateway appends the peer it saw; earlier entries are the client's own claims
-        metadata = (("x-forwarded-for", f"10.9.9.9, {address}"),)
+        metadata = as_the_gateway(f"10.9.9.9, {address}")
         return auth.IssueToken(request, metadata=metadata, timeout=5)
 
     for name in ("x", "y"):

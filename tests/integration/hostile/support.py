@@ -8,7 +8,18 @@ import grpc
 import httpx
 from google.rpc import error_details_pb2, status_pb2
 
+from portico_auth.config import ThrottleSettings
 from tests.support.security import LEAKS, PROBLEM_FIELDS, PROBLEM_JSON
+
+#: Login and sign-up throttles small enough to reach in a few calls (``throttle/``,
+#: ``forwarding/``): three guesses per account and client, three sign-ups per client.
+THROTTLE_LIMITS = ThrottleSettings(
+    account_client_limit=3,
+    account_limit=50,
+    address_limit=50,
+    signup_address_limit=3,
+    window_s=60.0,
+)
 
 
 def refused(response: httpx.Response, status: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from pydantic import SecretStr
 
 from portico_auth.errors import ERROR_DOMAIN, ResourceExhausted
 from portico_auth.servicer import bearer_token
@@ -29,12 +30,25 @@ def test_refresh_tokens_name_their_session_and_carry_256_random_bits() -> None:
         assert session_of(bad) is None
 
 
-def test_the_client_address_is_the_last_forwarded_entry_else_the_peer() -> None:
-    forwarded = (("x-forwarded-for", "6.6.6.6, 203.0.113.9"),)
-    assert client_address(forwarded, "ipv4:10.0.0.1:5000") == "203.0.113.9"
-    assert client_address((), "ipv4:10.0.0.1:5000") == "10.0.0.1"
-    assert client_address(None, "ipv6:[::1]:5000") == "::1"
-    assert client_address((), "unix:/tmp/s") == "unix:/tmp/s"
+def test_the_client_address_is_the_gateways_last_forwarded_entry_else_the_peer() -> None:
+    keys = [SecretStr("k" * 32), SecretStr("rotated-" * 4)]
+    claim = ("x-forwarded-for", "6.6.6.6, 203.0.113.9")
+    peer = "ipv4:10.0.0.1:5000"
+    for key in keys:  # either key of a rotation
+        forwarded = (claim, ("x-portico-forwarder", key.get_secret_value()))
+        assert client_address(forwarded, peer, forwarder_keys=keys) == "203.0.113.9"
+    # no key, a wrong one, a second one, a binary one, or no keys accepted at all: the peer
+    for metadata, accepted in (
+        ((claim,), keys),
+        ((claim, ("x-portico-forwarder", "k" * 31)), keys),
+        ((claim, ("x-portico-forwarder", "k" * 32), ("x-portico-forwarder", "x")), keys),
+        ((claim, ("x-portico-forwarder-bin", b"k" * 32)), keys),
+        ((claim, ("x-portico-forwarder", "k" * 32)), []),
+    ):
+        assert client_address(metadata, peer, forwarder_keys=accepted) == "10.0.0.1"
+    assert client_address((), peer, forwarder_keys=keys) == "10.0.0.1"
+    assert client_address(None, "ipv6:[::1]:5000", forwarder_keys=keys) == "::1"
+    assert client_address((), "unix:/tmp/s", forwarder_keys=keys) == "unix:/tmp/s"
 
 
 def test_bearer_tokens_come_from_the_authorization_metadata() -> None:

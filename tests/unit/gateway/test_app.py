@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from portico_gateway.errors import GRPC_TO_HTTP
+from portico_gateway.lifespan import upstream_metadata
 from tests.support.asgi import asgi_client
 from tests.unit.gateway.conftest import ADMIN, Upstream, gateway_app, settings_for
 
@@ -288,6 +289,19 @@ async def test_caller_token_and_address_are_forwarded(
     assert seen["x-portico-canary"] == "always"  # the mesh keeps the call on the canaries
     assert seen["authorization"] == ADMIN["Authorization"]  # the services check it again
     assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+
+
+async def test_the_forwarder_key_goes_to_the_auth_service_alone(upstream: Upstream) -> None:
+    """The key proves the gateway to auth (``upstream_metadata``); users never sees it."""
+    key = "the-gateways-forwarder-key-0123456789abcdef"
+    settings = settings_for(upstream.target, forwarder_key=key)
+    assert upstream_metadata("auth", settings) == (("x-portico-forwarder", key),)
+    assert upstream_metadata("auth", settings_for(upstream.target)) == ()  # no key: none sent
+    async with asgi_client(gateway_app(settings), headers=ADMIN) as http:
+        assert (await http.get("/v1/users/42")).status_code == 200
+    seen = upstream.servicer.seen_metadata[-1]
+    assert "x-portico-forwarder" not in seen
+    assert key not in seen.values()
 
 
 async def test_a_literal_path_is_not_served_by_a_variable_route(http: httpx.AsyncClient) -> None:

@@ -22,10 +22,20 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 class Upstream:
     """A named gRPC upstream: its channel, default deadline and cached method callables."""
 
-    def __init__(self, name: str, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        channel: grpc.aio.Channel,
+        *,
+        timeout_s: float,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.name = name
         self.channel = channel
         self.timeout_s = timeout_s
+        #: Sent with every call to this upstream, and to no other (the auth service's forwarder
+        #: key: :func:`portico_gateway.lifespan.upstream_metadata`).
+        self._metadata = metadata
         self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
 
     def _method(
@@ -59,7 +69,7 @@ class Upstream:
         check_metadata(forwarded)
         timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         method = self._method(path, response_class)
-        metadata = (("x-request-id", request_id), *forwarded)
+        metadata = (("x-request-id", request_id), *forwarded, *self._metadata)
         return await method(request, timeout=timeout, metadata=metadata)
 
     async def health(self, *, timeout_s: float) -> str:

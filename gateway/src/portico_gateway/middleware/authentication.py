@@ -40,7 +40,6 @@ from portico_gateway.errors import RequestError
 from portico_gateway.middleware.asgi import header
 
 REALM = "portico"
-_UNAVAILABLE = "cannot check the session; retry later"
 #: Methods that change nothing: accepted on the token's signature while the session store is
 #: unreachable (the verifier's degraded mode; every GET route is bound to a ``get`` RPC).
 _READ_ONLY = frozenset({"GET", "HEAD"})
@@ -95,7 +94,7 @@ def authenticated(scope: Scope) -> Principal:
     problem = state.get("auth_problem")
     if isinstance(problem, SessionCheckUnavailable):
         raise RequestError(
-            503, _UNAVAILABLE, kind="session-check-unavailable", headers={"Retry-After": "1"}
+            503, problem.detail, kind="session-check-unavailable", headers={"Retry-After": "1"}
         )
     headers = Headers(scope=scope)
     if problem is None and bearer_token(headers.get("authorization")) is None:

@@ -173,8 +173,9 @@ FORWARDED_HEADERS = ("authorization", CANARY_HEADER, "x-forwarded-for")
 def forwarded_metadata(request: Request) -> tuple[tuple[str, str], ...]:
     """What the services need to know of the HTTP caller: its token, its address, its route.
 
-    ``x-forwarded-for`` gets the peer's address appended (the services trust its last entry,
-    which the gateway wrote), so the auth service can throttle logins per client address.
+    ``x-forwarded-for`` gets the peer's address appended (the auth service trusts its last entry,
+    which the gateway wrote, on calls that carry the gateway's forwarder key), so it can throttle
+    logins per client address.
     ``x-portico-canary`` travels on as metadata, so the mesh routes the upstream call to the
     services' canaries too.
     """

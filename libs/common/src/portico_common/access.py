@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 from portico.access.v1 import access_pb2
 from portico_common.interceptors import HandlerCache
 from portico_common.tokens import (
+    CheckUnavailable,
     InvalidToken,
     Principal,
     SessionStoreUnavailable,
@@ -72,7 +73,12 @@ class PermissionDenied(AccessError):  # noqa: N818
 
 
 class SessionCheckUnavailable(Exception):  # noqa: N818 (the condition; maps to UNAVAILABLE)
-    """The session store did not answer and the token cannot be accepted without it."""
+    """The token cannot be checked now (the session store or the auth service's key set did not
+    answer); ``detail`` is safe to show, with a retry."""
+
+    def __init__(self, detail: str = SessionStoreUnavailable.detail) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 def rule_of(method: MethodDescriptor) -> access_pb2.Rule:
@@ -150,7 +156,8 @@ async def authenticate(
 ) -> Principal:
     """The principal of an ``Authorization`` value; :class:`Unauthenticated` if there is none.
 
-    Raises :class:`SessionCheckUnavailable` when the session store fails and the verifier's
+    Raises :class:`SessionCheckUnavailable` when the signing keys cannot be fetched for a key the
+    token names, or when the session store fails and the verifier's
     :class:`~portico_common.tokens.SessionStorePolicy` does not accept the token without it
     (``read_only`` calls are accepted in its degraded mode, writes only for recently seen
     sessions).
@@ -162,9 +169,9 @@ async def authenticate(
         return await verifier.verify(token, read_only=read_only)
     except InvalidToken as exc:
         raise Unauthenticated(exc.reason) from None
-    except SessionStoreUnavailable as exc:  # only the store's errors, never a bad token's
-        _log.warning("session check failed: %s", exc)
-        raise SessionCheckUnavailable() from exc
+    except CheckUnavailable as exc:  # the store's or the key set's errors, never a bad token's
+        _log.warning("token check failed: %s", exc)
+        raise SessionCheckUnavailable(exc.detail) from exc
 
 
 async def check(
@@ -251,10 +258,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.reason)
             except PermissionDenied as exc:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, exc.reason)
-            except SessionCheckUnavailable:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, "cannot check the session; retry later"
-                )
+            except SessionCheckUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, exc.detail)
             token = PRINCIPAL.set(principal)
             try:
                 return await behaviour(request, context)

@@ -36,8 +36,9 @@ token can still do during an outage is read, for what is left of its lifetime, u
 process saw the revocation. SECURITY.md ("Revocable sessions") states the trade-off.
 
 Errors are :class:`InvalidToken` with a short, client-safe ``reason`` (any malformed token,
-however it is malformed: too long, nested too deeply to parse …), or
-:class:`SessionStoreUnavailable` when the session store could not be asked; details stay in logs.
+however it is malformed: too long, nested too deeply to parse …), or a :class:`CheckUnavailable`:
+:class:`SessionStoreUnavailable` when the session store could not be asked,
+:class:`KeysUnavailable` when a key the token names could not be looked up; details stay in logs.
 No per-request call reaches the auth service.
 """
 
@@ -81,9 +82,26 @@ class InvalidToken(Exception):  # noqa: N818 (reads as the condition; maps to UN
         self.reason = reason
 
 
-class SessionStoreUnavailable(Exception):  # noqa: N818 (maps to UNAVAILABLE / 503)
+class CheckUnavailable(Exception):  # noqa: N818 (maps to UNAVAILABLE / 503)
+    """The token could not be checked now (not: it is bad); ``detail`` is safe to show."""
+
+    detail = "cannot check the access token; retry later"
+
+
+class SessionStoreUnavailable(CheckUnavailable):
     """The session store could not be asked, and the policy does not accept the token without
     it; the store's own error is the ``__cause__``."""
+
+    detail = "cannot check the session; retry later"
+
+
+class KeysUnavailable(CheckUnavailable):
+    """The token names a key this process does not hold, and the auth service's key set could
+    not be fetched to look for it: a new key or a forged id cannot be told apart, so the call is
+    refused as retryable (503 / UNAVAILABLE), never as a bad token (401), which would make
+    clients drop a valid one during an auth outage."""
+
+    detail = "cannot fetch the token signing keys; retry later"
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,31 +301,45 @@ class JwksCache:
         self._min_refresh_s = min_refresh_s
         self._clock = clock
         self._keys: dict[str, Ed25519PublicKey] = {}
-        self._fetched_at: float | None = None
+        self._fetched_at: float | None = None  # the last fetch that worked
+        self._tried_at: float | None = None  # the last fetch, whatever came of it
+        self._last_fetch_ok = False
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str) -> Ed25519PublicKey | None:
-        """The key named ``kid``; refetches when stale, or once in a while for unknown kids."""
+        """The key named ``kid``; refetches when stale, or once in a while for unknown kids.
+
+        None only when the last fetch succeeded and did not hold ``kid``: the key does not
+        exist. :class:`KeysUnavailable` when ``kid`` is not held and the last fetch failed.
+        """
         now = self._clock()
         stale = self._fetched_at is None or now - self._fetched_at >= self._max_age_s
         unknown = kid not in self._keys
-        if stale or (unknown and now - (self._fetched_at or 0.0) >= self._min_refresh_s):
+        # At most one fetch per min_refresh_s, whether the last one worked or not: unknown kids
+        # (forged ones included) and an auth service that fails never make a fetch per request.
+        due = self._tried_at is None or now - self._tried_at >= self._min_refresh_s
+        if due and (stale or unknown):
             await self._refresh(now)
-        return self._keys.get(kid)
+        key = self._keys.get(kid)
+        if key is None and not self._last_fetch_ok:
+            raise KeysUnavailable(f"no key {kid!r} held and the key set could not be fetched")
+        return key
 
     async def _refresh(self, asked_at: float) -> None:
         async with self._lock:
-            if self._fetched_at is not None and self._fetched_at >= asked_at:
-                return  # another caller refreshed while we waited
+            if self._tried_at is not None and self._tried_at >= asked_at:
+                return  # another caller fetched (or tried to) while we waited
+            self._tried_at = self._clock()
             try:
                 jwks = await self._fetch()
             except Exception as exc:  # keep serving with the keys we have
                 _log.warning("JWKS refresh failed (%s); keeping %d key(s)", exc, len(self._keys))
-                self._fetched_at = self._clock() - self._max_age_s + self._min_refresh_s
+                self._last_fetch_ok = False
                 return
             keys = {j["kid"]: k for j in jwks if j.get("kid") and (k := public_key_of(j))}
             self._keys = keys
             self._fetched_at = self._clock()
+            self._last_fetch_ok = True
 
 
 def _remember(memory: dict[str, Any], key: str, value: Any, limit: int) -> None:

@@ -2,7 +2,8 @@
 
 Nested groups use ``__``: ``AUTH_POSTGRES__DSN``, ``AUTH_VALKEY__URL``,
 ``AUTH_THROTTLE__ACCOUNT_LIMIT``, ``AUTH_ARGON2__MEMORY_COST_KIB``. Lists
-(``AUTH_SIGNING_KEY_FILES``, ``AUTH_ADMIN_EMAILS``) take a JSON list or a comma-separated one.
+(``AUTH_SIGNING_KEY_FILES``, ``AUTH_ADMIN_EMAILS``, ``AUTH_FORWARDER_KEYS``) take a JSON list or a
+comma-separated one.
 Nothing here is built at import time: ``__main__`` calls ``get_settings()``, tests build
 ``AuthSettings(...)`` themselves.
 
@@ -20,10 +21,11 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from portico_common import service_settings
+from portico_common.forwarding import check_key
 from portico_common.outbox import OutboxSettings
 from portico_common.service_settings import Port, PostgresSettings, ServiceSettings
 
@@ -128,6 +130,10 @@ class AuthSettings(ServiceSettings, env_prefix="AUTH_"):
     session_absolute_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
     #: Emails (case-insensitive) whose tokens carry the "admin" role.
     admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Keys that prove a caller is the gateway, whose ``x-forwarded-for`` alone is believed for
+    #: the throttled client address (``portico_common.forwarding``); several while one rotates.
+    #: Empty: nobody's is (every caller is throttled on its peer address); production needs one.
+    forwarder_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     valkey: ValkeySettings = ValkeySettings()
     throttle: ThrottleSettings = ThrottleSettings()
     argon2: Argon2Settings = Argon2Settings()
@@ -140,7 +146,7 @@ class AuthSettings(ServiceSettings, env_prefix="AUTH_"):
     #: The consumer of ``user.deleted`` events that ends the deleted user's sessions.
     user_deletions: UserDeletionSettings = Field(default_factory=UserDeletionSettings)
 
-    @field_validator("signing_key_files", "admin_emails", mode="before")
+    @field_validator("signing_key_files", "admin_emails", "forwarder_keys", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """Accept a JSON list or a comma-separated string (empty items dropped)."""
@@ -157,6 +163,21 @@ class AuthSettings(ServiceSettings, env_prefix="AUTH_"):
     @classmethod
     def _lower_emails(cls, value: list[str]) -> list[str]:
         return [email.strip().lower() for email in value]
+
+    @field_validator("forwarder_keys")
+    @classmethod
+    def _long_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        return [check_key(key) for key in value]
+
+    @model_validator(mode="after")
+    def _production_knows_the_gateway(self) -> AuthSettings:
+        # Without a key every REST client would be throttled as the gateway's one address.
+        if self.environment == "production" and not self.forwarder_keys:
+            raise ValueError(
+                "production needs forwarder_keys (AUTH_FORWARDER_KEYS): without the gateway's "
+                "key, every REST client shares the gateway's login throttle"
+            )
+        return self
 
 
 @functools.cache

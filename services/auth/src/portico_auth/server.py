@@ -97,7 +97,7 @@ async def start(settings: AuthSettings) -> RunningServer:
         # service need the service identity's session), token, refresh and logout answer
         # UNAVAILABLE while it is down, which callers may retry.
         return await runtime.start(
-            AuthServicer(service, keys),
+            AuthServicer(service, keys, forwarder_keys=settings.forwarder_keys),
             core=service,
             verifier=verifier,
             degraded_reads=False,

@@ -6,10 +6,12 @@ error interceptor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
 import grpc
+from pydantic import SecretStr
 
 from portico.auth.v1 import auth_pb2, auth_pb2_grpc
 from portico_auth.domain import TokenGrant
@@ -40,9 +42,18 @@ def jwks(keys: KeyRing) -> auth_pb2.GetJwksResponse:
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """The AuthService RPCs over an ``AuthService``."""
 
-    def __init__(self, service: AuthService, keys: KeyRing) -> None:
+    def __init__(
+        self, service: AuthService, keys: KeyRing, *, forwarder_keys: Sequence[SecretStr] = ()
+    ) -> None:
         self._service = service
         self._jwks = jwks(keys)
+        self._forwarder_keys = tuple(forwarder_keys)
+
+    def _address(self, context: Context) -> str:
+        """The client address to throttle on (``x-forwarded-for`` only from the gateway)."""
+        return client_address(
+            context.invocation_metadata(), context.peer(), forwarder_keys=self._forwarder_keys
+        )
 
     async def SignUp(
         self, request: auth_pb2.SignUpRequest, context: Context
@@ -53,7 +64,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             password=request.password,
             # optional: without one, a retry meets the email this sign-up reserved (409)
             idempotency_key=UUID(request.idempotency_key) if request.idempotency_key else uuid4(),
-            address=client_address(context.invocation_metadata(), context.peer()),
+            address=self._address(context),
         )
         return auth_pb2.SignUpResponse(user_id=str(credential.user_id), email=credential.email)
 
@@ -63,7 +74,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         grant = await self._service.issue_token(
             username=request.username,
             password=request.password,
-            address=client_address(context.invocation_metadata(), context.peer()),
+            address=self._address(context),
         )
         return auth_pb2.IssueTokenResponse(**_grant_fields(grant))
 

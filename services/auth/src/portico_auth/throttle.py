@@ -19,7 +19,10 @@ known ones, so the throttle says nothing about which emails exist. A successful 
 account's counters (not the address's).
 
 The client address is the **last** entry of ``x-forwarded-for`` (the one the gateway appended
-for the peer it saw; earlier entries are client-supplied and spoofable), else the gRPC peer.
+for the peer it saw; earlier entries are client-supplied and spoofable) on a call from the
+gateway, which proves itself with its forwarder key (:mod:`portico_common.forwarding`); on any
+other call, with or without ``x-forwarded-for``, it is the gRPC peer, so a direct caller cannot
+move its throttle bucket by claiming another address.
 
 **Valkey down: fail open, loudly.** The attempt is allowed and a warning is logged (once per
 outage, then again when Valkey is back). Refusing every login because a rate limiter's store is
@@ -32,13 +35,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+from pydantic import SecretStr
 from valkey.asyncio import Valkey
 
 from portico_auth.config import ThrottleSettings
 from portico_auth.errors import ResourceExhausted
 from portico_auth.sessions import VALKEY_FAILURES
+from portico_common.forwarding import FORWARDED_FOR, trusted_forwarder
 from portico_common.logs import OutageLog
 
 _log = logging.getLogger(__name__)
@@ -56,13 +62,15 @@ return {count, left}
 """
 
 
-def client_address(metadata: Any, peer: str) -> str:
-    """The caller's address: last ``x-forwarded-for`` entry, else the peer (port removed)."""
-    for key, value in metadata or ():
-        if key == "x-forwarded-for" and isinstance(value, str):
-            last = value.rsplit(",", 1)[-1].strip()
-            if last:
-                return last[:64]
+def client_address(metadata: Any, peer: str, *, forwarder_keys: Sequence[SecretStr]) -> str:
+    """The caller's address: the last ``x-forwarded-for`` entry on a call that carries one of
+    ``forwarder_keys`` (the gateway's), else the peer (port removed)."""
+    if trusted_forwarder(metadata, forwarder_keys):
+        for key, value in metadata or ():
+            if key == FORWARDED_FOR and isinstance(value, str):
+                last = value.rsplit(",", 1)[-1].strip()
+                if last:
+                    return last[:64]
     # grpc peers look like "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path"
     kind, _, rest = peer.partition(":")
     if kind == "ipv4":

@@ -9,7 +9,8 @@ attacker lock the owner out (issue 14, item 7).
 * Sign-up was not throttled at all: now per client address.
 
 The client address is the last ``x-forwarded-for`` entry, which the gateway appends; the gRPC
-cases send it as the gateway would.
+cases send it as the gateway would, with its forwarder key (without it the address is the peer:
+``hostile/forwarding/``).
 """
 
 from __future__ import annotations
@@ -21,21 +22,15 @@ import httpx
 import pytest
 
 from portico.auth.v1 import auth_pb2
-from portico_auth.config import ThrottleSettings
-from tests.integration.hostile.support import refused
+from tests.integration.hostile.support import THROTTLE_LIMITS, refused
+from tests.support.auth import as_the_gateway
 from tests.support.security import ADMIN_EMAIL, PASSWORD, sign_up
 
 if TYPE_CHECKING:
     from portico.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
 
 ATTACKER, OWNER = "203.0.113.66", "198.51.100.10"
-LIMITS = ThrottleSettings(
-    account_client_limit=3,
-    account_limit=50,
-    address_limit=50,
-    signup_address_limit=3,
-    window_s=60.0,
-)
+LIMITS = THROTTLE_LIMITS
 
 
 @pytest.fixture
@@ -47,7 +42,7 @@ def login(auth: AuthServiceAsyncStub, address: str, password: str) -> Any:
     request = auth_pb2.IssueTokenRequest(
         grant_type="password", username=ADMIN_EMAIL, password=password
     )
-    metadata = (("x-forwarded-for", f"10.0.0.1, {address}"),)  # the gateway's entry is last
+    metadata = as_the_gateway(f"10.0.0.1, {address}")  # the gateway's entry is last
     return auth.IssueToken(request, metadata=metadata, timeout=10)
 
 
@@ -105,5 +100,5 @@ async def test_sign_up_is_throttled_per_client_address(
     request = auth_pb2.SignUpRequest(email="grpc@example.com", display_name="G", password=PASSWORD)
     assert await code_of(auth.SignUp(request, timeout=10)) == (grpc.StatusCode.RESOURCE_EXHAUSTED)
     # ... and another address is not affected
-    other = (("x-forwarded-for", OWNER),)
+    other = as_the_gateway(OWNER)
     assert (await auth.SignUp(request, metadata=other, timeout=10)).user_id

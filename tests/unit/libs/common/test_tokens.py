@@ -20,6 +20,7 @@ from portico_common.tokens import (
     InvalidToken,
     Jwk,
     JwksCache,
+    KeysUnavailable,
     SessionStorePolicy,
     SessionStoreUnavailable,
     TokenVerifier,
@@ -259,6 +260,56 @@ async def test_a_failed_refresh_keeps_the_known_keys(key: Key, sessions: Session
     clock[0] = 20.0  # stale: refetch fails, the cached key keeps working
     await verifier.verify(sign(key, claims()))
     assert calls["n"] == 2
+
+
+async def test_keys_that_cannot_be_fetched_make_a_token_uncheckable_not_invalid(
+    key: Key, sessions: Sessions
+) -> None:
+    """The auth service unreachable on first use: 503 / UNAVAILABLE (retry), never 401."""
+    up = {"now": False}
+
+    async def auth_service() -> Sequence[Jwk]:
+        if not up["now"]:
+            raise ConnectionError("auth service down")
+        return [key.jwk]
+
+    clock = [0.0]
+    cache = JwksCache(auth_service, max_age_s=300, min_refresh_s=5, clock=lambda: clock[0])
+    verifier = TokenVerifier(cache, sessions, issuer=ISS, audience=AUD)
+    token = sign(key, claims())
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(token)
+    up["now"] = True
+    with pytest.raises(KeysUnavailable):  # within min_refresh_s: not asked again, still unknown
+        await verifier.verify(token)
+    clock[0] = 6.0
+    await verifier.verify(token)
+
+
+async def test_an_unknown_key_during_an_outage_is_unavailable_then_invalid(
+    key: Key, sessions: Sessions
+) -> None:
+    up = {"now": True}
+
+    async def auth_service() -> Sequence[Jwk]:
+        if not up["now"]:
+            raise ConnectionError("auth service down")
+        return [key.jwk]
+
+    clock = [0.0]
+    cache = JwksCache(auth_service, max_age_s=300, min_refresh_s=5, clock=lambda: clock[0])
+    verifier = TokenVerifier(cache, sessions, issuer=ISS, audience=AUD)
+    await verifier.verify(sign(key, claims()))
+    up["now"] = False
+    clock[0] = 6.0
+    stranger = sign(Key("stranger"), claims())  # a new key, or a forged id: no way to tell
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(stranger)
+    await verifier.verify(sign(key, claims()))  # the held key keeps working
+    up["now"] = True
+    clock[0] = 12.0
+    with pytest.raises(InvalidToken, match="unknown key"):  # the key set says: no such key
+        await verifier.verify(stranger)
 
 
 def test_only_ed25519_okp_keys_are_used() -> None:

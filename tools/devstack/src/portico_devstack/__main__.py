@@ -38,6 +38,14 @@ def _parser(defaults: DevSettings) -> argparse.ArgumentParser:
         "(Debian's `prometheus`; skipped with a message when it is not installed)",
     )
     parser.add_argument("--prometheus-port", type=int, default=defaults.prometheus_port)
+    parser.add_argument(
+        "--images",
+        default=defaults.images,
+        metavar="REFERENCE",
+        help="run the migrations, services and gateway from their container images (podman) "
+        "instead of this virtualenv; REFERENCE has {name} for gateway|users|auth|audit|migrations, "
+        "e.g. localhost/portico/{name}:local (built by `make images`)",
+    )
     parser.add_argument("--ready-timeout-s", type=float, default=defaults.ready_timeout_s)
     return parser
 

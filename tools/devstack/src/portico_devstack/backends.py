@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -48,6 +49,12 @@ class EmbeddedPostgres:
     def dsn(self) -> str:
         """DSN of the application database."""
         return str(self._require().get_uri(database=self.database))
+
+    @property
+    def socket(self) -> Path:
+        """The Unix socket the server listens on (it listens on no TCP port)."""
+        folder = Path(dict(parse_qsl(urlsplit(self.dsn).query))["host"])
+        return next(p for p in folder.glob(".s.PGSQL.*") if p.suffix != ".lock")
 
     @property
     def pid(self) -> int:

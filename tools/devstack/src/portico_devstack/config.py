@@ -48,6 +48,16 @@ class DevSettings(BaseSettings):
     prometheus_binary: str = Field(
         default="prometheus", description="The Prometheus server OBSERVE runs (on PATH, or a path)"
     )
+    images: str | None = Field(
+        default=None,
+        description=(
+            "Run the migrations, the three services and the gateway from their container images "
+            "(podman, host network, read-only, no capabilities) instead of this virtualenv: an "
+            "image reference with `{name}` for gateway|users|auth|audit|migrations, e.g. "
+            "`localhost/portico/{name}:local` (what `make images` builds and checks this way)."
+        ),
+    )
+    podman: str = Field(default="podman", description="The podman binary IMAGES runs")
     ready_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=20.0, gt=0, description="Per child, after SIGTERM.")
     database_url: SecretStr | None = Field(

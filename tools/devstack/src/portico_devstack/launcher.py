@@ -5,10 +5,16 @@ Order of start: PostgreSQL (embedded unless ``DATABASE_URL``) → Valkey (embedd
 users; docs/data-stores.md) → migrations → users service → auth service → audit service (each
 until its gRPC health check says SERVING; auth signs tokens with a dev key kept in
 ``<data_dir>/auth/signing-key.pem``, made on the first run) → gateway (until ``/readyz`` answers
-200) → with ``observe`` (``make run OBSERVE=1``), a local Prometheus scraping all four
+200; it proves itself to auth with a forwarder key made for each run, SECURITY.md) → with
+``observe`` (``make run OBSERVE=1``), a local Prometheus scraping all four
 (:mod:`portico_devstack.prometheus`; when no ``prometheus`` is installed, or it fails to start,
 the launcher says so and runs on without it). Each child's output is shown line by line behind
 its name.
+
+With ``images`` (``portico-dev --images localhost/portico/{name}:local``) the migrations, the
+services and the gateway run from their container images instead (:class:`Containers`): the
+same settings, host network, read-only root, no capabilities. ``make images`` starts the stack
+this way to prove each image serves, not merely starts.
 
 Order of stop (Ctrl-C / SIGTERM): Prometheus, gateway, then audit, auth, users (SIGTERM by pid, so
 each drains its work; SIGKILL only after ``stop_timeout_s``), then Valkey and PostgreSQL. The data
@@ -22,13 +28,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
+import secrets
+import shutil
 import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import grpc
 import httpx
@@ -55,6 +65,86 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Settings a containerised child receives (by name: podman copies the value from its own
+# environment, so no secret appears on a command line): the components' own prefixes, and the
+# ones every process reads.
+_PASSED_PREFIXES = ("USERS_", "AUTH_", "AUDIT_", "GATEWAY_", "MIGRATE_", "OTEL_")
+_PASSED_NAMES = ("PYTHONUNBUFFERED",)
+# Where a containerised auth service finds the dev signing key (mounted read-only).
+_KEY_IN_CONTAINER = "/run/portico/signing-key.pem"
+# Where a container finds the embedded PostgreSQL's socket (it listens on a Unix socket only, in
+# a data folder the image's user may not enter: the socket itself is mounted).
+_PG_SOCKET_DIR_IN_CONTAINER = "/run/postgresql"
+_DSN_SETTINGS = ("_POSTGRES__DSN", "MIGRATE_DATABASE_URL")
+
+
+def _socket_dsn(dsn: str, folder: str) -> str:
+    """``dsn`` with its Unix socket folder (the ``host`` query parameter) replaced by ``folder``."""
+    parts = urlsplit(dsn)
+    query = [(k, folder if k == "host" else v) for k, v in parse_qsl(parts.query)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/", quote_via=quote)))
+
+
+@dataclass(frozen=True)
+class Containers:
+    """Runs children from container images with podman instead of from this virtualenv.
+
+    Each container runs as its image's (non-root) user, on the host's network (the backends and
+    the other services are on loopback), with a read-only root filesystem, no capabilities and
+    no new privileges: as ``make images`` checks them and as Kubernetes runs them. ``podman
+    run`` stays in the foreground, so the launcher supervises it like any child: its output is
+    the container's, SIGTERM reaches the service (podman proxies signals) and its exit code is
+    the service's. A container left behind by a SIGKILLed podman is removed by name.
+    """
+
+    reference: str
+    podman: str = "podman"
+
+    def image(self, name: str) -> str:
+        return self.reference.replace("{name}", name)
+
+    def container(self, name: str) -> str:
+        return f"portico-dev-{name}-{os.getpid()}"
+
+    def argv(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        *,
+        mounts: Mapping[Path, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> list[str]:
+        passed = sorted(k for k in env if k.startswith(_PASSED_PREFIXES) or k in _PASSED_NAMES)
+        volumes = [f"--volume={src}:{dst}:ro" for src, dst in (mounts or {}).items()]
+        return [
+            self.podman,
+            "run",
+            "--rm",
+            f"--name={self.container(name)}",
+            "--network=host",
+            "--read-only",
+            "--cap-drop=ALL",
+            "--security-opt=no-new-privileges",
+            "--health-interval=disable",  # the launcher probes readiness itself; no timer
+            *volumes,
+            *(f"--env={k}" for k in passed),
+            self.image(name),
+            *args,
+        ]
+
+    async def remove(self, name: str) -> None:
+        remove = await asyncio.create_subprocess_exec(
+            self.podman,
+            "rm",
+            "--force",
+            "--ignore",
+            self.container(name),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await remove.wait()
+
+
 def say(message: str) -> None:
     print(f"portico | {message}", flush=True)  # noqa: T201 (the launcher's console output)
 
@@ -67,6 +157,8 @@ class Child:
     color: str = ""
     #: A service: its exit stops the stack (Prometheus is an extra, not essential).
     essential: bool = True
+    #: Set when ``argv`` runs a container: a forced stop also removes it.
+    containers: Containers | None = None
     process: asyncio.subprocess.Process | None = None
     _pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -118,6 +210,8 @@ class Child:
             say(f"{self.name} did not stop in time; killing it")
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
+            if self.containers is not None:
+                await self.containers.remove(self.name)
         return await waiter
 
 
@@ -180,6 +274,8 @@ class Stack:
         #: The users cache's own Valkey (embedded only; evicting, unlike ``valkey``).
         self.valkey_cache: EmbeddedValkey | None = None
         self.children: list[Child] = []
+        #: Set with ``images``: components run from their container images.
+        self.containers = Containers(settings.images, settings.podman) if settings.images else None
         self.force = asyncio.Event()
         #: The local Prometheus's URL once it runs (``observe``), else None.
         self.prometheus_url: str | None = None
@@ -219,6 +315,63 @@ class Stack:
                 raise StartupError(f"could not write a dev signing key to {path}")
             say(f"auth: new dev signing key in {path}")
         return path
+
+    async def _signing_key_for_auth(self) -> tuple[str, dict[Path, str]]:
+        """``AUTH_SIGNING_KEY_FILES`` and what to mount for it.
+
+        A container runs as its image's user, which cannot read a key private to the user running
+        the launcher: it gets a readable copy in a folder only that user can enter, mounted
+        read-only at ``_KEY_IN_CONTAINER``.
+        """
+        key = await self._dev_signing_key()
+        if self.containers is None:
+            return str(key), {}
+        folder = key.parent / "container"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        copy = folder / key.name
+        shutil.copyfile(key, copy)
+        copy.chmod(0o644)
+        return _KEY_IN_CONTAINER, {copy: _KEY_IN_CONTAINER}
+
+    def _child(
+        self,
+        name: str,
+        module: str,
+        env: dict[str, str],
+        *,
+        color: str,
+        mounts: Mapping[Path, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> Child:
+        """A component run from this virtualenv, or from its image (``images``)."""
+        color = color if sys.stdout.isatty() else ""
+        if self.containers is None:
+            return Child(name, [sys.executable, "-m", module, *args], env, color=color)
+        mounts = dict(mounts or {})
+        if self.postgres is not None and any(k.endswith(_DSN_SETTINGS) for k in env):
+            socket = self.postgres.socket
+            mounts[socket] = f"{_PG_SOCKET_DIR_IN_CONTAINER}/{socket.name}"
+            env = {
+                k: _socket_dsn(v, _PG_SOCKET_DIR_IN_CONTAINER) if k.endswith(_DSN_SETTINGS) else v
+                for k, v in env.items()
+            }
+        argv = self.containers.argv(name, env, mounts=mounts, args=args)
+        return Child(name, argv, env, color=color, containers=self.containers)
+
+    async def _migrate(self, database_url: str) -> None:
+        """Apply the migrations as the database owner (in-process, or from the image)."""
+        if self.containers is None:
+            applied = await migrate(dsn=database_url, root=default_migrations_dir())
+            say(f"migrations: {len(applied)} applied, schema up to date")
+            return
+        env = child_environment() | {"MIGRATE_DATABASE_URL": database_url}
+        runner = self._child("migrations", "portico_migrations", env, color="", args=["up"])
+        await runner.start()
+        if await runner.wait() != 0:
+            raise StartupError(
+                f"migrations from {self.containers.image('migrations')} failed (output above)"
+            )
+        say(f"migrations: applied from {self.containers.image('migrations')}")
 
     async def _service_dsns(self, database_url: str, env: dict[str, str]) -> dict[str, str]:
         """Each service's DSN: its own login role (least privilege), never the owner's.
@@ -315,10 +468,10 @@ class Stack:
                 f"Valkey: embedded, state at 127.0.0.1:{self.valkey.port} (noeviction), cache at "
                 f"127.0.0.1:{self.valkey_cache.port} (allkeys-lru); one ACL user per component"
             )
-        applied = await migrate(dsn=database_url, root=default_migrations_dir())
-        say(f"migrations: {len(applied)} applied, schema up to date")
+        await self._migrate(database_url)
 
         env = child_environment() | {"PYTHONUNBUFFERED": "1"}
+        key_file, key_mount = await self._signing_key_for_auth()
         dsns = await self._service_dsns(database_url, env)
         valkey_urls = self._valkey_urls(valkey_url, env)
         # The users cache's instance: the users service writes it, the gateway's edge path reads
@@ -331,6 +484,9 @@ class Stack:
             if self.valkey_cache is not None
             else ({}, {})
         )
+        # The gateway's proof to the auth service that its x-forwarded-for is believable
+        # (portico_common.forwarding): a fresh secret per run, like the stores' passwords.
+        forwarder_key = secrets.token_urlsafe(32)
         for prefix in (
             "USERS",
             "AUTH",
@@ -338,9 +494,9 @@ class Stack:
             "GATEWAY",
         ):  # readable by default behind the prefixes
             env.setdefault(f"{prefix}_LOG_FORMAT", s.log_format)
-        users = Child(
+        users = self._child(
             "users",
-            [sys.executable, "-m", "portico_users"],
+            "portico_users",
             env
             | {
                 "USERS_POSTGRES__DSN": dsns["users"],
@@ -351,11 +507,11 @@ class Stack:
                 "USERS_METRICS_PORT": str(s.users_metrics_port),
                 "USERS_AUTH_TARGET": self.auth_target,  # JWKS, fetched on first use
             },
-            color=_COLORS[0] if sys.stdout.isatty() else "",
+            color=_COLORS[0],
         )
-        auth = Child(
+        auth = self._child(
             "auth",
-            [sys.executable, "-m", "portico_auth"],
+            "portico_auth",
             env
             | {
                 "AUTH_POSTGRES__DSN": dsns["auth"],
@@ -366,13 +522,15 @@ class Stack:
                 "AUTH_USERS_TARGET": self.users_target,
                 "AUTH_ENVIRONMENT": "dev",
                 "AUTH_ADMIN_EMAILS": env.get("AUTH_ADMIN_EMAILS", s.admin_email),
-                "AUTH_SIGNING_KEY_FILES": str(await self._dev_signing_key()),
+                "AUTH_SIGNING_KEY_FILES": key_file,
+                "AUTH_FORWARDER_KEYS": forwarder_key,
             },
-            color=_COLORS[2] if sys.stdout.isatty() else "",
+            color=_COLORS[2],
+            mounts=key_mount,
         )
-        audit = Child(
+        audit = self._child(
             "audit",
-            [sys.executable, "-m", "portico_audit"],
+            "portico_audit",
             env
             | {
                 "AUDIT_POSTGRES__DSN": dsns["audit"],
@@ -382,11 +540,11 @@ class Stack:
                 "AUDIT_METRICS_PORT": str(s.audit_metrics_port),
                 "AUDIT_AUTH_TARGET": self.auth_target,  # JWKS, fetched on first use
             },
-            color=_COLORS[3] if sys.stdout.isatty() else "",
+            color=_COLORS[3],
         )
-        gateway = Child(
+        gateway = self._child(
             "gateway",
-            [sys.executable, "-m", "portico_gateway"],
+            "portico_gateway",
             env
             | {
                 "GATEWAY_HOST": s.host,
@@ -397,8 +555,9 @@ class Stack:
                 "GATEWAY_VALKEY_URL": valkey_urls["gateway"],
                 **edge_cache_url,
                 "GATEWAY_ENVIRONMENT": "dev",
+                "GATEWAY_FORWARDER_KEY": forwarder_key,
             },
-            color=_COLORS[1] if sys.stdout.isatty() else "",
+            color=_COLORS[1],
         )
         self.children = [users, auth, audit, gateway]
         await users.start()
