@@ -46,6 +46,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-make-run", action="store_true", help="skip the `make run` timing")
     parser.add_argument(
+        "--startup-only",
+        action="store_true",
+        help="only start-up and memory: start the stack, time exec → ready of a copy of each "
+        "service, read its RSS at ready and 2 s later, print them against the targets (≈ 1 min)",
+    )
+    parser.add_argument(
+        "--startup-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="also start each copy with these variables (repeatable: one variant each), "
+        "interleaved with the plain copies, e.g. MALLOC_ARENA_MAX=2",
+    )
+    parser.add_argument(
         "--out", type=Path, default=REPO / "bench" / "results", help="folder of the JSON results"
     )
     return parser
@@ -63,6 +77,10 @@ def _options(args: argparse.Namespace) -> Options:
     ):
         if getattr(args, name) is not None:
             update[key] = getattr(args, name)
+    if args.startup_env:
+        update["startup_env"] = tuple(
+            dict(pair.split("=", 1) for pair in variant.split(",")) for variant in args.startup_env
+        )
     return Options(**(_fields(base) | update))
 
 
@@ -70,11 +88,11 @@ def _fields(options: Options) -> dict[str, Any]:
     return {name: getattr(options, name) for name in Options.__dataclass_fields__}
 
 
-async def _measure(options: Options, *, make_run: bool) -> dict[str, Any]:
+async def _measure(options: Options, *, make_run: bool, startup_only: bool) -> dict[str, Any]:
     started = time.perf_counter()
     stamp = utc_stamp()
     log_path = DATA.parent / "bench.log"
-    wrk_version = await wrk.version()
+    wrk_version = "not used" if startup_only else await wrk.version()
     with (
         tempfile.TemporaryDirectory(prefix="portico-bench-") as tmp,
         log_path.open("w") as log,
@@ -85,6 +103,11 @@ async def _measure(options: Options, *, make_run: bool) -> dict[str, Any]:
         try:
             say(f"starting the stack (logs: {log_path.relative_to(REPO)})")
             await bench.start_stack()
+            if startup_only:
+                say("timing exec → ready and idle RSS of a copy of each service")
+                await bench.measure_process_startup()
+                bench.rss["idle"] = bench.watched.rss_mb()
+                return _result(bench, options, stamp, started, wrk_version, {})
             await bench.seed()
             await bench.start_baselines()
             await bench.start_otel_pairs()
@@ -103,6 +126,17 @@ async def _measure(options: Options, *, make_run: bool) -> dict[str, Any]:
         if make_run:
             say("timing `make run` → first served request")
             await bench.measure_make_run()
+    return _result(bench, options, stamp, started, wrk_version, token_cost)
+
+
+def _result(
+    bench: Bench,
+    options: Options,
+    stamp: str,
+    started: float,
+    wrk_version: str,
+    token_cost: dict[str, float],
+) -> dict[str, Any]:
     rows = bench.summary()
     return {
         "timestamp": stamp,
@@ -113,7 +147,7 @@ async def _measure(options: Options, *, make_run: bool) -> dict[str, Any]:
         "failures": bench.failures,
         "stack_env": STACK_ENV,
         "token_verification": token_cost,
-        "logins": need(bench.tokens, "the tokens").logins_done,
+        "logins": bench.tokens.logins_done if bench.tokens else 0,
         "summary": rows,
         "ratios": report.ratios(rows, options.concurrency),
         "otel": bench.otel_stats,
@@ -139,6 +173,7 @@ def render(result: dict[str, Any]) -> str:
         report.ratio_lines(result["ratios"]),
         report.otel_lines(result["summary"], result.get("otel") or {}),
         report.startup_lines(result["startup"], result["rss_mb"]),
+        report.process_target_lines(result["startup"]),
         report.target_lines(result["targets"]),
         f"checks: {result['checks']}",
         report.failure_lines(result["failures"]),
@@ -150,9 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options = _options(args)
     DATA.parent.mkdir(parents=True, exist_ok=True)
-    result = asyncio.run(_measure(options, make_run=not args.no_make_run))
+    result = asyncio.run(
+        _measure(
+            options,
+            make_run=not (args.no_make_run or args.startup_only),
+            startup_only=args.startup_only,
+        )
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{result['timestamp']}.json"
+    kind = "startup-" if args.startup_only else ""  # results keep the latest of each kind
+    path = args.out / f"{kind}{result['timestamp']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(render(result))
     print(f"wrote {path} in {result['wall_s']:.0f} s")

@@ -75,7 +75,11 @@ def floor_app(body: bytes) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
 
 
 def monolith_app(
-    valkey_url: str, key_prefix: str = DEFAULT_KEY_PREFIX, *, auth_target: str | None = None
+    valkey_url: str,
+    key_prefix: str = DEFAULT_KEY_PREFIX,
+    *,
+    auth_target: str | None = None,
+    sessions_url: str | None = None,
 ) -> FastAPI:
     """FastAPI reading the users service's cache entry directly and serving the gateway's JSON.
 
@@ -87,12 +91,13 @@ def monolith_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.valkey = Valkey.from_url(valkey_url)
+        sessions = Valkey.from_url(sessions_url) if sessions_url else app.state.valkey
         app.state.verifier = None
         channel = grpc.aio.insecure_channel(auth_target) if auth_target else None
         if channel is not None:
             app.state.verifier = TokenVerifier(
                 JwksCache(jwks_from_auth_service(channel)),
-                ValkeySessions(app.state.valkey, key_prefix=SESSION_KEY_PREFIX),
+                ValkeySessions(sessions, key_prefix=SESSION_KEY_PREFIX),
                 issuer=TOKEN_ISSUER,
                 audience=TOKEN_AUDIENCE,
             )
@@ -101,6 +106,8 @@ def monolith_app(
         finally:
             if channel is not None:
                 await channel.close()
+            if sessions is not app.state.valkey:
+                await sessions.aclose()
             await app.state.valkey.aclose()
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -139,7 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind", choices=("floor", "monolith", "monolith_verify"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--body-file", type=Path, help="floor: the JSON to answer")
-    parser.add_argument("--valkey-url", help="monolith: the users service's Valkey")
+    parser.add_argument("--valkey-url", help="monolith: the users service's cache Valkey")
+    parser.add_argument(
+        "--sessions-url", help="monolith_verify: the Valkey of the sessions (default: --valkey-url)"
+    )
     parser.add_argument("--key-prefix", default=DEFAULT_KEY_PREFIX)
     parser.add_argument("--auth-target", help="monolith_verify: the auth service (for the JWKS)")
     args = parser.parse_args(argv)
@@ -154,7 +164,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.kind == "monolith_verify" and not args.auth_target:
             parser.error("monolith_verify needs --auth-target")
         auth_target = args.auth_target if args.kind == "monolith_verify" else None
-        app = monolith_app(args.valkey_url, args.key_prefix, auth_target=auth_target)
+        app = monolith_app(
+            args.valkey_url,
+            args.key_prefix,
+            auth_target=auth_target,
+            sessions_url=args.sessions_url or args.valkey_url,
+        )
     # As portico_gateway.__main__ configures uvicorn: the monolith logs each request at INFO as
     # the gateway does; the floor is the minimum, without logging.
     level = "warning" if args.kind == "floor" else "info"

@@ -50,6 +50,8 @@ OTEL_PAIRS: dict[str, Literal["on", "off", "sampled"]] = {
     "gateway_otel_off": "off",
     "gateway_otel_sampled": "sampled",
 }
+#: Production's head-sampling ratio (staging and prod overlays; tests/k8s pins them to it).
+PRODUCTION_RATIO = "0.05"
 #: ``on``: every request sampled (``always_on``), spans batched and exported over OTLP/gRPC to
 #: :mod:`bench.otlp_sink` (``{sink}`` is its address), as to a collector, and request metrics
 #: recorded. ``off``: the SDK off, so no span is recorded (the instrumentation's wrappers still
@@ -62,13 +64,14 @@ OTEL_ENV: dict[str, dict[str, str]] = {
         "PORTICO_METRICS_ENABLED": "true",
     },
     "off": {"OTEL_SDK_DISABLED": "true", "PORTICO_METRICS_ENABLED": "false"},
-    # ``sampled``: as ``on``, but the gateway keeps 1 trace in 10 (head sampling; the users
-    # service follows the caller's decision), under its own service name so the sink counts
-    # its spans apart.
+    # ``sampled``: production's settings (k8s/overlays/prod/patches/telemetry.yaml): as ``on``,
+    # but the gateway keeps 1 trace in 20 (head sampling; the users service follows the
+    # caller's decision) and tail capture records the unsampled failed or slow requests (the
+    # thresholds' defaults), under its own service name so the sink counts its spans apart.
     "sampled": {
         "OTEL_SDK_DISABLED": "false",
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        "OTEL_TRACES_SAMPLER_ARG": PRODUCTION_RATIO,
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://{sink}",
         "OTEL_SERVICE_NAME": "{component}-sampled",
         "PORTICO_METRICS_ENABLED": "true",
@@ -150,12 +153,12 @@ CASES: tuple[Case, ...] = (
     Case(
         "otel_overhead",
         "GET /v1/users/{id} by its owner, cached, through gateway + users with tracing and "
-        "request metrics on (always_on, OTLP export) and off (OTEL_SDK_DISABLED, "
-        "PORTICO_METRICS_ENABLED=false)",
+        "request metrics on (always_on, OTLP export), at production settings (5% head "
+        "sampling + tail capture) and off (OTEL_SDK_DISABLED, PORTICO_METRICS_ENABLED=false)",
         (
             Variant("otel on", "gateway_otel_on", path="/v1/users/{user}"),
             Variant("otel off", "gateway_otel_off", path="/v1/users/{user}"),
-            Variant("otel 10%", "gateway_otel_sampled", path="/v1/users/{user}"),
+            Variant("otel prod", "gateway_otel_sampled", path="/v1/users/{user}"),
         ),
         caller="owner",
         before_cell="warm_cached",

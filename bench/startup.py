@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -122,6 +123,18 @@ async def terminate(proc: asyncio.subprocess.Process, *, timeout_s: float = 20.0
         await proc.wait()
 
 
+@dataclass(frozen=True, slots=True)
+class StartupSample:
+    """One copy's start: seconds from exec to ready, RSS (MiB) at ready and after idling."""
+
+    ready_s: float
+    rss_at_ready_mb: float
+    rss_idle_mb: float
+    #: Of the idle RSS, anonymous memory (heaps, the Python objects); the rest is file-backed
+    #: (the interpreter's and the extension modules' code, shared between processes).
+    anon_idle_mb: float
+
+
 async def exec_to_ready(
     argv: Sequence[str],
     *,
@@ -130,17 +143,39 @@ async def exec_to_ready(
     log: IO[Any],
     cwd: Path | None = None,
     timeout_s: float = 30.0,
-) -> tuple[float, float]:
-    """Start a copy, time exec → ready, note its RSS (MiB) when ready, stop it."""
+    idle_s: float = 2.0,
+) -> StartupSample:
+    """Start a copy, time exec → ready, note its RSS when ready and ``idle_s`` later, stop it.
+
+    The idle figure is what a replica holds while it waits for traffic: start-up garbage
+    collected, ``gc.freeze()`` done, the background tasks (health probe, session listener,
+    outbox relay or consumer) running. Nothing is sent to the copy in between.
+    """
     started = time.perf_counter()
     proc = await spawn(argv, env=env, log=log, cwd=cwd)
     try:
         await wait_ready(proc, probe, timeout_s)
         elapsed = time.perf_counter() - started
-        rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+        watched = psutil.Process(proc.pid)
+        at_ready = watched.memory_info().rss / 2**20
+        await asyncio.sleep(idle_s)  # a fixed wait by design: what is measured is "idle for 2 s"
+        idle = watched.memory_info().rss / 2**20
+        anon = _anonymous_mb(proc.pid)
     finally:
         await terminate(proc)
-    return elapsed, rss
+    return StartupSample(elapsed, at_ready, idle, anon)
+
+
+def _anonymous_mb(pid: int) -> float:
+    """``Anonymous`` of ``/proc/<pid>/smaps_rollup``, MiB (0 where the kernel has no rollup)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Anonymous:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 async def make_run_to_first_request(

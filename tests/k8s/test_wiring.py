@@ -377,6 +377,31 @@ def test_prometheus_can_scrape_every_app(
             assert not allows(docs, "Ingress", app, PROMETHEUS, port), "same-namespace prometheus"
 
 
+#: Production's head-sampling ratio ceiling: what keeps telemetry within its 10% budget
+#: (docs/benchmarks.md, "What telemetry costs"); the tail capture keeps the failures and slow ones.
+PRODUCTION_RATIO = 0.05
+
+
+@pytest.mark.parametrize("overlay", ["dev", *POLICED])
+def test_staging_and_prod_sample_at_the_head_and_dev_traces_everything(
+    overlay: str, rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in APPS:
+        settings, env = app_settings(rendered[overlay], name, monkeypatch)
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            telemetry = TelemetrySettings()
+        slow_s = getattr(settings, "trace_slow_s", None)
+        assert slow_s is not None, f"{overlay} {name}: no tail-capture threshold"
+        assert slow_s > 0, f"{overlay} {name}: slow requests would not be tail-captured"
+        if overlay in POLICED:
+            assert telemetry.traces_sampler == "parentbased_traceidratio", (overlay, name)
+            assert 0 < telemetry.traces_sampler_arg <= PRODUCTION_RATIO, (overlay, name)
+        else:
+            assert telemetry.traces_sampler == "parentbased_always_on", (overlay, name)
+
+
 @pytest.mark.parametrize("overlay", ["dev", *POLICED])
 def test_every_app_sends_spans_to_the_collector(
     overlay: str, rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch

@@ -13,13 +13,14 @@ import logging
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from portico_audit.config import AuditSettings
 from portico_auth.config import AuthSettings
 from portico_common.logs import JsonFormatter
+from portico_common.tail_capture import CAPTURE_ATTRIBUTE, Reason
 from portico_gateway.config import GatewaySettings
 from portico_users.config import UsersSettings
 from tests.observability.catalog import (
@@ -128,7 +129,11 @@ def test_span_metrics_see_every_span_and_jaeger_only_the_sampled_ones(env: str) 
 def test_tail_sampling_keeps_errors_slow_traces_and_a_share_of_the_rest(env: str) -> None:
     policies = effective_configs()[env]["processors"]["tail_sampling"]["policies"]
     by_type = {p["type"]: p for p in policies}
-    assert set(by_type) == {"status_code", "latency", "probabilistic"}
+    assert set(by_type) == {"status_code", "latency", "string_attribute", "probabilistic"}
+    # The apps' tail-captured spans (unsampled at the head, then failed or slow) are all kept.
+    captured = by_type["string_attribute"]["string_attribute"]
+    assert captured["key"] == CAPTURE_ATTRIBUTE
+    assert sorted(captured["values"]) == sorted(get_args(Reason))
     assert by_type["status_code"]["status_code"]["status_codes"] == ["ERROR"]
     # "Slow" is the gateway's latency SLO threshold (the le="0.25" bucket of its rules).
     assert by_type["latency"]["latency"]["threshold_ms"] == 250
@@ -136,7 +141,7 @@ def test_tail_sampling_keeps_errors_slow_traces_and_a_share_of_the_rest(env: str
     assert 0 < by_type["probabilistic"]["probabilistic"]["sampling_percentage"] <= 100
 
 
-def test_prod_samples_less_of_the_rest_and_drops_the_debug_exporter() -> None:
+def test_prod_keeps_what_the_apps_head_sampled_and_drops_the_debug_exporter() -> None:
     base, prod = effective_configs()["base"], effective_configs()["prod"]
 
     def share(config: dict[str, Any]) -> float:
@@ -146,7 +151,10 @@ def test_prod_samples_less_of_the_rest_and_drops_the_debug_exporter() -> None:
         )  # fmt: skip
         return float(policy["probabilistic"]["sampling_percentage"])
 
-    assert share(prod) < share(base)
+    # The apps sample at the head in staging and prod (tests/k8s: parentbased_traceidratio):
+    # what reaches the collector there is the share already; in dev they send every trace.
+    assert share(base) < 100
+    assert share(prod) == 100
     assert any("debug" in p["exporters"] for p in base["service"]["pipelines"].values())
     assert not any("debug" in p["exporters"] for p in prod["service"]["pipelines"].values())
     assert prod["exporters"]["otlp/jaeger"]["tls"]["insecure"] is False

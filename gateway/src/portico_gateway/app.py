@@ -149,7 +149,9 @@ def create_app(
     app.add_middleware(SecurityHeadersMiddleware, hsts_max_age_s=settings.hsts_max_age_s)
     if (cors := cors_options(settings)) is not None:
         app.add_middleware(CORSMiddleware, **cors)  # preflights are answered before the rest
-    app.add_middleware(AccessMiddleware)  # times and logs each request, with its request id
+    app.add_middleware(
+        AccessMiddleware, slow_s=settings.trace_slow_s
+    )  # times and logs each request, with its request id
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer carries the id
     instrument(app)  # OpenTelemetry's middleware wraps all the rest: logs carry the trace id
     return app

@@ -206,6 +206,12 @@ class GatewaySettings(BaseSettings):
     retry_after_s: int = Field(
         default=1, ge=0, description="Retry-After sent with 503 when an upstream is unavailable."
     )
+    trace_slow_s: float = Field(
+        default=0.25,
+        ge=0,
+        description="A request slower than this (seconds) whose trace head sampling dropped "
+        "still gets its span (tail capture; the latency SLO's threshold); 0: only 5xx answers.",
+    )
     shutdown_delay_s: float = Field(
         default=1.0,
         ge=0,

@@ -36,8 +36,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry import trace
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, asgi_getter
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor, _get_route_details
+from opentelemetry.propagate import extract
 from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
 from opentelemetry.trace import Span
 from opentelemetry.util.http import sanitize_method
@@ -48,6 +50,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portico_common.config import get_metrics_settings
 from portico_common.metrics import BUCKETS, exemplar
+from portico_common.tail_capture import TailCapture
+from portico_common.telemetry import tail_capture
 from portico_gateway.edge import edge_metrics
 
 _access = logging.getLogger("portico_gateway.access")
@@ -81,12 +85,16 @@ def http_metrics() -> HttpMetrics:
 
 
 class AccessMiddleware:
-    """RED metrics and the access log line, for every HTTP request."""
+    """RED metrics and the access log line, for every HTTP request; and the tail capture's span
+    for a request whose trace was not sampled that answered 5xx or took longer than ``slow_s``
+    (0: never; :mod:`portico_common.tail_capture`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, slow_s: float = 0.0) -> None:
         self.app = app
         self.metrics = http_metrics()
         self.record = get_metrics_settings().enabled  # PORTICO_METRICS_ENABLED
+        self.capture = tail_capture()
+        self.slow_s = slow_s if slow_s > 0 else float("inf")
         # Labelled children by label values: ``labels()`` takes a lock and builds a key each
         # time. Routes are templates, so these stay as small as the metrics themselves.
         self._in_flight: dict[str, Any] = {}
@@ -125,6 +133,8 @@ class AccessMiddleware:
                     duration = self.metrics.duration.labels(route, method, str(status))
                     self._durations[route, method, status] = duration
                 duration.observe(elapsed, exemplar())
+            if self.capture is not None and (status >= 500 or elapsed > self.slow_s):
+                _capture_request(self.capture, scope, route, status, elapsed)
             _access.info(
                 "%s %s %d",
                 method,
@@ -137,6 +147,32 @@ class AccessMiddleware:
                     "duration_ms": round(elapsed * 1000, 3),
                 },
             )
+
+
+def _capture_request(
+    capture: TailCapture, scope: Scope, route: str, status: int, elapsed: float
+) -> None:
+    """The tail capture's span of one request (the rare path: failed or slow requests only)."""
+    if not scope["path"].startswith("/v1/") and not scope["path"].startswith("/.well-known/"):
+        return  # the API routes only, as the SLOs count them: not probes, /metrics or docs
+    headers: dict[str, Any] = {"headers": scope.get("headers", [])}  # what asgi_getter reads
+    caller = trace.get_current_span(extract(headers, getter=asgi_getter)).get_span_context()
+    name, attributes = span_details(scope, None if route == "unmatched" else route)
+    capture.emit(
+        request=trace.get_current_span().get_span_context(),
+        parent=caller,
+        name=name,
+        kind=trace.SpanKind.SERVER,
+        elapsed_s=elapsed,
+        reason="error" if status >= 500 else "slow",
+        attributes={
+            **attributes,
+            "http.request.method": str(scope.get("method", "")),
+            "url.path": str(scope.get("path", "")),
+            "http.response.status_code": status,
+        },
+        error=f"HTTP {status}",
+    )
 
 
 def _live_tasks() -> float:

@@ -26,10 +26,12 @@ from importlib import metadata
 from typing import Any, Protocol
 
 import grpc
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from prometheus_client import REGISTRY, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from portico_common.tail_capture import SERVER_FAULTS, TailCapture
 
 #: Histogram buckets, seconds: 0.1 ms … 10 s.
 BUCKETS = (
@@ -90,12 +92,21 @@ Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
     """Times each unary-unary call; streaming methods (health Watch, reflection) pass through.
 
+    The timing feeds the RED metrics (``record``) and the tail capture (``capture``): a call
+    whose server span was not sampled and that ended with a server fault or took longer than
+    ``slow_s`` (0: never) gets its span after all (:mod:`portico_common.tail_capture`).
+
     The timed handler of a method is built once (with its labelled children) and reused while
     the method's inner handler stays the same object (see ``portico_common.interceptors``).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, record: bool = True, capture: TailCapture | None = None, slow_s: float = 0.0
+    ) -> None:
         self._handlers: dict[str, tuple[Any, Any]] = {}
+        self._record = record
+        self._capture = capture
+        self._slow_s = slow_s if slow_s > 0 else float("inf")
 
     async def intercept_service(
         self,
@@ -111,13 +122,27 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
         if held is not None and held[0] is handler:
             timed: grpc.RpcMethodHandler[Any, Any] = held[1]
             return timed
-        timed = _timed(handler, handler_call_details.method)
+        timed = _timed(
+            handler,
+            handler_call_details.method,
+            record=self._record,
+            capture=self._capture,
+            slow_s=self._slow_s,
+        )
         self._handlers[handler_call_details.method] = (handler, timed)
         return timed
 
 
-def _timed(handler: Any, full_method: str) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` (unary-unary) with its calls counted in flight and timed by status code."""
+def _timed(
+    handler: Any,
+    full_method: str,
+    *,
+    record: bool,
+    capture: TailCapture | None,
+    slow_s: float,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` (unary-unary) with its calls counted in flight and timed by status code
+    (``record``), and handed to ``capture`` when unsampled and failed or slower than ``slow_s``."""
     service, method = split_method(full_method)
     behaviour: Behaviour = handler.unary_unary
     m = grpc_metrics()
@@ -127,7 +152,8 @@ def _timed(handler: Any, full_method: str) -> grpc.RpcMethodHandler[Any, Any]:
 
     async def timed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         start = time.perf_counter()
-        in_flight.inc()
+        if record:
+            in_flight.inc()
         code = grpc.StatusCode.UNKNOWN
         try:
             response = await behaviour(request, context)
@@ -137,12 +163,16 @@ def _timed(handler: Any, full_method: str) -> grpc.RpcMethodHandler[Any, Any]:
             code = _set_code(context, grpc.StatusCode.UNKNOWN)
             raise
         finally:
-            in_flight.dec()
+            elapsed = time.perf_counter() - start
             name = _name(code)
-            child = by_code.get(name)
-            if child is None:
-                child = by_code[name] = duration.labels(service, method, name)
-            child.observe(time.perf_counter() - start, exemplar())
+            if record:
+                in_flight.dec()
+                child = by_code.get(name)
+                if child is None:
+                    child = by_code[name] = duration.labels(service, method, name)
+                child.observe(elapsed, exemplar())
+            if capture is not None and (name in SERVER_FAULTS or elapsed > slow_s):
+                _capture_call(capture, context, full_method, service, method, name, elapsed)
 
     return grpc.unary_unary_rpc_method_handler(
         timed,
@@ -164,6 +194,36 @@ def _name(code: Any) -> str:
             if status.value[0] == code:
                 return status.name
     return "UNKNOWN"
+
+
+def _capture_call(
+    capture: TailCapture,
+    context: grpc.aio.ServicerContext[Any, Any],
+    full_method: str,
+    service: str,
+    method: str,
+    code: str,
+    elapsed: float,
+) -> None:
+    """The tail capture's span of one call (the rare path: only failed or slow calls get here)."""
+    carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    caller = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    status = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
+    capture.emit(
+        request=trace.get_current_span().get_span_context(),
+        parent=caller,
+        name=full_method,  # the gRPC instrumentation's server span name
+        kind=trace.SpanKind.SERVER,
+        elapsed_s=elapsed,
+        reason="error" if code in SERVER_FAULTS else "slow",
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": method,
+            "rpc.grpc.status_code": status.value[0],
+        },
+        error=code,
+    )
 
 
 class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):

@@ -259,7 +259,8 @@ class Runtime(Generic[Servicer]):
         service = self.service.descriptor
         server = grpc.aio.server(
             interceptors=[
-                *server_interceptors(),  # the server span, then RED metrics, outermost
+                # the server span, then RED metrics and the tail capture, outermost
+                *server_interceptors(slow_s=settings.trace_slow_s),
                 RequestIdInterceptor(),  # request id and the caller's deadline, for the logs
                 ErrorInterceptor(errors, partial(status_of, domain=self.service.error_domain)),
                 # before validation: 401 first

@@ -65,6 +65,9 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     #: Prometheus ``/metrics`` over HTTP on ``grpc_host``; 0 disables it.
     metrics_port: Port = 0
+    #: A call slower than this (seconds) whose trace head sampling dropped still gets its span
+    #: (tail capture, docs/telemetry.md); the service's latency-SLO threshold. 0: only failures.
+    trace_slow_s: float = Field(default=0.1, ge=0)
     postgres: PostgresSettings
 
 

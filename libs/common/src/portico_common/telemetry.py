@@ -6,7 +6,9 @@ Configuration is the standard ``OTEL_*`` variables only (:class:`TelemetrySettin
 * ``OTEL_EXPORTER_OTLP_ENDPOINT`` turns on the OTLP/gRPC span exporter (batching). Unset (the
   local default), no exporter is installed: spans still get ids (logs and exemplars carry them)
   but go nowhere and nothing is logged about it;
-* ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: head sampling (parent-based by default);
+* ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: head sampling (parent-based by default;
+  production keeps a small ratio, and :mod:`portico_common.tail_capture` still records every
+  unsampled request that failed or was slow: :func:`tail_capture`);
 * ``OTEL_PROPAGATORS``: W3C ``tracecontext`` + ``baggage`` and B3 multi-header by default, so a
   mesh or caller speaking either is joined, and both are emitted downstream.
 
@@ -47,6 +49,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from portico_common.config import TelemetrySettings, get_metrics_settings
 from portico_common.metrics import ClientMetricsInterceptor, ServerMetricsInterceptor
+from portico_common.tail_capture import TailCapture
 
 _log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ _PROPAGATORS: dict[str, type[TextMapPropagator]] = {
 }
 
 _provider: TracerProvider | None = None
+_capture: TailCapture | None = None
 
 
 def propagator(names: str) -> CompositePropagator:
@@ -99,7 +103,7 @@ def setup_telemetry(
     first provider and only adds ``span_processors`` to it. Returns the provider, or None when
     ``OTEL_SDK_DISABLED`` is true.
     """
-    global _provider
+    global _provider, _capture
     set_global_textmap(propagator(settings.propagators))
     if instrument_asyncpg:
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
@@ -111,19 +115,29 @@ def setup_telemetry(
         return None
     if _provider is None:
         name = settings.service_name or service_name
-        _provider = TracerProvider(
-            resource=Resource.create({"service.name": name}), sampler=sampler(settings)
-        )
+        resource = Resource.create({"service.name": name})
+        _provider = TracerProvider(resource=resource, sampler=sampler(settings))
+        _capture = TailCapture(resource, [])
         if settings.exporter_otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             # The exporter reads OTEL_EXPORTER_OTLP_* (endpoint, headers, TLS) itself.
-            _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            batch = BatchSpanProcessor(OTLPSpanExporter())
+            _provider.add_span_processor(batch)
+            _capture.add_span_processor(batch)
             _log.info("exporting spans over OTLP to %s", settings.exporter_otlp_endpoint)
         trace.set_tracer_provider(_provider)
     for processor in span_processors:
         _provider.add_span_processor(processor)
+        if _capture is not None:
+            _capture.add_span_processor(processor)
     return _provider
+
+
+def tail_capture() -> TailCapture | None:
+    """The process's tail capture (its spans go where the sampled ones go); None while tracing
+    is not set up or ``OTEL_SDK_DISABLED`` is true."""
+    return _capture
 
 
 #: Not traced: probes would drown the traffic, and OpenTelemetry's aio server interceptor
@@ -138,12 +152,15 @@ def traced(details: grpc.HandlerCallDetails | grpc.aio.ClientCallDetails) -> boo
     return not text.startswith(UNTRACED_SERVICES)
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """Outermost server interceptors: the server span, then RED metrics inside it."""
+def server_interceptors(*, slow_s: float = 0.0) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost server interceptors: the server span, then RED metrics inside it, which also
+    hand an unsampled call that failed or took over ``slow_s`` (0: never) to the tail capture."""
     span = aio_server_interceptor(filter_=traced)  # type: ignore[no-untyped-call]
-    if not get_metrics_settings().enabled:
+    record = get_metrics_settings().enabled
+    capture = tail_capture()
+    if not record and capture is None:
         return [span]
-    return [span, ServerMetricsInterceptor()]
+    return [span, ServerMetricsInterceptor(record=record, capture=capture, slow_s=slow_s)]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:

@@ -286,7 +286,17 @@ def public_key_of(jwk: Jwk) -> Ed25519PublicKey | None:
 
 
 class JwksCache:
-    """Verification keys by ``kid``, fetched from the auth service and refreshed sparingly."""
+    """Verification keys by ``kid``, fetched from the auth service and refreshed sparingly.
+
+    One fetch at a time, shared by every caller that needs it. After a fetch that worked, the
+    next is due when the keys are ``max_age_s`` old, or for a ``kid`` not held at most every
+    ``min_refresh_s`` (forged ids cannot make a fetch per request). After a failed fetch the next
+    is due after a backoff from ``FAILED_RETRY_S``, doubling up to ``min_refresh_s``: a service
+    that started before the auth service answers soon after, and one whose auth service is down
+    does not ask it per request.
+    """
+
+    FAILED_RETRY_S = 0.25
 
     def __init__(
         self,
@@ -303,43 +313,50 @@ class JwksCache:
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._fetched_at: float | None = None  # the last fetch that worked
         self._tried_at: float | None = None  # the last fetch, whatever came of it
-        self._last_fetch_ok = False
-        self._lock = asyncio.Lock()
+        self._failures = 0  # failed fetches since the last that worked
+        self._fetching: asyncio.Task[None] | None = None
 
     async def key(self, kid: str) -> Ed25519PublicKey | None:
         """The key named ``kid``; refetches when stale, or once in a while for unknown kids.
 
-        None only when the last fetch succeeded and did not hold ``kid``: the key does not
-        exist. :class:`KeysUnavailable` when ``kid`` is not held and the last fetch failed.
+        None only when the last fetch worked and did not hold ``kid``: there is no such key.
+        :class:`KeysUnavailable` when ``kid`` is not held and the last fetch failed (or none
+        has been made): a new key and a forged id cannot be told apart until one works.
         """
         now = self._clock()
         stale = self._fetched_at is None or now - self._fetched_at >= self._max_age_s
-        unknown = kid not in self._keys
-        # At most one fetch per min_refresh_s, whether the last one worked or not: unknown kids
-        # (forged ones included) and an auth service that fails never make a fetch per request.
-        due = self._tried_at is None or now - self._tried_at >= self._min_refresh_s
-        if due and (stale or unknown):
-            await self._refresh(now)
+        if stale or kid not in self._keys:
+            if self._fetching is None and self._due(now):
+                self._tried_at = now
+                self._fetching = asyncio.create_task(self._refresh())
+            if self._fetching is not None:
+                # Shielded: a caller that gives up does not cancel the fetch the others await.
+                await asyncio.shield(self._fetching)
         key = self._keys.get(kid)
-        if key is None and not self._last_fetch_ok:
+        if key is None and (self._failures or self._fetched_at is None):
             raise KeysUnavailable(f"no key {kid!r} held and the key set could not be fetched")
         return key
 
-    async def _refresh(self, asked_at: float) -> None:
-        async with self._lock:
-            if self._tried_at is not None and self._tried_at >= asked_at:
-                return  # another caller fetched (or tried to) while we waited
-            self._tried_at = self._clock()
-            try:
-                jwks = await self._fetch()
-            except Exception as exc:  # keep serving with the keys we have
-                _log.warning("JWKS refresh failed (%s); keeping %d key(s)", exc, len(self._keys))
-                self._last_fetch_ok = False
-                return
-            keys = {j["kid"]: k for j in jwks if j.get("kid") and (k := public_key_of(j))}
-            self._keys = keys
+    def _due(self, now: float) -> bool:
+        if self._tried_at is None:
+            return True
+        wait = self._min_refresh_s
+        if self._failures:
+            wait = min(wait, self.FAILED_RETRY_S * 2 ** (self._failures - 1))
+        return now - self._tried_at >= wait
+
+    async def _refresh(self) -> None:
+        try:
+            jwks = await self._fetch()
+        except Exception as exc:  # keep serving with the keys we have
+            self._failures += 1
+            _log.warning("JWKS refresh failed (%s); keeping %d key(s)", exc, len(self._keys))
+        else:
+            self._keys = {j["kid"]: k for j in jwks if j.get("kid") and (k := public_key_of(j))}
             self._fetched_at = self._clock()
-            self._last_fetch_ok = True
+            self._failures = 0
+        finally:
+            self._fetching = None
 
 
 def _remember(memory: dict[str, Any], key: str, value: Any, limit: int) -> None:

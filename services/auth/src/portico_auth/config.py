@@ -116,6 +116,8 @@ class AuthSettings(ServiceSettings, env_prefix="AUTH_"):
 
     #: gRPC address of the users service (portico.users.v1.UserService).
     users_target: str = "127.0.0.1:50051"
+    #: The auth latency SLO's threshold: password hashing (argon2id) is slow on purpose.
+    trace_slow_s: float = Field(default=0.5, ge=0)
     #: ``production`` refuses to start without signing key files; ``dev`` makes a throwaway one.
     environment: Literal["dev", "production"] = "dev"
     signing_key_files: Annotated[list[Path], NoDecode] = Field(default_factory=list)

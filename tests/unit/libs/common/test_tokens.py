@@ -286,6 +286,24 @@ async def test_keys_that_cannot_be_fetched_make_a_token_uncheckable_not_invalid(
     await verifier.verify(token)
 
 
+async def test_callers_arriving_during_a_fetch_share_it(key: Key, sessions: Sessions) -> None:
+    fetches = {"n": 0}
+    release = asyncio.Event()
+
+    async def slow_auth_service() -> Sequence[Jwk]:
+        fetches["n"] += 1
+        await release.wait()
+        return [key.jwk]
+
+    verifier = TokenVerifier(JwksCache(slow_auth_service), sessions, issuer=ISS, audience=AUD)
+    calls = [asyncio.create_task(verifier.verify(sign(key, claims()))) for _ in range(5)]
+    await asyncio.sleep(0.05)  # all five are waiting on the one fetch
+    release.set()
+    principals = await asyncio.gather(*calls)
+    assert len(principals) == 5
+    assert fetches["n"] == 1
+
+
 async def test_an_unknown_key_during_an_outage_is_unavailable_then_invalid(
     key: Key, sessions: Sessions
 ) -> None:
