@@ -170,6 +170,33 @@ async def test_reading_someone_elses_cached_record_is_refused_before_any_cache_r
     assert delta(before, edge_reads()) == {"hit": 1.0}
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(b"grpc-timeout", b"soon"), (b"x-forwarded-for", b"a\tb"), (b"x-portico-canary", b"caf\xe9")],
+)
+async def test_a_request_the_service_path_refuses_is_refused_on_a_hit_alike(
+    edge: httpx.AsyncClient,
+    through_service: httpx.AsyncClient,
+    tokens: Tokens,
+    name: bytes,
+    value: bytes,
+) -> None:
+    """A header the service path cannot use (a malformed deadline, a value gRPC cannot carry)
+    is the same 400 whether or not the entry is cached, and causes no cache read."""
+    admin = await tokens.admin()
+    user_id = await create_user(edge, admin)
+    assert (await edge.get(f"/v1/users/{user_id}", headers=auth(admin))).status_code == 200
+    headers = {b"authorization": f"Bearer {admin}".encode(), name: value}
+    before = edge_reads()
+    refused = await edge.get(f"/v1/users/{user_id}", headers=headers)
+    uncached = await through_service.get(f"/v1/users/{user_id}", headers=headers)
+    assert refused.status_code == uncached.status_code == 400
+    assert {k: v for k, v in refused.json().items() if k not in PER_REQUEST} == {
+        k: v for k, v in uncached.json().items() if k not in PER_REQUEST
+    }
+    assert edge_reads() == before
+
+
 async def test_if_none_match_is_304_only_for_a_caller_who_may_read_and_never_reveals_a_user(
     edge: httpx.AsyncClient, through_service: httpx.AsyncClient, tokens: Tokens
 ) -> None:

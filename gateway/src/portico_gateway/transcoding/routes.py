@@ -50,7 +50,7 @@ from starlette.routing import compile_path
 from portico_common.access import rule_of
 from portico_common.cacheable import resource_key
 from portico_gateway.clients.edge_cache import EdgeCache
-from portico_gateway.clients.upstream import Upstream
+from portico_gateway.clients.upstream import Upstream, check_metadata
 from portico_gateway.middleware.authentication import enforce, enforce_authenticated
 from portico_gateway.middleware.idempotency import storable
 from portico_gateway.request_context import request_id_of
@@ -232,8 +232,14 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
         if binding.takes_etag and (tag := parse_if_match(request.headers.get("if-match"))):
             message.etag = tag  # type: ignore[attr-defined]
         enforce(rule, principal, message)  # 403 unless the RPC's rule admits the caller
+        timeout = parse_timeout(
+            request.headers.get("grpc-timeout"), request.headers.get("request-timeout")
+        )
+        forwarded = forwarded_metadata(request)
         if key is not None:
-            # The edge path: only now, after the verdict, is anything fetched.
+            # The edge path: only now, after the verdict, is anything fetched. A request the
+            # service path would refuse (a header gRPC cannot carry) is refused here alike.
+            check_metadata(forwarded)
             edge_cache: EdgeCache | None = request.state.edge_cache
             entry = key.for_call(message, principal.user_id if principal is not None else None)
             cached = None
@@ -242,9 +248,6 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
             trace.get_current_span().set_attribute(EDGE_SERVED, cached is not None)
             if cached is not None:
                 return render_result(binding, request, cached)
-        timeout = parse_timeout(
-            request.headers.get("grpc-timeout"), request.headers.get("request-timeout")
-        )
         upstream: Upstream = request.state.upstreams[binding.upstream]
         if not binding.credentials:
             storable(request.scope)  # an Idempotency-Key replay may store this answer
@@ -254,7 +257,7 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
             binding.response_class,
             request_id=request_id_of(request.scope),
             timeout_s=timeout,
-            forwarded=forwarded_metadata(request),
+            forwarded=forwarded,
         )
         return render(binding, request, reply)
 
