@@ -112,6 +112,36 @@ def test_rest_and_grpc_see_the_same_user(stack: Stack, http: httpx.Client) -> No
     assert created.headers["etag"] == f'"{reply.user.etag}"'
 
 
+def _edge_hits(http: httpx.Client) -> float:
+    found = re.search(
+        r'^portico_gateway_edge_reads_total\{result="hit"\} ([0-9.e+]+)$',
+        http.get("/metrics").text,
+        re.MULTILINE,
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def test_the_gateway_answers_a_cached_read_itself_from_the_cache_instance(
+    http: httpx.Client,
+) -> None:
+    """The launcher's wiring: the gateway reads the users cache's own instance, as its ACL user
+    (a NOPERM or a wrong instance would be a miss every time, and the hit count would not move)."""
+    email = f"edge-{uuid.uuid4().hex[:8]}@example.com"
+    created = http.post("/v1/users", json={"email": email, "display_name": "Edge"})
+    assert created.status_code == 201
+    path = f"/v1/users/{created.json()['id']}"
+    first = http.get(path)  # through the users service, which fills its cache
+    hits = _edge_hits(http)
+    second = http.get(path)
+    assert second.status_code == 200
+    assert second.json() == first.json()
+    assert second.headers["etag"] == first.headers["etag"]
+    assert second.headers["cache-control"] == "private, no-cache"
+    assert _edge_hits(http) == hits + 1
+    unchanged = http.get(path, headers={"If-None-Match": second.headers["etag"]})
+    assert unchanged.status_code == 304
+
+
 def test_request_id_is_echoed_and_errors_are_problem_json(http: httpx.Client) -> None:
     response = http.get("/v1/users/not-a-uuid", headers={"X-Request-ID": "e2e-check-1"})
     assert response.status_code == 400

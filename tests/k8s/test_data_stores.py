@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from portico_common.valkey import is_sentinel_url, parse_sentinel_url
 from portico_devstack import valkey_acl
 from portico_devstack.roles import SERVICES, group_role, login_role
+from portico_users.config import ValkeySettings
 from tests.k8s.conftest import Manifest, of_kind, one, pod_template
 from tests.k8s.test_wiring import container_env
 
@@ -179,6 +180,19 @@ def test_state_never_evicts_and_the_cache_lives_on_an_evicting_instance_of_its_o
         assert hosts == {"valkey-0", "valkey-1", "valkey-2"}, state
     else:
         assert urlsplit(state).hostname == "valkey"
+    env, _ = container_env(docs, one(docs, "Deployment", "gateway"))
+    edge = urlsplit(env["GATEWAY_VALKEY_CACHE_URL"])  # the edge path, as its own user
+    assert (edge.hostname, edge.username) == ("valkey-cache", "gateway")
+    assert edge.password == "secret-valkey-gateway"
+
+
+def test_the_gateway_may_only_read_the_user_entries_of_the_cache() -> None:
+    """Its one rule that names the users cache is a read-only selector for HMGET, and the key
+    prefix it allows is the one the users service writes under."""
+    rules = valkey_acl.USERS["gateway"].rules
+    naming = [r for r in rules if "portico:users:" in r]
+    assert naming == [f"(%R~{valkey_acl.USERS_CACHE_ENTRIES} +hmget)"]
+    assert ValkeySettings().key_prefix + "user:*" == valkey_acl.USERS_CACHE_ENTRIES
 
 
 def test_the_memory_alerts_read_what_each_instances_exporter_is_scraped_for(

@@ -40,6 +40,7 @@ REQUIRED_EDGES = {
     ("users", "auth"),
     ("audit", "auth"),
     ("gateway", "audit"),
+    ("gateway", "valkey-cache"),  # the edge path (the cache instance has no Sentinel)
 }
 VALKEY_EDGES = {("audit", "valkey"), ("gateway", "valkey")}
 #: Read by the OpenTelemetry SDK itself (``Resource.create``), not by a settings class.
@@ -143,6 +144,24 @@ def test_token_checks_agree_with_the_issuer(
         assert isinstance(verifier, GatewaySettings | UsersSettings | AuditSettings)
         assert (verifier.token_issuer, verifier.token_audience) == (auth.issuer, auth.audience)
         assert verifier.session_key_prefix == auth.valkey.key_prefix, name
+
+
+def test_the_edge_path_reads_the_cache_the_users_service_writes(
+    docs: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's edge path (portico.edge.v1.cacheable reads) looks up the entries the users
+    service writes: the same Valkey instance and the same key prefix."""
+    gateway, _ = app_settings(docs, "gateway", monkeypatch)
+    users, _ = app_settings(docs, "users", monkeypatch)
+    assert isinstance(gateway, GatewaySettings)
+    assert isinstance(users, UsersSettings)
+    assert gateway.edge_reads
+    assert gateway.edge_cache_key_prefix == users.valkey.key_prefix
+    assert gateway.valkey_cache_url is not None
+    assert users.valkey.cache_url is not None
+    edge = urlsplit(gateway.valkey_cache_url.get_secret_value())
+    owner = urlsplit(users.valkey.cache_url.get_secret_value())
+    assert (edge.hostname, edge.port, edge.path) == (owner.hostname, owner.port, owner.path)
 
 
 def test_audit_consumes_the_stream_the_services_publish_to(

@@ -47,6 +47,23 @@ class GatewaySettings(BaseSettings):
         description="Valkey for sessions (token checks), rate limits and idempotency keys: "
         "one server, or the primary through Sentinel (valkey+sentinel://…).",
     )
+    valkey_cache_url: ValkeyUrl | None = Field(
+        default=None,
+        description="The users cache's Valkey (the cache instance, USERS_VALKEY__CACHE_URL's "
+        "server), read by the edge path as a read-only ACL user; unset: the cache is on "
+        "valkey_url.",
+    )
+    edge_reads: bool = Field(
+        default=True,
+        description="Answer cacheable reads (portico.edge.v1.cacheable: GetUser, GetCurrentUser) "
+        "from the owner's Valkey cache after the access check; false: every read calls the "
+        "service.",
+    )
+    edge_cache_key_prefix: str = Field(
+        default="portico:users:v1:",
+        description="Key prefix of the owner's cache entries; must equal the users service's "
+        "USERS_VALKEY__KEY_PREFIX.",
+    )
     valkey_timeout_s: float = Field(
         default=0.25, gt=0, description="Socket and connect timeout of each Valkey command."
     )

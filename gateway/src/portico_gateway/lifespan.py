@@ -1,4 +1,5 @@
-"""The gateway's lifespan: one long-lived grpc.aio channel per upstream and one Valkey client.
+"""The gateway's lifespan: one long-lived grpc.aio channel per upstream and one Valkey client
+(and one more for the users cache's own instance, read by the edge path, when it has one).
 
 Each channel carries the tracing and RED-metrics client interceptors (``portico_common``) and a
 service config that retries the upstream's idempotent RPCs (:mod:`.clients.retries`).
@@ -22,6 +23,7 @@ from portico_common.forwarding import FORWARDER_HEADER
 from portico_common.telemetry import client_interceptors
 from portico_common.tokens import TokenVerifier, jwks_from_auth_service, open_token_verifier
 from portico_common.valkey import client as valkey_client
+from portico_gateway.clients.edge_cache import EdgeCache
 from portico_gateway.clients.retries import channel_options
 from portico_gateway.clients.upstream import Upstream
 from portico_gateway.config import GatewaySettings
@@ -53,6 +55,9 @@ class State(TypedDict):
     valkey: Valkey
     #: Checks access tokens (see :mod:`portico_gateway.middleware.authentication`).
     verifier: TokenVerifier
+    #: Reads the owner's cache for ``portico.edge.v1.cacheable`` reads; None when
+    #: ``edge_reads`` is off (:mod:`portico_gateway.clients.edge_cache`).
+    edge_cache: EdgeCache | None
 
 
 def make_lifespan(
@@ -89,6 +94,17 @@ def make_lifespan(
                 connect_timeout_s=settings.valkey_timeout_s,
             )
             stack.push_async_callback(client.aclose)
+            edge_cache = None
+            if settings.edge_reads:
+                cache_client = client
+                if settings.valkey_cache_url is not None:
+                    cache_client = valkey_client(
+                        settings.valkey_cache_url.get_secret_value(),
+                        socket_timeout_s=settings.valkey_timeout_s,
+                        connect_timeout_s=settings.valkey_timeout_s,
+                    )
+                    stack.push_async_callback(cache_client.aclose)
+                edge_cache = EdgeCache(cache_client, key_prefix=settings.edge_cache_key_prefix)
             if verifier is None:
                 auth = upstreams.get("auth")
                 if auth is not None:
@@ -109,6 +125,7 @@ def make_lifespan(
                 "upstreams": upstreams,
                 "valkey": client,
                 "verifier": checker if verifier is None else verifier,
+                "edge_cache": edge_cache,
             }
 
     return lifespan

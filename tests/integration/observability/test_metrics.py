@@ -8,7 +8,9 @@ import socket
 import httpx
 import pytest
 
-from portico_users.server import start
+from portico_users.server import RunningServer, start
+from tests.support.gateway import gateway_client
+from tests.support.tokens import Tokens
 from tests.support.users import users_settings
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -21,12 +23,19 @@ def _free_port() -> int:
 
 
 async def test_gateway_metrics_expose_red_by_route_template_cache_and_pool(
-    api: httpx.AsyncClient,
+    api: httpx.AsyncClient, users_server: RunningServer, valkey_url: str, tokens: Tokens
 ) -> None:
     created = await api.post("/v1/users", json={"email": "m@example.com", "display_name": "M"})
     user_id = created.json()["id"]
-    for _ in range(2):
+    for _ in range(2):  # a miss everywhere (the service fills the cache), then an edge hit
         assert (await api.get(f"/v1/users/{user_id}")).status_code == 200
+    async with gateway_client(  # the edge path off: a read the users cache answers
+        users_port=users_server.port,
+        valkey_url=valkey_url,
+        token=await tokens.admin(),
+        edge_reads=False,
+    ) as through_service:
+        assert (await through_service.get(f"/v1/users/{user_id}")).status_code == 200
     unknown = "00000000-0000-4000-8000-000000000000"
     assert (await api.get(f"/v1/users/{unknown}")).status_code == 404
 
@@ -47,6 +56,8 @@ async def test_gateway_metrics_expose_red_by_route_template_cache_and_pool(
     assert f'portico_grpc_client_duration_seconds_count{{code="OK",{get_user}}}' in text
     assert re.search(r'portico_users_cache_requests_total\{result="hit"\} [1-9]', text)
     assert re.search(r'portico_users_cache_requests_total\{result="miss"\} [1-9]', text)
+    assert re.search(r'portico_gateway_edge_reads_total\{result="hit"\} [1-9]', text)
+    assert re.search(r'portico_gateway_edge_reads_total\{result="miss"\} [1-9]', text)
     assert 'portico_db_pool_in_use_connections{pool="users"}' in text
     assert re.search(r'portico_db_pool_idle_connections\{pool="users"\} [1-9]', text)
     assert 'portico_build_info{component="users",version="' in text

@@ -72,12 +72,17 @@ async def slow_users(
 async def _gateway(
     users_port: int, valkey_url: str, tokens: Tokens, *, slow_s: float
 ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-    """The real gateway in front of ``users_port``, as the admin, with ``slow_s`` as threshold."""
+    """The real gateway in front of ``users_port``, as the admin, with ``slow_s`` as threshold.
+
+    Its edge path is off: every read goes through the users service, whose spans these tests
+    follow (a second read would otherwise be answered by the gateway from the cache).
+    """
     return gateway_client(
         users_port=users_port,
         valkey_url=valkey_url,
         token=await tokens.admin(),
         trace_slow_s=slow_s,
+        edge_reads=False,
     )
 
 

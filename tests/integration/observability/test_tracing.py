@@ -9,10 +9,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from portico_users.server import RunningServer
 from tests.integration.observability.conftest import JsonLog
+from tests.support.gateway import gateway_client
 from tests.support.tokens import Tokens
 
 GET_USER = "/portico.users.v1.UserService/GetUser"
+EDGE_SERVED = "portico.gateway.edge_served"
 
 
 def _parent(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> ReadableSpan | None:
@@ -93,14 +96,41 @@ async def test_one_rest_call_yields_one_trace_from_gateway_to_sql_and_cache(
     assert token.split(".")[2] not in json_log.text
 
 
-async def test_a_second_read_is_a_cache_hit_without_sql(
+async def test_a_second_read_is_answered_at_the_edge_without_the_service(
     api: httpx.AsyncClient, spans: InMemorySpanExporter
 ) -> None:
-    user_id = await _create_user(api, "hit@example.com")
-    assert (await api.get(f"/v1/users/{user_id}")).status_code == 200
+    user_id = await _create_user(api, "edge@example.com")
+    assert (await api.get(f"/v1/users/{user_id}")).status_code == 200  # fills the cache
+    first = _one(await _settled(spans), SpanKind.SERVER, "GET /v1/users/{id}")
+    assert first.attributes is not None
+    assert first.attributes[EDGE_SERVED] is False  # a miss: the service answered
     spans.clear()
 
     assert (await api.get(f"/v1/users/{user_id}")).status_code == 200
+
+    finished = list(spans.get_finished_spans())
+    http = _one(finished, SpanKind.SERVER, "GET /v1/users/{id}")
+    assert http.attributes is not None
+    assert http.attributes[EDGE_SERVED] is True
+    assert not [s for s in finished if s.kind == SpanKind.CLIENT and GET_USER in s.name]
+    assert not [s for s in finished if s.attributes and s.attributes.get("db.system")]
+
+
+async def test_a_read_through_the_service_is_a_cache_hit_without_sql(
+    spans: InMemorySpanExporter, users_server: RunningServer, valkey_url: str, tokens: Tokens
+) -> None:
+    async with gateway_client(
+        users_port=users_server.port,
+        valkey_url=valkey_url,
+        token=await tokens.admin(),
+        edge_reads=False,  # every read reaches the users service and its cache
+    ) as api:
+        user_id = await _create_user(api, "hit@example.com")
+        assert (await api.get(f"/v1/users/{user_id}")).status_code == 200
+        await _settled(spans)
+        spans.clear()
+
+        assert (await api.get(f"/v1/users/{user_id}")).status_code == 200
 
     finished = await _settled(spans)
     cache = _one(finished, SpanKind.CLIENT, "valkey HGET")

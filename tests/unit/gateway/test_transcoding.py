@@ -15,7 +15,7 @@ from portico.auth.v1 import auth_pb2
 from portico.users.v1 import users_pb2
 from portico_gateway.errors import RequestError
 from portico_gateway.transcoding.comments import index, proto_comments
-from portico_gateway.transcoding.headers import parse_if_match, parse_timeout
+from portico_gateway.transcoding.headers import none_match, parse_if_match, parse_timeout
 from portico_gateway.transcoding.json_out import to_dict
 from portico_gateway.transcoding.openapi import request_messages
 from portico_gateway.transcoding.request import build_message, mask_paths, read_body
@@ -378,3 +378,23 @@ def test_response_schemas_require_what_the_gateway_always_writes() -> None:
         checked += bool(schema.get("required"))
     assert checked >= 8  # User, ListUsersResponse, IssueTokenResponse, …
     assert "create_time" not in components["portico.users.v1.User"]["required"]  # a message
+
+
+@pytest.mark.parametrize(
+    ("header", "matches"),
+    [
+        (None, False),
+        ("", False),
+        ('"abc"', True),
+        ('W/"abc"', True),
+        ('"x", W/"abc"', True),
+        ('"x","y"', False),
+        ('"ab"', False),
+        ("*", True),
+    ],
+)
+def test_if_none_match_compares_weakly_against_the_current_etag(
+    header: str | None, matches: bool
+) -> None:
+    assert none_match(header, "abc") is matches
+    assert none_match(header, "") is False  # nothing to match: never a 304

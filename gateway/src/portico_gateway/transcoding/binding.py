@@ -9,6 +9,7 @@ from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.protobuf.message import Message
 
 from portico.rest.v1 import rest_pb2
+from portico_common.cacheable import ResourceKey
 from portico_gateway.transcoding.oauth2 import OAUTH2_FORM_PATHS
 from portico_gateway.transcoding.request import find_field
 from portico_gateway.transcoding.template import PathTemplate, UnsupportedTemplate
@@ -29,6 +30,9 @@ class Binding:
     index: int = 0  # 0 for the rule itself, 1… for its additional_bindings
     #: The answer carries a credential (a ``debug_redact`` field): never stored for replays.
     credentials: bool = False
+    #: The read's ``portico.edge.v1.cacheable`` key: the gateway may answer it from the owner's
+    #: cache (after the access check), and answers it with cache validators (``ETag``, 304).
+    resource_key: ResourceKey | None = None
 
     @property
     def rpc_path(self) -> str:

@@ -1,7 +1,10 @@
-"""Request headers the transcoder reads: ``If-Match`` and the client's deadline.
+"""Request headers the transcoder reads: ``If-Match``, ``If-None-Match`` and the client's deadline.
 
 * ``If-Match: "x"``, ``W/"x"`` or a bare ``x`` is the etag ``x``; ``*`` (or no header) means no
   condition. Of a list, the first tag counts.
+* ``If-None-Match`` (of a cacheable read) holds when any tag of its list names the resource's
+  etag, compared weakly as RFC 9110 section 13.1.2 requires (``W/"x"`` and ``"x"`` both name
+  ``x``), or is ``*``.
 * ``grpc-timeout`` (gRPC's format: 1 to 8 digits and a unit ``H M S m u n``) and
   ``Request-Timeout`` (positive seconds, a float) can only shorten the configured deadline;
   malformed values are 400s.
@@ -22,11 +25,23 @@ def parse_if_match(value: str | None) -> str | None:
     """The etag of an ``If-Match`` header (``"x"``, ``W/"x"`` or ``x``); None for none or ``*``."""
     if value is None or value.strip() in ("", "*"):
         return None
-    tag = value.split(",", 1)[0].strip()
-    tag = tag.removeprefix("W/")
+    return _opaque(value.split(",", 1)[0])
+
+
+def _opaque(tag: str) -> str:
+    tag = tag.strip().removeprefix("W/")
     if len(tag) >= 2 and tag[0] == tag[-1] == '"':
         tag = tag[1:-1]
     return tag
+
+
+def none_match(value: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match: value`` names the current ``etag`` (so the answer is 304)."""
+    if value is None or not etag:
+        return False
+    if value.strip() == "*":
+        return True
+    return any(_opaque(tag) == etag for tag in value.split(","))
 
 
 def parse_timeout(grpc_timeout: str | None, request_timeout: str | None) -> float | None:

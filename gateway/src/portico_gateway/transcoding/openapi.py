@@ -69,6 +69,18 @@ _HEADER_REQUEST_ID = {
         "schema": {"type": "string"},
     }
 }
+#: The validators' companions on every answer of a cacheable read (``portico.edge.v1``).
+_CACHE_HEADERS = {
+    "Cache-Control": {
+        "description": "`private, no-cache`: only your own cache may keep it, and must revalidate "
+        "it (`If-None-Match`) before each use.",
+        "schema": {"type": "string"},
+    },
+    "Vary": {
+        "description": "`Authorization`: the answer depends on the caller.",
+        "schema": {"type": "string"},
+    },
+}
 _ERRORS = {
     400: "Invalid request: see `errors` for the fields.",
     401: "Missing, invalid or expired credentials.",
@@ -176,6 +188,16 @@ def operation(
                 "schema": {"type": "string"},
             }
         )
+    if binding.resource_key is not None:
+        parameters.append(
+            {
+                "name": "If-None-Match",
+                "in": "header",
+                "required": False,
+                "description": "ETags you hold (or `*`): 304 without a body when one is current.",
+                "schema": {"type": "string"},
+            }
+        )
     if binding.derives_mask:
         doc += (
             "\n\nThe fields present in the body form the update mask; an explicit"
@@ -229,7 +251,7 @@ def operation(
         success["content"] = {"application/json": {"schema": component_ref(name)}}
         if "etag" in binding.result_descriptor.fields_by_name:
             success["headers"]["ETag"] = {
-                "description": "The resource's version, for If-Match.",
+                "description": "The resource's version (strong), for If-Match and If-None-Match.",
                 "schema": {"type": "string"},
             }
     if status == 201:
@@ -238,6 +260,14 @@ def operation(
             "schema": {"type": "string"},
         }
     responses: dict[str, Any] = {str(status): success}
+    if binding.resource_key is not None:
+        success["headers"].update(_CACHE_HEADERS)
+        responses["304"] = {
+            "description": "Not modified: `If-None-Match` names the current ETag (checked only "
+            "after the access check, so a caller who may not read the resource gets 401, 403 or "
+            "404 as without it).",
+            "headers": {**_HEADER_REQUEST_ID, "ETag": success["headers"]["ETag"], **_CACHE_HEADERS},
+        }
     for code in sorted(set(errors)):
         responses[str(code)] = _problem(_ERRORS[code])
     result["responses"] = responses

@@ -19,6 +19,10 @@ Conventions on top of grpc-gateway's (AIP standard methods):
 * a request with a string field ``etag`` takes it from ``If-Match`` (``"x"``, ``W/"x"``, ``x``;
   ``*`` means no condition; see :mod:`.headers`); a returned resource with an ``etag`` sets the
   ``ETag`` header (quoted);
+* a read with the option ``portico.edge.v1.cacheable`` is answered from the owner's Valkey
+  cache when the entry is there (after the same access check; :func:`endpoint`), and either way
+  carries ``Cache-Control: private, no-cache`` and ``Vary: Authorization``; an
+  ``If-None-Match`` naming its ``ETag`` answers **304** without a body;
 * responses use proto field names (``display_name``) and print fields that have no presence
   even when empty (``"next_page_token": ""``), so every documented property is present;
 * bindings whose paths differ only in variable names (``/v1/things/{id}``,
@@ -39,23 +43,31 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
+from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from portico_common.access import rule_of
-from portico_gateway.clients.upstream import Upstream
+from portico_common.cacheable import resource_key
+from portico_gateway.clients.edge_cache import EdgeCache
+from portico_gateway.clients.upstream import Upstream, check_metadata
 from portico_gateway.middleware.authentication import enforce, enforce_authenticated
 from portico_gateway.middleware.idempotency import storable
 from portico_gateway.request_context import request_id_of
 from portico_gateway.transcoding import openapi
 from portico_gateway.transcoding.binding import Binding, redacts
-from portico_gateway.transcoding.headers import parse_if_match, parse_timeout
+from portico_gateway.transcoding.headers import none_match, parse_if_match, parse_timeout
 from portico_gateway.transcoding.json_out import to_dict
 from portico_gateway.transcoding.request import build_message, mask_paths, read_body
 from portico_gateway.transcoding.template import UnsupportedTemplate, parse_template
 
 _VERBS = ("get", "put", "post", "delete", "patch")
 _LOCATION_FIELD = re.compile(r"\{(\w+)\}")
+#: Every answer of a cacheable read: any cache (the browser's) may keep it for this caller only
+#: and must revalidate it (``If-None-Match``) before each use; the answer differs per token.
+CACHE_HEADERS = {"Cache-Control": "private, no-cache", "Vary": "Authorization"}
+#: Span attribute of a cacheable read: True when the gateway answered it from the owner's cache.
+EDGE_SERVED = "portico.gateway.edge_served"
 
 
 def _rules(rule: http_pb2.HttpRule) -> list[http_pb2.HttpRule]:
@@ -84,6 +96,7 @@ def bindings_of(upstream: str, service: ServiceDescriptor) -> list[Binding]:
                 response_class=message_factory.GetMessageClass(method.output_type),
                 index=index,
                 credentials=redacts(method.output_type),
+                resource_key=resource_key(method),
             )
             result = binding.result_descriptor  # validates response_body now, not per request
             for name in _LOCATION_FIELD.findall(binding.created_location):
@@ -122,10 +135,15 @@ def settle_paths(bindings: Sequence[Binding]) -> list[Binding]:
 def render(binding: Binding, request: Request, reply: Message) -> Response:
     """The HTTP response for an upstream ``reply``."""
     result: Message = getattr(reply, binding.response_body) if binding.response_body else reply
+    return render_result(binding, request, result)
+
+
+def render_result(binding: Binding, request: Request, result: Message) -> Response:
+    """The HTTP response for ``result``, the message the binding answers with (the upstream
+    reply's ``response_body`` field, or the resource the edge path found in the cache)."""
     status = binding.success_status
     if status == 204:
         return Response(status_code=204)
-    content = to_dict(result)  # json_format's output, compiled per message type
     headers: dict[str, str] = {}
     fields = result.DESCRIPTOR.fields_by_name
     resource_id = str(getattr(result, "id")) if "id" in fields else ""  # noqa: B009
@@ -136,6 +154,11 @@ def render(binding: Binding, request: Request, reply: Message) -> Response:
     etag = str(getattr(result, "etag")) if "etag" in fields else ""  # noqa: B009
     if etag:
         headers["ETag"] = f'"{etag}"'
+    if binding.resource_key is not None:
+        headers.update(CACHE_HEADERS)
+        if none_match(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+    content = to_dict(result)  # json_format's output, compiled per message type
     return JSONResponse(content, status_code=status, headers=headers)
 
 
@@ -172,6 +195,8 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
     """The FastAPI endpoint that serves ``binding``."""
 
     rule = rule_of(binding.method)
+    key = binding.resource_key
+    result_class = message_factory.GetMessageClass(binding.result_descriptor)
 
     async def transcode(request: Request) -> Response:
         principal = enforce_authenticated(rule, request.scope)  # 401 before the body is read
@@ -210,6 +235,19 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
         timeout = parse_timeout(
             request.headers.get("grpc-timeout"), request.headers.get("request-timeout")
         )
+        forwarded = forwarded_metadata(request)
+        if key is not None:
+            # The edge path: only now, after the verdict, is anything fetched. A request the
+            # service path would refuse (a header gRPC cannot carry) is refused here alike.
+            check_metadata(forwarded)
+            edge_cache: EdgeCache | None = request.state.edge_cache
+            entry = key.for_call(message, principal.user_id if principal is not None else None)
+            cached = None
+            if edge_cache is not None and entry is not None:
+                cached = await edge_cache.read(entry, result_class)
+            trace.get_current_span().set_attribute(EDGE_SERVED, cached is not None)
+            if cached is not None:
+                return render_result(binding, request, cached)
         upstream: Upstream = request.state.upstreams[binding.upstream]
         if not binding.credentials:
             storable(request.scope)  # an Idempotency-Key replay may store this answer
@@ -219,7 +257,7 @@ def endpoint(binding: Binding) -> Callable[[Request], Awaitable[Response]]:
             binding.response_class,
             request_id=request_id_of(request.scope),
             timeout_s=timeout,
-            forwarded=forwarded_metadata(request),
+            forwarded=forwarded,
         )
         return render(binding, request, reply)
 

@@ -5,6 +5,12 @@ bytes (its etag carries the row version). On a miss, one in-process "flight" per
 row from PostgreSQL, however many callers missed at once; they all await that one load (with
 the first caller's deadline; a caller that gives up does not cancel it for the others).
 
+The key after the prefix is the one GetUser's ``portico.edge.v1.cacheable`` option declares
+(``user:{id}``): the gateway reads these entries itself for GetUser and GetCurrentUser, after its
+own access check, and derives the same key from the same option
+(:class:`portico_common.cacheable.ResourceKey`). Hence the guarantees below hold for the
+gateway's reads too: an update or delete is in Valkey before the RPC answers.
+
 Keeping a read after a successful write from ever seeing stale data:
 
 * Each entry is a hash ``{v: version, d: bytes}``. Every write into the cache goes through one
@@ -45,6 +51,7 @@ from valkey.asyncio import Valkey
 from valkey.exceptions import ValkeyError
 
 from portico.users.v1 import users_pb2
+from portico_common.cacheable import ResourceKey, resource_key
 from portico_common.logs import OutageLog
 from portico_users.codec import user_from_proto, user_to_proto
 from portico_users.domain import Cursor, Page, User, UserChanges, UserStore
@@ -69,18 +76,25 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 _VALKEY_FAILURES = (ValkeyError, OSError, DecodeError, ValueError)
+#: The key of a user's entry after the prefix, as GetUser declares it (``user:{id}``).
+_GET_USER = users_pb2.DESCRIPTOR.services_by_name["UserService"].methods_by_name["GetUser"]
 _tracer = trace.get_tracer(__name__)  # a proxy: spans go to whichever provider is set later
 CACHE_HIT = "portico.users.cache_hit"
 
 
 @functools.cache
 def cache_requests() -> Counter:
-    """``portico_users_cache_requests_total{result}``: cache reads by outcome."""
-    return Counter(
+    """``portico_users_cache_requests_total{result}``: cache reads by outcome, each result at 0
+    from the start (with the gateway answering cached reads itself, a service may see no hit
+    for a long time; a rule's ``rate()`` still has a series to read)."""
+    counter = Counter(
         "portico_users_cache_requests",
         "Reads of the users cache, by result (hit, miss, error).",
         ["result"],
     )
+    for result in ("hit", "miss", "error"):
+        counter.labels(result)
+    return counter
 
 
 def _span(operation: str) -> trace.Span:
@@ -108,6 +122,10 @@ class CachedUsers:
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._tombstone_ttl_ms = max(1, round(tombstone_ttl_s * 1000))
         self._prefix = key_prefix
+        key = resource_key(_GET_USER)
+        if key is None or key.variables != ("id",):
+            raise RuntimeError("GetUser must declare a portico.edge.v1.cacheable key over its id")
+        self._key: ResourceKey = key
         self._fill = client.register_script(_FILL)
         self._bury = client.register_script(_BURY)
         self._flights: dict[UUID, asyncio.Task[User]] = {}
@@ -121,7 +139,7 @@ class CachedUsers:
 
     def key(self, user_id: UUID) -> str:
         """The Valkey key of a user's entry."""
-        return f"{self._prefix}user:{user_id}"
+        return f"{self._prefix}{self._key.fill({'id': str(user_id)})}"
 
     # ---------------------------------------------------------------- reads
 

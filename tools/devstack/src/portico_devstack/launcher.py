@@ -474,10 +474,15 @@ class Stack:
         key_file, key_mount = await self._signing_key_for_auth()
         dsns = await self._service_dsns(database_url, env)
         valkey_urls = self._valkey_urls(valkey_url, env)
-        cache_url = (
-            {"USERS_VALKEY__CACHE_URL": self.valkey_cache.user_url("users")}
+        # The users cache's instance: the users service writes it, the gateway's edge path reads
+        # it (its ACL user may only HMGET the user entries there).
+        cache_url, edge_cache_url = (
+            (
+                {"USERS_VALKEY__CACHE_URL": self.valkey_cache.user_url("users")},
+                {"GATEWAY_VALKEY_CACHE_URL": self.valkey_cache.user_url("gateway")},
+            )
             if self.valkey_cache is not None
-            else {}
+            else ({}, {})
         )
         # The gateway's proof to the auth service that its x-forwarded-for is believable
         # (portico_common.forwarding): a fresh secret per run, like the stores' passwords.
@@ -548,6 +553,7 @@ class Stack:
                 "GATEWAY_AUTH_TARGET": self.auth_target,
                 "GATEWAY_AUDIT_TARGET": self.audit_target,
                 "GATEWAY_VALKEY_URL": valkey_urls["gateway"],
+                **edge_cache_url,
                 "GATEWAY_ENVIRONMENT": "dev",
                 "GATEWAY_FORWARDER_KEY": forwarder_key,
             },

@@ -10,7 +10,9 @@ the caller's user too, so each user lists what its scripts call. See docs/data-s
 Keys (the services' default prefixes):
 
 * ``portico:gateway:v1:*``: the gateway's rate limits and idempotency records;
-* ``portico:users:v1:*``: the users service's read cache;
+* ``portico:users:v1:*``: the users service's read cache; the gateway may only read its user
+  entries (``HMGET portico:users:v1:user:*``, in a read-only selector: the edge path of
+  ``portico.edge.v1.cacheable`` reads), never write or delete one;
 * ``portico:auth:v1:*``: the auth service's sessions and login throttles; every token verifier
   (gateway, users, audit, auth) may only ask ``EXISTS portico:auth:v1:session:*`` and subscribe
   to ``portico:auth:v1:sessions-ended``;
@@ -43,6 +45,9 @@ _SCRIPTS = ("+evalsha", "+script|load")
 #: A token verifier: is the session alive (``EXISTS`` only, read-only, in a selector of its own:
 #: nothing else of a session can be read or written), and hear when one ends.
 _VERIFY = (f"&{SESSIONS_ENDED}", "+subscribe", "+unsubscribe", f"(%R~{SESSIONS} +exists)")
+#: The gateway's edge path: read the users cache's user entries, nothing else of that cache.
+USERS_CACHE_ENTRIES = "portico:users:v1:user:*"
+_EDGE_READ = f"(%R~{USERS_CACHE_ENTRIES} +hmget)"
 _CONSUME = "+xreadgroup +xack +xgroup|create +xpending +xclaim +xautoclaim +xinfo|groups +xrange"
 
 
@@ -60,6 +65,7 @@ USERS: dict[str, AclUser] = {
             "resetchannels",
             "~portico:gateway:v1:*",
             *_VERIFY,
+            _EDGE_READ,
             *_CONNECTION,
             *_SCRIPTS,
             # rate_limit.py and idempotency.py's scripts

@@ -27,10 +27,11 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from portico.access.v1 import access_pb2 as portico_dot_access_dot_v1_dot_access__pb2
+from portico.edge.v1 import edge_pb2 as portico_dot_edge_dot_v1_dot_edge__pb2
 from portico.validate.v1 import rules_pb2 as portico_dot_validate_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cportico/users/v1/users.proto\x12\x10portico.users.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eportico/access/v1/access.proto\x1a\x1fportico/validate/v1/rules.proto\"\xa7\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\"\xab\x01\n\x11\x43reateUserRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12{\n\x0c\x64isplay_name\x18\x02 \x01(\tBe\xbaHbr\x07\x10\x01\x18\x64\xc0>\x01\xba\x01V\n\x16\x64isplay_name.not_blank\x12\'must contain a non-whitespace character\x1a\x13this.matches(\'\\\\S\')\":\n\x12\x43reateUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.portico.users.v1.User\"\x17\n\x15GetCurrentUserRequest\">\n\x16GetCurrentUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.portico.users.v1.User\"&\n\x0eGetUserRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"7\n\x0fGetUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.portico.users.v1.User\"d\n\x10ListUsersRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x01H\x00\x88\x01\x01\x12\x1f\n\npage_token\x18\x02 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x04\xc0>\x01\x42\x0c\n\n_page_size\"S\n\x11ListUsersResponse\x12%\n\x05users\x18\x01 \x03(\x0b\x32\x16.portico.users.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xca\x01\n\nUserUpdate\x12\x1e\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01H\x00\x88\x01\x01\x12\x80\x01\n\x0c\x64isplay_name\x18\x02 \x01(\tBe\xbaHbr\x07\x10\x01\x18\x64\xc0>\x01\xba\x01V\n\x16\x64isplay_name.not_blank\x12\'must contain a non-whitespace character\x1a\x13this.matches(\'\\\\S\')H\x01\x88\x01\x01\x42\x08\n\x06_emailB\x0f\n\r_display_name\"\xa8\x01\n\x11UpdateUserRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x32\n\x04user\x18\x02 \x01(\x0b\x32\x1c.portico.users.v1.UserUpdateB\x06\xbaH\x03\xc8\x01\x01\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x04\x65tag\x18\x04 \x01(\tB\n\xbaH\x07r\x05\x18@\xc0>\x01\":\n\x12UpdateUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.portico.users.v1.User\"C\n\x11\x44\x65leteUserRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x18\n\x04\x65tag\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x18@\xc0>\x01\"\x14\n\x12\x44\x65leteUserResponse2\xca\x06\n\x0bUserService\x12\x8b\x01\n\nCreateUser\x12#.portico.users.v1.CreateUserRequest\x1a$.portico.users.v1.CreateUserResponse\"2\xca\xf3\x18\x14\x1a\x05\x61\x64min\x1a\x0bprovisioner\x82\xd3\xe4\x93\x02\x14\"\t/v1/users:\x01*b\x04user\x12\x85\x01\n\x0eGetCurrentUser\x12\'.portico.users.v1.GetCurrentUserRequest\x1a(.portico.users.v1.GetCurrentUserResponse\" \xca\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x14\x12\x0c/v1/users/meb\x04user\x12\x88\x01\n\x07GetUser\x12 .portico.users.v1.GetUserRequest\x1a!.portico.users.v1.GetUserResponse\"8\xca\xf3\x18\x18\x1a\x05\x61\x64min\x1a\x0bprovisioner\"\x02id\x82\xd3\xe4\x93\x02\x16\x12\x0e/v1/users/{id}b\x04user\x12\x7f\n\tListUsers\x12\".portico.users.v1.ListUsersRequest\x1a#.portico.users.v1.ListUsersResponse\")\xca\xf3\x18\x14\x1a\x05\x61\x64min\x1a\x0bprovisioner\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/users\x12\x8a\x01\n\nUpdateUser\x12#.portico.users.v1.UpdateUserRequest\x1a$.portico.users.v1.UpdateUserResponse\"1\xca\xf3\x18\x0b\x1a\x05\x61\x64min\"\x02id\x82\xd3\xe4\x93\x02\x1c\x32\x0e/v1/users/{id}:\x04userb\x04user\x12\x8b\x01\n\nDeleteUser\x12#.portico.users.v1.DeleteUserRequest\x1a$.portico.users.v1.DeleteUserResponse\"2\xca\xf3\x18\x18\x1a\x05\x61\x64min\x1a\x0bprovisioner\"\x02id\x82\xd3\xe4\x93\x02\x10*\x0e/v1/users/{id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cportico/users/v1/users.proto\x12\x10portico.users.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eportico/access/v1/access.proto\x1a\x1aportico/edge/v1/edge.proto\x1a\x1fportico/validate/v1/rules.proto\"\xa7\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\"\xab\x01\n\x11\x43reateUserRequest\x12\x19\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01\x12{\n\x0c\x64isplay_name\x18\x02 \x01(\tBe\xbaHbr\x07\x10\x01\x18\x64\xc0>\x01\xba\x01V\n\x16\x64isplay_name.not_blank\x12\'must contain a non-whitespace character\x1a\x13this.matches(\'\\\\S\')\":\n\x12\x43reateUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.portico.users.v1.User\"\x17\n\x15GetCurrentUserRequest\">\n\x16GetCurrentUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.portico.users.v1.User\"&\n\x0eGetUserRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"7\n\x0fGetUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.portico.users.v1.User\"d\n\x10ListUsersRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x01H\x00\x88\x01\x01\x12\x1f\n\npage_token\x18\x02 \x01(\tB\x0b\xbaH\x08r\x06\x18\x80\x04\xc0>\x01\x42\x0c\n\n_page_size\"S\n\x11ListUsersResponse\x12%\n\x05users\x18\x01 \x03(\x0b\x32\x16.portico.users.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xca\x01\n\nUserUpdate\x12\x1e\n\x05\x65mail\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x18\xfe\x01`\x01H\x00\x88\x01\x01\x12\x80\x01\n\x0c\x64isplay_name\x18\x02 \x01(\tBe\xbaHbr\x07\x10\x01\x18\x64\xc0>\x01\xba\x01V\n\x16\x64isplay_name.not_blank\x12\'must contain a non-whitespace character\x1a\x13this.matches(\'\\\\S\')H\x01\x88\x01\x01\x42\x08\n\x06_emailB\x0f\n\r_display_name\"\xa8\x01\n\x11UpdateUserRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x32\n\x04user\x18\x02 \x01(\x0b\x32\x1c.portico.users.v1.UserUpdateB\x06\xbaH\x03\xc8\x01\x01\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x04\x65tag\x18\x04 \x01(\tB\n\xbaH\x07r\x05\x18@\xc0>\x01\":\n\x12UpdateUserResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.portico.users.v1.User\"C\n\x11\x44\x65leteUserRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x18\n\x04\x65tag\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x18@\xc0>\x01\"\x14\n\x12\x44\x65leteUserResponse2\xa6\x07\n\x0bUserService\x12\x8b\x01\n\nCreateUser\x12#.portico.users.v1.CreateUserRequest\x1a$.portico.users.v1.CreateUserResponse\"2\xca\xf3\x18\x14\x1a\x05\x61\x64min\x1a\x0bprovisioner\x82\xd3\xe4\x93\x02\x14\"\t/v1/users:\x01*b\x04user\x12\xb6\x01\n\x0eGetCurrentUser\x12\'.portico.users.v1.GetCurrentUserRequest\x1a(.portico.users.v1.GetCurrentUserResponse\"Q\xca\xf3\x18\x02\x10\x01\xda\xf3\x18-\n\x0fuser:{auth:sub}\x12\x0cuser.updated\x12\x0cuser.deleted\x82\xd3\xe4\x93\x02\x14\x12\x0c/v1/users/meb\x04user\x12\xb3\x01\n\x07GetUser\x12 .portico.users.v1.GetUserRequest\x1a!.portico.users.v1.GetUserResponse\"c\xca\xf3\x18\x18\x1a\x05\x61\x64min\x1a\x0bprovisioner\"\x02id\xda\xf3\x18\'\n\tuser:{id}\x12\x0cuser.updated\x12\x0cuser.deleted\x82\xd3\xe4\x93\x02\x16\x12\x0e/v1/users/{id}b\x04user\x12\x7f\n\tListUsers\x12\".portico.users.v1.ListUsersRequest\x1a#.portico.users.v1.ListUsersResponse\")\xca\xf3\x18\x14\x1a\x05\x61\x64min\x1a\x0bprovisioner\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/users\x12\x8a\x01\n\nUpdateUser\x12#.portico.users.v1.UpdateUserRequest\x1a$.portico.users.v1.UpdateUserResponse\"1\xca\xf3\x18\x0b\x1a\x05\x61\x64min\"\x02id\x82\xd3\xe4\x93\x02\x1c\x32\x0e/v1/users/{id}:\x04userb\x04user\x12\x8b\x01\n\nDeleteUser\x12#.portico.users.v1.DeleteUserRequest\x1a$.portico.users.v1.DeleteUserResponse\"2\xca\xf3\x18\x18\x1a\x05\x61\x64min\x1a\x0bprovisioner\"\x02id\x82\xd3\xe4\x93\x02\x10*\x0e/v1/users/{id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -64,43 +65,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERSERVICE'].methods_by_name['CreateUser']._loaded_options = None
   _globals['_USERSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\312\363\030\024\032\005admin\032\013provisioner\202\323\344\223\002\024\"\t/v1/users:\001*b\004user'
   _globals['_USERSERVICE'].methods_by_name['GetCurrentUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['GetCurrentUser']._serialized_options = b'\312\363\030\002\020\001\202\323\344\223\002\024\022\014/v1/users/meb\004user'
+  _globals['_USERSERVICE'].methods_by_name['GetCurrentUser']._serialized_options = b'\312\363\030\002\020\001\332\363\030-\n\017user:{auth:sub}\022\014user.updated\022\014user.deleted\202\323\344\223\002\024\022\014/v1/users/meb\004user'
   _globals['_USERSERVICE'].methods_by_name['GetUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\312\363\030\030\032\005admin\032\013provisioner\"\002id\202\323\344\223\002\026\022\016/v1/users/{id}b\004user'
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\312\363\030\030\032\005admin\032\013provisioner\"\002id\332\363\030\'\n\tuser:{id}\022\014user.updated\022\014user.deleted\202\323\344\223\002\026\022\016/v1/users/{id}b\004user'
   _globals['_USERSERVICE'].methods_by_name['ListUsers']._loaded_options = None
   _globals['_USERSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\312\363\030\024\032\005admin\032\013provisioner\202\323\344\223\002\013\022\t/v1/users'
   _globals['_USERSERVICE'].methods_by_name['UpdateUser']._loaded_options = None
   _globals['_USERSERVICE'].methods_by_name['UpdateUser']._serialized_options = b'\312\363\030\013\032\005admin\"\002id\202\323\344\223\002\0342\016/v1/users/{id}:\004userb\004user'
   _globals['_USERSERVICE'].methods_by_name['DeleteUser']._loaded_options = None
   _globals['_USERSERVICE'].methods_by_name['DeleteUser']._serialized_options = b'\312\363\030\030\032\005admin\032\013provisioner\"\002id\202\323\344\223\002\020*\016/v1/users/{id}'
-  _globals['_USER']._serialized_start=242
-  _globals['_USER']._serialized_end=409
-  _globals['_CREATEUSERREQUEST']._serialized_start=412
-  _globals['_CREATEUSERREQUEST']._serialized_end=583
-  _globals['_CREATEUSERRESPONSE']._serialized_start=585
-  _globals['_CREATEUSERRESPONSE']._serialized_end=643
-  _globals['_GETCURRENTUSERREQUEST']._serialized_start=645
-  _globals['_GETCURRENTUSERREQUEST']._serialized_end=668
-  _globals['_GETCURRENTUSERRESPONSE']._serialized_start=670
-  _globals['_GETCURRENTUSERRESPONSE']._serialized_end=732
-  _globals['_GETUSERREQUEST']._serialized_start=734
-  _globals['_GETUSERREQUEST']._serialized_end=772
-  _globals['_GETUSERRESPONSE']._serialized_start=774
-  _globals['_GETUSERRESPONSE']._serialized_end=829
-  _globals['_LISTUSERSREQUEST']._serialized_start=831
-  _globals['_LISTUSERSREQUEST']._serialized_end=931
-  _globals['_LISTUSERSRESPONSE']._serialized_start=933
-  _globals['_LISTUSERSRESPONSE']._serialized_end=1016
-  _globals['_USERUPDATE']._serialized_start=1019
-  _globals['_USERUPDATE']._serialized_end=1221
-  _globals['_UPDATEUSERREQUEST']._serialized_start=1224
-  _globals['_UPDATEUSERREQUEST']._serialized_end=1392
-  _globals['_UPDATEUSERRESPONSE']._serialized_start=1394
-  _globals['_UPDATEUSERRESPONSE']._serialized_end=1452
-  _globals['_DELETEUSERREQUEST']._serialized_start=1454
-  _globals['_DELETEUSERREQUEST']._serialized_end=1521
-  _globals['_DELETEUSERRESPONSE']._serialized_start=1523
-  _globals['_DELETEUSERRESPONSE']._serialized_end=1543
-  _globals['_USERSERVICE']._serialized_start=1546
-  _globals['_USERSERVICE']._serialized_end=2388
+  _globals['_USER']._serialized_start=270
+  _globals['_USER']._serialized_end=437
+  _globals['_CREATEUSERREQUEST']._serialized_start=440
+  _globals['_CREATEUSERREQUEST']._serialized_end=611
+  _globals['_CREATEUSERRESPONSE']._serialized_start=613
+  _globals['_CREATEUSERRESPONSE']._serialized_end=671
+  _globals['_GETCURRENTUSERREQUEST']._serialized_start=673
+  _globals['_GETCURRENTUSERREQUEST']._serialized_end=696
+  _globals['_GETCURRENTUSERRESPONSE']._serialized_start=698
+  _globals['_GETCURRENTUSERRESPONSE']._serialized_end=760
+  _globals['_GETUSERREQUEST']._serialized_start=762
+  _globals['_GETUSERREQUEST']._serialized_end=800
+  _globals['_GETUSERRESPONSE']._serialized_start=802
+  _globals['_GETUSERRESPONSE']._serialized_end=857
+  _globals['_LISTUSERSREQUEST']._serialized_start=859
+  _globals['_LISTUSERSREQUEST']._serialized_end=959
+  _globals['_LISTUSERSRESPONSE']._serialized_start=961
+  _globals['_LISTUSERSRESPONSE']._serialized_end=1044
+  _globals['_USERUPDATE']._serialized_start=1047
+  _globals['_USERUPDATE']._serialized_end=1249
+  _globals['_UPDATEUSERREQUEST']._serialized_start=1252
+  _globals['_UPDATEUSERREQUEST']._serialized_end=1420
+  _globals['_UPDATEUSERRESPONSE']._serialized_start=1422
+  _globals['_UPDATEUSERRESPONSE']._serialized_end=1480
+  _globals['_DELETEUSERREQUEST']._serialized_start=1482
+  _globals['_DELETEUSERREQUEST']._serialized_end=1549
+  _globals['_DELETEUSERRESPONSE']._serialized_start=1551
+  _globals['_DELETEUSERRESPONSE']._serialized_end=1571
+  _globals['_USERSERVICE']._serialized_start=1574
+  _globals['_USERSERVICE']._serialized_end=2508
 # @@protoc_insertion_point(module_scope)

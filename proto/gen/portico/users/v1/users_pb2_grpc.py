@@ -100,7 +100,8 @@ class UserServiceServicer:
 
     def GetCurrentUser(self, request, context):
         """Get the caller's own account: the user named by the access token's `sub`. Answers
-        NOT_FOUND (HTTP 404) when that user no longer exists.
+        NOT_FOUND (HTTP 404) when that user no longer exists. Over REST the answer carries the
+        user's `ETag`, and `If-None-Match` with that tag answers 304 Not Modified without a body.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,7 +109,8 @@ class UserServiceServicer:
 
     def GetUser(self, request, context):
         """Get one user by id: yourself, or anyone for admins. Answers NOT_FOUND (HTTP 404) for an
-        unknown id.
+        unknown id. Over REST the answer carries the user's `ETag`, and `If-None-Match` with that
+        tag answers 304 Not Modified without a body (only to a caller who may read the user).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

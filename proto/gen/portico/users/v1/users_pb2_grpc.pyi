@@ -50,11 +50,13 @@ class UserServiceStub:
     """
     GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetCurrentUserRequest, _users_pb2.GetCurrentUserResponse]
     """Get the caller's own account: the user named by the access token's `sub`. Answers
-    NOT_FOUND (HTTP 404) when that user no longer exists.
+    NOT_FOUND (HTTP 404) when that user no longer exists. Over REST the answer carries the
+    user's `ETag`, and `If-None-Match` with that tag answers 304 Not Modified without a body.
     """
     GetUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.GetUserResponse]
     """Get one user by id: yourself, or anyone for admins. Answers NOT_FOUND (HTTP 404) for an
-    unknown id.
+    unknown id. Over REST the answer carries the user's `ETag`, and `If-None-Match` with that
+    tag answers 304 Not Modified without a body (only to a caller who may read the user).
     """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.ListUsersResponse]
     """List users, oldest first, one page at a time. Pass the returned `next_page_token`
@@ -95,11 +97,13 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     GetCurrentUser: _aio.UnaryUnaryMultiCallable[_users_pb2.GetCurrentUserRequest, _users_pb2.GetCurrentUserResponse]  # type: ignore[assignment]
     """Get the caller's own account: the user named by the access token's `sub`. Answers
-    NOT_FOUND (HTTP 404) when that user no longer exists.
+    NOT_FOUND (HTTP 404) when that user no longer exists. Over REST the answer carries the
+    user's `ETag`, and `If-None-Match` with that tag answers 304 Not Modified without a body.
     """
     GetUser: _aio.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.GetUserResponse]  # type: ignore[assignment]
     """Get one user by id: yourself, or anyone for admins. Answers NOT_FOUND (HTTP 404) for an
-    unknown id.
+    unknown id. Over REST the answer carries the user's `ETag`, and `If-None-Match` with that
+    tag answers 304 Not Modified without a body (only to a caller who may read the user).
     """
     ListUsers: _aio.UnaryUnaryMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.ListUsersResponse]  # type: ignore[assignment]
     """List users, oldest first, one page at a time. Pass the returned `next_page_token`
@@ -149,7 +153,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.GetCurrentUserResponse, _abc.Awaitable[_users_pb2.GetCurrentUserResponse]]:
         """Get the caller's own account: the user named by the access token's `sub`. Answers
-        NOT_FOUND (HTTP 404) when that user no longer exists.
+        NOT_FOUND (HTTP 404) when that user no longer exists. Over REST the answer carries the
+        user's `ETag`, and `If-None-Match` with that tag answers 304 Not Modified without a body.
         """
 
     @_abc_1.abstractmethod
@@ -159,7 +164,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.GetUserResponse, _abc.Awaitable[_users_pb2.GetUserResponse]]:
         """Get one user by id: yourself, or anyone for admins. Answers NOT_FOUND (HTTP 404) for an
-        unknown id.
+        unknown id. Over REST the answer carries the user's `ETag`, and `If-None-Match` with that
+        tag answers 304 Not Modified without a body (only to a caller who may read the user).
         """
 
     @_abc_1.abstractmethod
