@@ -119,6 +119,8 @@ async def _measure(options: Options, *, make_run: bool, startup_only: bool) -> d
             valkey = need(need(bench.stack, "the stack").valkey, "embedded Valkey")
             token_cost = await token_verification.measure(valkey.url, options.token_samples)
             await bench.run_cases()
+            say("coherence: PATCH through one gateway, GET through the others")
+            await bench.check_coherence()
             bench.rss["after_load"] = bench.watched.rss_mb()
         finally:
             say("stopping")

@@ -39,6 +39,9 @@ PATHS: dict[str, tuple[str, ...]] = {
     # auth_overhead: a gateway + users pair each, likewise.
     "gateway_auth_on": ("gateway_auth_on", "users_auth_on", "valkey", "postgres"),
     "gateway_auth_off": ("gateway_auth_off", "users_auth_off", "valkey", "postgres"),
+    # get_cached: the edge path and the path through the users service, at production settings.
+    "gateway_edge": ("gateway_edge", "users_edge", "valkey", "postgres"),
+    "gateway_via_users": ("gateway_via_users", "users_via_users", "valkey", "postgres"),
 }
 
 #: The telemetry-overhead pairs: gateway server → its mode. Both run the same code, against the
@@ -78,6 +81,19 @@ OTEL_ENV: dict[str, dict[str, str]] = {
     },
 }
 
+#: The cached-GET pairs: gateway server → whether it answers cacheable reads itself (the edge
+#: path, ``GATEWAY_EDGE_READS=true``) or calls the users service for each (``false``). Both run
+#: production's telemetry (:data:`OTEL_ENV` ``sampled``, under their own service names) with
+#: authentication on: the figures the issue's targets are stated in.
+EDGE_PAIRS: dict[str, Literal["edge", "via users"]] = {
+    "gateway_edge": "edge",
+    "gateway_via_users": "via users",
+}
+EDGE_ENV: dict[str, dict[str, str]] = {
+    "edge": {"GATEWAY_EDGE_READS": "true", "OTEL_SERVICE_NAME": "{component}-edge"},
+    "via users": {"GATEWAY_EDGE_READS": "false", "OTEL_SERVICE_NAME": "{component}-via-users"},
+}
+
 #: The auth-overhead pairs: gateway server → its mode. Both run the same code with the stack's
 #: environment; the ``off`` pair starts with ``bench/variants/auth_off`` first on its
 #: ``PYTHONPATH`` (:data:`AUTH_OFF_PATH`), whose ``sitecustomize`` makes each process verify an
@@ -101,6 +117,8 @@ TOKEN_CHECKS: dict[str, int] = {
     "gateway_otel_sampled": 2,
     "gateway_auth_on": 2,
     "gateway_auth_off": 0,  # looked up, not verified
+    "gateway_edge": 1,  # the gateway answers; the users service is not called
+    "gateway_via_users": 2,
 }
 
 
@@ -112,6 +130,8 @@ class Variant:
     script: str | None = None  # wrk: scenario in bench/scripts/ (else a plain GET of ``path``)
     grpc_op: GrpcOp | None = None  # direct gRPC instead of wrk
     fixture: Fixture | None = None  # passed to the script / driver
+    #: Sent without an access token (a probe's request): nothing to verify.
+    anonymous: bool = False
 
     @property
     def processes(self) -> tuple[str, ...]:
@@ -119,7 +139,7 @@ class Variant:
 
     @property
     def token_checks(self) -> int:
-        return TOKEN_CHECKS[self.server]
+        return 0 if self.anonymous else TOKEN_CHECKS[self.server]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +159,12 @@ class Case:
 CASES: tuple[Case, ...] = (
     Case(
         "get_cached",
-        "GET /v1/users/{id} by its owner, served from the Valkey cache",
+        "GET /v1/users/{id} by its owner, served from the Valkey cache: by the gateway itself "
+        "after its access check (edge), through the users service (via users), both at "
+        "production telemetry; direct gRPC; and the same-run baselines",
         (
-            Variant("gateway", "gateway", path="/v1/users/{user}"),
+            Variant("edge", "gateway_edge", path="/v1/users/{user}"),
+            Variant("via users", "gateway_via_users", path="/v1/users/{user}"),
             Variant("grpc", "users", grpc_op="get", fixture="cached_id"),
             Variant("mono+verify", "monolith_verify", path="/v1/users/{user}"),
             Variant("monolith", "monolith", path="/v1/users/{user}"),
@@ -149,6 +172,17 @@ CASES: tuple[Case, ...] = (
         ),
         caller="owner",
         before_cell="warm_cached",
+        full_path="edge",
+    ),
+    Case(
+        "healthz",
+        "GET /healthz as a probe sends it (no token): the gateway's fixed per-request pipeline "
+        "(every middleware, routing, the access log) against a bare ASGI app under the same "
+        "uvicorn (floor)",
+        (
+            Variant("gateway", "gateway", path="/healthz", anonymous=True),
+            Variant("floor", "floor", path="/healthz", anonymous=True),
+        ),
     ),
     Case(
         "otel_overhead",

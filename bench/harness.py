@@ -41,7 +41,17 @@ from valkey.asyncio import Valkey
 
 from bench import otlp_sink, startup, wrk
 from bench.baselines import DEFAULT_KEY_PREFIX
-from bench.cases import AUTH_OFF_PATH, AUTH_PAIRS, CASES, OTEL_ENV, OTEL_PAIRS, Case, Variant
+from bench.cases import (
+    AUTH_OFF_PATH,
+    AUTH_PAIRS,
+    CASES,
+    EDGE_ENV,
+    EDGE_PAIRS,
+    OTEL_ENV,
+    OTEL_PAIRS,
+    Case,
+    Variant,
+)
 from bench.grpc_load import TOKEN_VARIABLE
 from bench.procstats import Watched, cpu_us_per_request
 from bench.tokens import Caller, Tokens
@@ -329,6 +339,10 @@ class Bench:
         if server in OTEL_PAIRS:  # templates: {sink} and {component} are filled per process
             mode = OTEL_PAIRS[server]
             return f"users_otel_{mode}", dict(OTEL_ENV[mode])
+        if server in EDGE_PAIRS:  # production telemetry, the edge path on or off
+            return server.replace("gateway_", "users_"), OTEL_ENV["sampled"] | EDGE_ENV[
+                EDGE_PAIRS[server]
+            ]
         mode = AUTH_PAIRS[server]
         if mode == "on":
             return "users_auth_on", {}
@@ -338,13 +352,14 @@ class Bench:
     async def start_otel_pairs(self) -> None:
         """The gateway + users pairs of the tracing- and auth-overhead cases, and the OTLP sink."""
         selected = [c for c in CASES if c.name in self.options.cases]
-        pairs = OTEL_PAIRS.keys() | AUTH_PAIRS.keys()
+        pairs = OTEL_PAIRS.keys() | AUTH_PAIRS.keys() | EDGE_PAIRS.keys()
         servers = [v.server for c in selected for v in c.variants if v.server in pairs]
         if not servers:
             return
         stack = need(self.stack, "the stack")
         children = {c.name: c for c in stack.children}
-        if any(OTEL_PAIRS[s] != "off" for s in servers if s in OTEL_PAIRS):
+        traced = [s for s in servers if s in EDGE_PAIRS or OTEL_PAIRS.get(s, "off") != "off"]
+        if traced:
             self.sink_port = startup.free_port()
             argv = [sys.executable, "-m", "bench.otlp_sink", "--port", str(self.sink_port)]
             sink = await startup.spawn(argv, env=dict(os.environ), log=self.log, cwd=REPO)
@@ -380,7 +395,7 @@ class Bench:
             ):
                 base = child.env
                 own = extra
-                if server in OTEL_PAIRS:  # their telemetry is all in ``extra``
+                if server in OTEL_PAIRS or server in EDGE_PAIRS:  # telemetry all in ``extra``
                     base = {k: v for k, v in base.items() if not k.startswith("OTEL_")}
                     address = f"127.0.0.1:{self.sink_port}"
                     own = {k: v.format(sink=address, component=component) for k, v in extra.items()}
@@ -416,6 +431,16 @@ class Bench:
                 traced = "trace_id" in problem
                 key = "has" if mode == "on" else "has_no"
                 self.checks[f"otel_{mode}_problem_{key}_trace_id"] = traced == (mode == "on")
+            for server, path_kind in EDGE_PAIRS.items():
+                if server not in self.urls:
+                    continue
+                answer = await client.get(self.urls[server] + user_path)
+                key = path_kind.replace(" ", "_")
+                self.checks[f"{key}_json_equals_gateway"] = answer.json() == expected
+                other = await client.get(
+                    self.urls[server] + "/v1/users/00000000-0000-4000-8000-000000000000"
+                )
+                self.checks[f"{key}_refuses_another_account"] = other.status_code == 403
             for server, mode in AUTH_PAIRS.items():
                 if server not in self.urls:
                     continue
@@ -431,6 +456,41 @@ class Bench:
                     self.urls[server] + "/v1/users/00000000-0000-4000-8000-000000000000"
                 )
                 self.checks[f"auth_{mode}_refuses_another_account"] = other.status_code == 403
+
+    async def check_coherence(self, rounds: int = 20) -> None:
+        """PATCH through the stack's gateway, then GET at once through the pairs' gateways (the
+        edge path and the path through users): the new version every time. A stale answer
+        fails the run. Then: the edge pair really answered from the cache (its hit counter)."""
+        readers = [s for s in EDGE_PAIRS if s in self.urls]
+        if not readers:
+            return
+        path = f"/v1/users/{self.fixtures.cached_id}"
+        stale: list[str] = []
+        async with httpx.AsyncClient(headers=self.header("owner"), timeout=10) as client:
+            for i in range(rounds):
+                name = f"coherence {self.tag} {i}"
+                patched = await client.patch(
+                    self.urls["gateway"] + path, json={"display_name": name}
+                )
+                patched.raise_for_status()
+                for server in readers:
+                    got = await client.get(self.urls[server] + path)
+                    seen = got.json().get("display_name") if got.status_code == 200 else None
+                    if seen != name or got.headers.get("etag") != patched.headers.get("etag"):
+                        stale.append(f"{server} round {i}: {got.status_code} {seen!r}")
+            metrics = (await client.get(self.urls["gateway_edge"] + "/metrics")).text
+        hits = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("portico_gateway_edge_reads_total{") and 'result="hit"' in line
+        )
+        self.checks["coherence_patch_then_get_through_another_gateway"] = not stale
+        self.checks["edge_pair_answered_from_the_cache"] = hits > 0
+        if stale:
+            self.failures.append(
+                f"coherence: {len(stale)} stale answer(s) after a PATCH through another "
+                f"gateway: {stale[:5]}"
+            )
 
     async def finish_otel(self) -> None:
         """Stop the pairs (the traced one flushes its last spans on exit), then read the sink."""
@@ -449,7 +509,8 @@ class Bench:
                 "spans_per_request": always / max(gateway_spans, 1),
                 "exported_share": gateway_spans / max(traced, 1),
             }
-            self.checks["otel_on_spans_exported"] = gateway_spans > 0
+            if "gateway_otel_on" in self.sent:  # the sink may run for other pairs only
+                self.checks["otel_on_spans_exported"] = gateway_spans > 0
             if "gateway_otel_sampled" in self.sent:
                 sampled = int(stats["server_spans"].get("gateway-sampled", 0))
                 share = sampled / max(self.sent["gateway_otel_sampled"], 1)
@@ -611,7 +672,7 @@ class Bench:
             duration_s=duration_s,
             scenario=variant.script,
             args=args,
-            headers=self.header(case.caller),
+            headers={} if variant.anonymous else self.header(case.caller),
         )
 
     async def _failure(self, case: Case, variant: Variant, load: wrk.LoadResult) -> str:
