@@ -248,7 +248,7 @@ def documented_operations() -> set[tuple[str, str]]:
     return {(m.upper(), path) for path, item in paths.items() for m in item if m in _METHODS}
 
 
-def tested_operations(report: Path) -> set[tuple[str, str]]:
+def operations_tested(report: Path) -> set[tuple[str, str]]:
     """The (method, path) of every operation a schemathesis run tested, from its JUnit report:
     one test case per operation (named ``METHOD /path``), with ``<skipped>`` when untested."""
     # schemathesis's own report of the run this test just made, not outside input
@@ -294,7 +294,7 @@ def schemathesis(stack: Stack, cwd: Path, *options: str, examples: int) -> set[t
     for line in result.stdout.splitlines():  # shown with `pytest -s`: how many cases ran
         if "generated" in line:
             print("schemathesis", " ".join(options[-1:]), line.strip())  # noqa: T201
-    return tested_operations(report)
+    return operations_tested(report)
 
 
 # Three bounded schemathesis runs, each limited by its own subprocess timeout (300 s): on a busy
